@@ -1,0 +1,138 @@
+//! The cluster flags every Tributary program accepts next to its own: `--workers/-w`, `--processes/-n`,
+//! `--process/-p`, `--hostfile`, plus the startup and shutdown deadlines.
+//!
+//! They keep timely's meanings: `-w` worker threads per process, `-n` processes, `-p` this process's index.
+//! [`ClusterArgs::layout`] validates them, reading the host file, before anything connects.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::hostfile::HostFile;
+
+/// Cluster flags, to `#[command(flatten)]` into a program's own clap arguments.
+///
+/// ```
+/// use clap::Parser;
+/// #[derive(Parser)]
+/// struct Args {
+///     #[command(flatten)]
+///     cluster: tributary_runtime::ClusterArgs,
+///     /// The program's own flag.
+///     #[arg(long)]
+///     input: Option<String>,
+/// }
+/// let args = Args::parse_from(["prog", "-w", "2", "--input", "x.txt"]);
+/// let layout = args.cluster.layout()?;
+/// assert_eq!(layout.workers_per_process, 2);
+/// assert_eq!(layout.total_workers(), 2);
+/// # Ok::<(), tributary_runtime::Error>(())
+/// ```
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClusterArgs {
+    /// Worker threads in this process.
+    #[arg(short = 'w', long = "workers", value_name = "N", default_value_t = 1)]
+    pub workers: usize,
+    /// Processes in the cluster (each with the same --workers and --hostfile).
+    #[arg(short = 'n', long = "processes", value_name = "N", default_value_t = 1)]
+    pub processes: usize,
+    /// This process's index, 0-based: the host file's line for it.
+    #[arg(short = 'p', long = "process", value_name = "I", default_value_t = 0)]
+    pub process: usize,
+    /// Host file: one `host:port` per process, in process order (`#` comments allowed). Needed when --processes > 1.
+    #[arg(long = "hostfile", value_name = "FILE")]
+    pub hostfile: Option<PathBuf>,
+    /// How long to wait for every peer process to connect before giving up.
+    #[arg(long = "connect-timeout", value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// After SIGINT/SIGTERM, how long to let the dataflow drain before exiting anyway.
+    #[arg(long = "shutdown-timeout", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ClusterArgs {
+    fn default() -> Self {
+        ClusterArgs {
+            workers: 1,
+            processes: 1,
+            process: 0,
+            hostfile: None,
+            connect_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ClusterArgs {
+    /// Flags for `workers` threads in one process (handy in tests and examples).
+    pub fn single_process(workers: usize) -> Self {
+        ClusterArgs { workers, ..ClusterArgs::default() }
+    }
+
+    /// Validates the flags and reads the host file into a [`Layout`].
+    pub fn layout(&self) -> Result<Layout> {
+        if self.workers == 0 {
+            return Err(Error::Options("--workers must be at least 1".into()));
+        }
+        if self.processes == 0 {
+            return Err(Error::Options("--processes must be at least 1".into()));
+        }
+        let hosts = match &self.hostfile {
+            Some(path) => {
+                let hosts = HostFile::read(path)?;
+                hosts.check_layout(self.processes, self.process)?;
+                Some(hosts)
+            }
+            None if self.processes > 1 => {
+                return Err(Error::Options(format!(
+                    "--processes is {} but no --hostfile was given; write one `host:port` per process to a file, \
+                     or start the program with `tributary launch`",
+                    self.processes
+                )));
+            }
+            None => {
+                if self.process != 0 {
+                    return Err(Error::Options(format!("--process is {} but --processes is 1", self.process)));
+                }
+                None
+            }
+        };
+        Ok(Layout {
+            workers_per_process: self.workers,
+            processes: self.processes,
+            process: self.process,
+            hosts,
+            connect_timeout: self.connect_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+        })
+    }
+}
+
+/// A validated cluster layout: who this process is and where its peers are.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// Worker threads per process.
+    pub workers_per_process: usize,
+    /// Processes in the cluster.
+    pub processes: usize,
+    /// This process's index.
+    pub process: usize,
+    /// The host file; `None` only for a single process without one.
+    pub hosts: Option<HostFile>,
+    /// Startup deadline for peer connections.
+    pub connect_timeout: Duration,
+    /// How long a signalled shutdown may take.
+    pub shutdown_timeout: Duration,
+}
+
+impl Layout {
+    /// Workers in the whole cluster.
+    pub fn total_workers(&self) -> usize {
+        self.workers_per_process * self.processes
+    }
+
+    /// The global index of this process's first worker.
+    pub fn first_worker(&self) -> usize {
+        self.workers_per_process * self.process
+    }
+}

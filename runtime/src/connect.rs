@@ -1,0 +1,207 @@
+//! Connecting the processes of a cluster, with a deadline, before timely takes the sockets over.
+//!
+//! As in timely, process `p` connects to every process with a lower index and accepts connections from every
+//! process with a higher one. Unlike timely, every wait has a deadline, and a handshake checks that both ends run
+//! the same layout (process count, workers per process), so a mismatched flag fails at once with a clear message
+//! instead of corrupting the exchange. The connected sockets go to timely's
+//! `initialize_networking_from_sockets`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::cli::Layout;
+use crate::error::{Error, Result};
+use crate::hostfile::HostFile;
+
+const MAGIC: &[u8; 8] = b"TRIBUTRY";
+const PROTOCOL: u32 = 1;
+const HELLO_LEN: usize = 8 + 4 + 8 + 8 + 8;
+/// How often the startup loop retries refused connections and polls for incoming ones.
+const POLL: Duration = Duration::from_millis(20);
+/// How long between "still waiting" log lines.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, PartialEq, Eq)]
+struct Hello {
+    process: u64,
+    processes: u64,
+    workers: u64,
+}
+
+impl Hello {
+    fn encode(&self) -> [u8; HELLO_LEN] {
+        let mut out = [0u8; HELLO_LEN];
+        out[..8].copy_from_slice(MAGIC);
+        out[8..12].copy_from_slice(&PROTOCOL.to_be_bytes());
+        out[12..20].copy_from_slice(&self.process.to_be_bytes());
+        out[20..28].copy_from_slice(&self.processes.to_be_bytes());
+        out[28..36].copy_from_slice(&self.workers.to_be_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8; HELLO_LEN]) -> std::result::Result<Hello, String> {
+        if &bytes[..8] != MAGIC {
+            return Err("the peer is not a Tributary process (wrong greeting)".into());
+        }
+        let u64_at = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let protocol = u32::from_be_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if protocol != PROTOCOL {
+            return Err(format!("the peer speaks cluster protocol {protocol}, this process {PROTOCOL}; run the same build everywhere"));
+        }
+        Ok(Hello { process: u64_at(12), processes: u64_at(20), workers: u64_at(28) })
+    }
+}
+
+/// Connects this process to all its peers, or fails once `layout.connect_timeout` has passed.
+///
+/// Returns one entry per process, `None` at this process's own index, as timely expects.
+pub(crate) fn connect_peers(layout: &Layout, hosts: &HostFile) -> Result<Vec<Option<TcpStream>>> {
+    let me = layout.process;
+    let own = &hosts.hosts()[me];
+    let listener = TcpListener::bind(own.resolved).map_err(|source| Error::Listen { process: me, address: own.address.clone(), source })?;
+    listener.set_nonblocking(true).map_err(|source| Error::Io { what: "cannot make the listening socket non-blocking".into(), source })?;
+    let hello = Hello { process: me as u64, processes: layout.processes as u64, workers: layout.workers_per_process as u64 };
+    let started = Instant::now();
+    let deadline = started + layout.connect_timeout;
+    let mut sockets: Vec<Option<TcpStream>> = (0..layout.processes).map(|_| None).collect();
+    let mut next_report = started + REPORT_EVERY;
+    tracing::info!(listen = %own.address, peers = layout.processes - 1, "connecting to peer processes");
+
+    loop {
+        // Accept from higher-indexed peers.
+        loop {
+            match listener.accept() {
+                Ok((stream, from)) => match accept_one(stream, &hello, &sockets) {
+                    Ok((peer, stream)) => {
+                        tracing::debug!(peer, %from, "peer connected");
+                        sockets[peer] = Some(stream);
+                    }
+                    Err(Refusal::Stray(why)) => tracing::warn!(%from, "ignoring a connection that is not a peer: {why}"),
+                    Err(Refusal::Mismatch(peer, message)) => {
+                        return Err(Error::Handshake { process: me, peer: describe(hosts, peer), message });
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(Error::Io { what: format!("accepting peer connections on {}", own.address), source }),
+            }
+        }
+        // Connect to lower-indexed peers.
+        for (peer, slot) in sockets.iter_mut().enumerate().take(me) {
+            if slot.is_some() {
+                continue;
+            }
+            let target = &hosts.hosts()[peer];
+            let Ok(stream) = TcpStream::connect_timeout(&target.resolved, Duration::from_millis(500)) else { continue };
+            match greet(stream, &hello, peer) {
+                Ok(stream) => {
+                    tracing::debug!(peer, address = %target.address, "connected to peer");
+                    *slot = Some(stream);
+                }
+                Err(GreetError::Retry(why)) => tracing::debug!(peer, "connection attempt failed, retrying: {why}"),
+                Err(GreetError::Mismatch(message)) => {
+                    return Err(Error::Handshake { process: me, peer: describe(hosts, peer), message });
+                }
+            }
+        }
+
+        let missing: Vec<usize> = (0..layout.processes).filter(|&p| p != me && sockets[p].is_none()).collect();
+        if missing.is_empty() {
+            break;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let missing = missing.iter().map(|&p| describe(hosts, p)).collect::<Vec<_>>().join(", ");
+            return Err(Error::PeersMissing { process: me, missing, timeout: layout.connect_timeout });
+        }
+        if now >= next_report {
+            let waiting = missing.iter().map(|&p| describe(hosts, p)).collect::<Vec<_>>().join(", ");
+            tracing::info!("still waiting for {waiting} ({}s left)", (deadline - now).as_secs());
+            next_report = now + REPORT_EVERY;
+        }
+        std::thread::sleep(POLL);
+    }
+
+    for stream in sockets.iter().flatten() {
+        let setup = stream.set_nonblocking(false).and_then(|()| stream.set_read_timeout(None)).and_then(|()| stream.set_nodelay(true));
+        setup.map_err(|source| Error::Io { what: "cannot configure a peer socket".into(), source })?;
+    }
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "all {} peer processes connected", layout.processes - 1);
+    Ok(sockets)
+}
+
+fn describe(hosts: &HostFile, process: usize) -> String {
+    format!("process {process} ({})", hosts.hosts()[process].address)
+}
+
+enum Refusal {
+    /// Not one of ours: ignore it and keep waiting.
+    Stray(String),
+    /// One of ours with a different layout: fail.
+    Mismatch(usize, String),
+}
+
+fn check_layout(theirs: &Hello, ours: &Hello) -> std::result::Result<(), String> {
+    if theirs.processes != ours.processes || theirs.workers != ours.workers {
+        return Err(format!(
+            "it runs --processes {} --workers {}, this process --processes {} --workers {}; start every process with the same flags and host file",
+            theirs.processes, theirs.workers, ours.processes, ours.workers
+        ));
+    }
+    Ok(())
+}
+
+fn accept_one(mut stream: TcpStream, ours: &Hello, sockets: &[Option<TcpStream>]) -> std::result::Result<(usize, TcpStream), Refusal> {
+    let io = |e: std::io::Error| Refusal::Stray(e.to_string());
+    stream.set_nonblocking(false).map_err(io)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
+    let mut buf = [0u8; HELLO_LEN];
+    stream.read_exact(&mut buf).map_err(io)?;
+    let theirs = Hello::decode(&buf).map_err(Refusal::Stray)?;
+    let peer = theirs.process as usize;
+    if peer <= ours.process as usize || peer >= sockets.len() {
+        return Err(Refusal::Stray(format!("it claims to be process {peer}, which should not connect to process {}", ours.process)));
+    }
+    check_layout(&theirs, ours).map_err(|m| Refusal::Mismatch(peer, m))?;
+    if sockets[peer].is_some() {
+        return Err(Refusal::Mismatch(peer, "a second process claims this index; check the --process flags".into()));
+    }
+    stream.write_all(&ours.encode()).map_err(io)?;
+    Ok((peer, stream))
+}
+
+enum GreetError {
+    Retry(String),
+    Mismatch(String),
+}
+
+fn greet(mut stream: TcpStream, ours: &Hello, peer: usize) -> std::result::Result<TcpStream, GreetError> {
+    let retry = |e: std::io::Error| GreetError::Retry(e.to_string());
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(retry)?;
+    stream.write_all(&ours.encode()).map_err(retry)?;
+    let mut buf = [0u8; HELLO_LEN];
+    stream.read_exact(&mut buf).map_err(retry)?;
+    let theirs = Hello::decode(&buf).map_err(GreetError::Mismatch)?;
+    if theirs.process as usize != peer {
+        return Err(GreetError::Mismatch(format!("the process at that address says it is process {}", theirs.process)));
+    }
+    check_layout(&theirs, ours).map_err(GreetError::Mismatch)?;
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trips_and_rejects_strangers() {
+        let hello = Hello { process: 3, processes: 4, workers: 2 };
+        assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);
+        let mut bytes = hello.encode();
+        bytes[0] = b'X';
+        assert!(Hello::decode(&bytes).unwrap_err().contains("not a Tributary process"));
+        let other = Hello { process: 1, processes: 4, workers: 1 };
+        assert!(check_layout(&other, &hello).unwrap_err().contains("--workers 1"));
+    }
+}

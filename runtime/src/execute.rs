@@ -1,0 +1,262 @@
+//! Running a dataflow on the cluster a [`Layout`] describes: connect, start workers, supervise, stop.
+//!
+//! [`execute`] connects the peers (with a deadline), hands the sockets to timely, runs the user's closure on
+//! every worker thread, and supervises: it returns the workers' results when they finish, an orderly
+//! [`Error::PeerLost`] when a peer process dies, [`Error::WorkerPanicked`] when a worker panics, and handles
+//! SIGINT/SIGTERM (see [`crate::shutdown`]).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
+use timely::communication::{Hooks, initialize_from};
+use timely::worker::Worker;
+use timely::{CommunicationConfig, WorkerConfig};
+
+use crate::cli::{ClusterArgs, Layout};
+use crate::connect::connect_peers;
+use crate::error::{Error, Result};
+use crate::failure::{payload_message, unwatch_peers, watch_peers};
+use crate::shutdown::{Shutdown, signal_name};
+
+/// How long to let local workers unwind after a peer is lost or a worker panicked, before returning anyway.
+const UNWIND_GRACE: Duration = Duration::from_secs(2);
+
+/// What a worker knows about its place in the cluster.
+#[derive(Clone, Debug)]
+pub struct WorkerContext {
+    /// This process's index.
+    pub process: usize,
+    /// Processes in the cluster.
+    pub processes: usize,
+    /// This worker's global index (`process * workers_per_process + local index`), as `worker.index()`.
+    pub index: usize,
+    /// Workers in the whole cluster, as `worker.peers()`.
+    pub peers: usize,
+    /// Set when the process receives SIGINT or SIGTERM.
+    pub shutdown: Shutdown,
+}
+
+enum Event<T> {
+    Done(usize, std::result::Result<T, String>),
+    PeerLost(usize, String),
+    Signal(i32),
+}
+
+/// Runs `func` on every worker of this process, as one process of the cluster that `args` describe.
+///
+/// Returns the results of this process's workers, in local index order. Sets up `tracing` logging from
+/// `RUST_LOG` if the program has not installed a subscriber itself.
+///
+/// ```
+/// use timely::dataflow::operators::{ToStream, Inspect};
+/// let results = tributary_runtime::execute(&tributary_runtime::ClusterArgs::single_process(2), |worker, ctx| {
+///     worker.dataflow::<u64, _, _>(|scope| {
+///         (0..3u64).to_stream(scope).container::<Vec<_>>().inspect(|_x| {});
+///     });
+///     ctx.index
+/// })?;
+/// assert_eq!(results, vec![0, 1]);
+/// # Ok::<(), tributary_runtime::Error>(())
+/// ```
+pub fn execute<T, F>(args: &ClusterArgs, func: F) -> Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(&mut Worker, &WorkerContext) -> T + Send + Sync + 'static,
+{
+    crate::logging::init();
+    let layout = args.layout()?;
+    let span = tracing::info_span!("process", process = layout.process);
+    let _entered = span.enter();
+    run(&layout, func)
+}
+
+fn run<T, F>(layout: &Layout, func: F) -> Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(&mut Worker, &WorkerContext) -> T + Send + Sync + 'static,
+{
+    let (events, receiver) = mpsc::channel::<Event<T>>();
+
+    // Signals first, so a SIGTERM during a slow startup is handled too.
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .map_err(|source| Error::Io { what: "cannot install SIGINT/SIGTERM handlers".into(), source })?;
+    let signals_handle = signals.handle();
+    let signal_events = events.clone();
+    std::thread::Builder::new()
+        .name("tributary:signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal_events.send(Event::Signal(signal)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|source| Error::Io { what: "cannot start the signal thread".into(), source })?;
+    let _close_signals = Guard(Some(move || signals_handle.close()));
+
+    let (builders, comms): (Vec<AllocatorBuilder>, Option<Box<dyn std::any::Any + Send>>) = match &layout.hosts {
+        Some(hosts) if layout.processes > 1 => {
+            let sockets = connect_peers(layout, hosts)?;
+            let peer_events = std::sync::Mutex::new(events.clone());
+            watch_peers(Box::new(move |peer, cause| {
+                let _ = peer_events.lock().unwrap_or_else(|e| e.into_inner()).send(Event::PeerLost(peer, cause));
+            }));
+            let threads = layout.workers_per_process;
+            let local = ProcessBuilder::new_typed_vector(threads, Hooks::default().refill, None);
+            let (builders, guard) = initialize_networking_from_sockets(local, sockets, layout.process, threads, Hooks::default())
+                .map_err(|source| Error::Io { what: "cannot start timely's network threads".into(), source })?;
+            (builders.into_iter().map(AllocatorBuilder::Tcp).collect(), Some(Box::new(guard)))
+        }
+        _ => {
+            let config = if layout.workers_per_process == 1 {
+                CommunicationConfig::Thread
+            } else {
+                CommunicationConfig::Process(layout.workers_per_process)
+            };
+            let (builders, _nothing) = config.try_build().map_err(Error::Timely)?;
+            (builders, None)
+        }
+    };
+
+    let shutdown = Shutdown::default();
+    let first_worker = layout.first_worker();
+    let template = WorkerContext {
+        process: layout.process,
+        processes: layout.processes,
+        index: first_worker,
+        peers: layout.total_workers(),
+        shutdown: shutdown.clone(),
+    };
+    let func = Arc::new(func);
+    let worker_events = std::sync::Mutex::new(events.clone());
+    let process = layout.process;
+    let guards = initialize_from(builders, Box::new(()), move |allocator| {
+        let mut worker = Worker::new(WorkerConfig::default(), allocator, Some(Instant::now()));
+        let context = WorkerContext { index: worker.index(), ..template.clone() };
+        let local = context.index - first_worker;
+        let span = tracing::info_span!("worker", process, worker = context.index);
+        let _entered = span.enter();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let result = func(&mut worker, &context);
+            while worker.has_dataflows() {
+                worker.step_or_park(None);
+            }
+            result
+        }));
+        let sender = worker_events.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let _ = sender.send(Event::Done(local, outcome.map_err(|payload| payload_message(payload.as_ref()))));
+    })
+    .map_err(Error::Timely)?;
+    drop(events);
+    let worker_threads: Vec<std::thread::Thread> = guards.guards().iter().map(|g| g.thread().clone()).collect();
+
+    let mut results: Vec<Option<T>> = (0..layout.workers_per_process).map(|_| None).collect();
+    let mut finished = vec![false; layout.workers_per_process];
+    let mut failure: Option<Error> = None;
+    let mut failed_at: Option<Instant> = None;
+    // A worker saw timely's "MergeQueue poisoned": a network thread failed, and its report names the peer.
+    let mut poisoned = false;
+    let mut stopping: Option<(&'static str, Instant)> = None;
+    let outcome = loop {
+        if finished.iter().all(|&f| f) && !(poisoned && failure.is_none()) {
+            break failure.take().map_or(Ok(()), Err);
+        }
+        let wait = match (failed_at, stopping) {
+            (Some(at), _) => (at + UNWIND_GRACE).saturating_duration_since(Instant::now()),
+            (None, Some((_, at))) => (at + layout.shutdown_timeout).saturating_duration_since(Instant::now()),
+            (None, None) => Duration::from_secs(3600),
+        };
+        match receiver.recv_timeout(wait) {
+            Ok(Event::Done(local, Ok(value))) => {
+                results[local] = Some(value);
+                finished[local] = true;
+            }
+            Ok(Event::Done(local, Err(message))) => {
+                finished[local] = true;
+                // Remember the first panic, unless a lost peer already explains it.
+                let worker = first_worker + local;
+                if message.contains("MergeQueue poisoned") {
+                    poisoned = true;
+                    failed_at.get_or_insert_with(Instant::now);
+                } else if failure.is_none() {
+                    tracing::error!(worker, "worker panicked: {message}");
+                    failure = Some(Error::WorkerPanicked { worker, message });
+                    failed_at = Some(Instant::now());
+                }
+            }
+            Ok(Event::PeerLost(peer, cause)) => {
+                if !matches!(failure, Some(Error::PeerLost { .. })) {
+                    tracing::error!(peer, "lost the connection to process {peer} ({cause}); stopping this process");
+                    failure = Some(Error::PeerLost { process: layout.process, peer, cause });
+                    failed_at.get_or_insert_with(Instant::now);
+                }
+            }
+            Ok(Event::Signal(signal)) => {
+                let name = signal_name(signal);
+                if let Some((first, _)) = stopping {
+                    tracing::warn!("received {name} while stopping after {first}; exiting now");
+                    break Err(Error::ShutdownTimeout { signal: first, grace: Duration::ZERO });
+                }
+                tracing::info!(
+                    "received {name}: asking sources to stop; waiting up to {} for the dataflow to drain",
+                    humantime::format_duration(layout.shutdown_timeout)
+                );
+                shutdown.request();
+                worker_threads.iter().for_each(std::thread::Thread::unpark);
+                stopping = Some((name, Instant::now()));
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(error) = failure.take() {
+                    break Err(error);
+                }
+                if poisoned {
+                    break Err(Error::Timely("a network thread failed without saying which peer; see the log above".into()));
+                }
+                if let Some((signal, _)) = stopping {
+                    break Err(Error::ShutdownTimeout { signal, grace: layout.shutdown_timeout });
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                break Err(Error::Timely("worker threads ended without reporting a result".into()));
+            }
+        }
+    };
+    unwatch_peers();
+
+    match outcome {
+        Ok(()) => {
+            guards.join();
+            if let Some(comms) = comms {
+                // Joins timely's network threads; they end once every process has finished the dataflow.
+                if std::panic::catch_unwind(AssertUnwindSafe(|| drop(comms))).is_err() {
+                    tracing::warn!("a peer connection failed while the cluster was shutting down; results are complete");
+                }
+            }
+            if let Some((signal, _)) = stopping {
+                tracing::info!("stopped cleanly after {signal}");
+            }
+            Ok(results.into_iter().map(|r| r.expect("every worker reported")).collect())
+        }
+        Err(error) => {
+            // Workers or network threads may still be unwinding or blocked: do not join them.
+            std::mem::forget(guards);
+            std::mem::forget(comms);
+            Err(error)
+        }
+    }
+}
+
+/// Runs a closure when dropped.
+struct Guard<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The Tributary runtime: cluster layout, command-line flags, startup, supervision, shutdown, logging, and the
+//! local launcher.
+//!
+//! A Tributary program is an ordinary binary that runs as one process or as many. Each process accepts the
+//! cluster flags of [`ClusterArgs`] next to its own, validates them into a [`Layout`] (reading the host file),
+//! and calls [`execute`], which connects the processes over TCP with a startup deadline, runs timely workers,
+//! and turns the failure of a peer into an orderly [`Error::PeerLost`] instead of a cascade of panics.
+//! [`launch`](launch::launch) starts N such processes on one machine.
+//!
+//! This crate knows nothing of operators or connectors.
+#![deny(missing_docs)]
+
+mod cli;
+mod connect;
+mod error;
+mod execute;
+mod failure;
+mod hostfile;
+pub mod launch;
+pub mod logging;
+pub mod shutdown;
+
+pub use cli::{ClusterArgs, Layout};
+pub use error::{Error, Result};
+pub use execute::{WorkerContext, execute};
+pub use hostfile::{Host, HostFile};
+pub use shutdown::Shutdown;

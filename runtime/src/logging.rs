@@ -1,0 +1,11 @@
+//! Operator-facing logs: `tracing` to stderr, level from `RUST_LOG` (default `info`).
+//!
+//! Lines from worker threads carry a `worker{process=P worker=W}` span and lines from the supervising thread a
+//! `process{process=P}` span, so interleaved logs of a cluster stay attributable.
+
+/// Installs the default subscriber unless the program installed one already.
+pub fn init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _already_set = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+}

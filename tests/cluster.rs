@@ -1,0 +1,199 @@
+//! The runtime end to end: real processes, real sockets, real signals.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Running, Scratch, example, free_addresses, launcher, write_hostfile};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn spawn(command: &mut Command) -> Running {
+    Running::new(command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn"))
+}
+
+/// Writes a few text files with a skewed, deterministic vocabulary and returns them with their reference counts.
+fn word_count_input(dir: &std::path::Path) -> (Vec<std::path::PathBuf>, String) {
+    let vocabulary = ["river", "Stream", "delta", "tributary", "flow", "Basin", "rapids", "estuary", "x1", "ÉCLUSE"];
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut files = Vec::new();
+    let mut state = 7u64;
+    for f in 0..3 {
+        let mut text = String::new();
+        for line in 0..700 {
+            let words = (line % 9) + 1;
+            for w in 0..words {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let word = vocabulary[((state >> 33) as usize % vocabulary.len()).min(w + f + 2) % vocabulary.len()];
+                text.push_str(word);
+                text.push_str(if w % 3 == 0 { ", " } else { " " });
+                *counts.entry(word.to_lowercase()).or_default() += 1;
+            }
+            text.push('\n');
+        }
+        let path = dir.join(format!("input-{f}.txt"));
+        std::fs::write(&path, text).expect("write input");
+        files.push(path);
+    }
+    let expected = counts.iter().map(|(w, c)| format!("{w} {c}\n")).collect();
+    (files, expected)
+}
+
+#[test]
+fn word_count_is_byte_identical_for_1x1_2x2_3x1() {
+    let scratch = Scratch::new("word-count");
+    let (files, expected) = word_count_input(&scratch.0);
+    for (processes, workers) in [(1, 1), (2, 2), (3, 1)] {
+        let output = Command::new(launcher())
+            .args(["launch", "--processes", &processes.to_string(), "--workers", &workers.to_string(), "--"])
+            .arg(example("word_count"))
+            .arg("--input")
+            .args(&files)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run launcher");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{processes}x{workers} failed: {stderr}");
+        assert_eq!(String::from_utf8_lossy(&output.stdout), expected, "{processes}x{workers} output differs from the reference");
+    }
+}
+
+#[test]
+fn bad_host_files_fail_naming_file_and_line() {
+    let scratch = Scratch::new("bad-hostfile");
+    let cases = [
+        ("# cluster\n127.0.0.1:4000\n\n127.0.0.1:notaport\n", 2, ":4: `127.0.0.1:notaport` is not a usable host:port address"),
+        ("127.0.0.1:4000\n127.0.0.1:4000\n", 2, ":2: `127.0.0.1:4000` repeats the address of line 1"),
+        ("127.0.0.1:4000\n127.0.0.1:4001\n", 3, "--processes is 3 but the file lists 2 host(s) (on lines 1, 2)"),
+        ("127.0.0.1:4000\n", 1, "--process is 5"),
+    ];
+    for (text, processes, message) in cases {
+        let path = scratch.0.join("hosts.txt");
+        std::fs::write(&path, text).expect("write host file");
+        let process = if message.contains("--process is 5") { "5" } else { "0" };
+        let output = Command::new(example("word_count"))
+            .args(["--input", "Cargo.toml", "--processes", &processes.to_string(), "--process", process, "--hostfile"])
+            .arg(&path)
+            .output()
+            .expect("run word_count");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "a bad host file was accepted: {text:?}");
+        assert!(stderr.contains(&path.display().to_string()), "error does not name the file: {stderr}");
+        assert!(stderr.contains(message), "expected {message:?} in: {stderr}");
+    }
+}
+
+#[test]
+fn missing_peer_fails_within_the_deadline() {
+    let scratch = Scratch::new("missing-peer");
+    let addresses = free_addresses(3);
+    let hosts = write_hostfile(&scratch.0, &addresses);
+    // Process 1 both waits for process 2 to connect to it and tries to reach process 0: neither is running.
+    let started = Instant::now();
+    let output = Command::new(example("cluster_check"))
+        .args(["--processes", "3", "--process", "1", "--connect-timeout", "2s", "--hostfile"])
+        .arg(&hosts)
+        .output()
+        .expect("run cluster_check");
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started without its peers");
+    let expected = format!("peers process 0 ({}), process 2 ({}) did not connect within 2s", addresses[0], addresses[2]);
+    assert!(stderr.contains(&expected), "expected {expected:?} in: {stderr}");
+    assert!(elapsed >= Duration::from_secs(2), "gave up before the deadline: {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(30), "took {elapsed:?} to give up after a 2 s deadline");
+}
+
+#[test]
+fn mismatched_flags_fail_the_handshake() {
+    let scratch = Scratch::new("handshake");
+    let hosts = write_hostfile(&scratch.0, &free_addresses(2));
+    let start = |process: &str, workers: &str| {
+        spawn(
+            Command::new(example("cluster_check"))
+                .args(["--rounds", "1", "--connect-timeout", "30s", "--processes", "2"])
+                .args(["--process", process, "--workers", workers, "--hostfile"])
+                .arg(&hosts),
+        )
+    };
+    let p0 = start("0", "1");
+    let p1 = start("1", "2");
+    let (status1, stderr1) = p1.wait(LONG);
+    let (status0, stderr0) = p0.wait(LONG);
+    assert!(!status0.success() && !status1.success(), "mismatched clusters ran");
+    let both = format!("{stderr0}{stderr1}");
+    assert!(both.contains("handshake with process") && both.contains("--workers 2"), "{both}");
+}
+
+#[test]
+fn killing_one_process_stops_the_others_promptly() {
+    let scratch = Scratch::new("kill-one");
+    let hosts = write_hostfile(&scratch.0, &free_addresses(3));
+    let processes: Vec<Running> = (0..3)
+        .map(|p| {
+            spawn(
+                Command::new(example("cluster_check"))
+                    .args(["--interval", "50ms", "--workers", "2", "--processes", "3", "--process"])
+                    .arg(p.to_string())
+                    .arg("--hostfile")
+                    .arg(&hosts),
+            )
+        })
+        .collect();
+    // Once round 2 is printed, every process is connected and exchanging data.
+    processes[0].wait_for_line("round 2:", LONG);
+    let mut processes = processes.into_iter();
+    let (p0, p1, p2) = (processes.next().unwrap(), processes.next().unwrap(), processes.next().unwrap());
+    kill(Pid::from_raw(p1.pid), Signal::SIGKILL).expect("kill process 1");
+    let killed = Instant::now();
+    for survivor in [p0, p2] {
+        let (status, stderr) = survivor.wait(Duration::from_secs(20));
+        assert!(!status.success(), "a survivor exited successfully");
+        assert!(stderr.contains("lost its connection to process"), "no clear error line: {stderr}");
+        assert!(!stderr.contains("MergeQueue poisoned"), "timely's panic leaked through: {stderr}");
+    }
+    let elapsed = killed.elapsed();
+    assert!(elapsed < Duration::from_secs(10), "survivors took {elapsed:?} to stop");
+    let _ = p1.wait(LONG);
+}
+
+#[test]
+fn launcher_stops_the_rest_and_propagates_failure() {
+    // Process 1 fails at once; the others would run for ten minutes unless stopped.
+    let script = r#"if [ "$6" = 1 ]; then echo "process 1 failing" >&2; exit 3; fi; exec sleep 600"#;
+    let started = Instant::now();
+    let run = spawn(Command::new(launcher()).args(["launch", "--processes", "3", "--", "sh", "-c", script, "sh"]));
+    let (status, stderr) = run.wait(LONG);
+    assert_eq!(status.code(), Some(3), "launcher did not pass on the failing exit code: {stderr}");
+    assert!(stderr.contains("[p1] process 1 failing"), "stderr not forwarded with a prefix: {stderr}");
+    assert!(stderr.contains("process 1 exited with code 3; stopping the others"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30), "launcher took {:?}", started.elapsed());
+}
+
+#[test]
+fn launcher_reports_a_program_that_cannot_start() {
+    let output = Command::new(launcher()).args(["launch", "-n", "2", "--", "/nonexistent/program"]).output().expect("run launcher");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot start /nonexistent/program"));
+}
+
+#[test]
+fn sigterm_to_the_launcher_stops_the_cluster_cleanly() {
+    let run = spawn(
+        Command::new(launcher())
+            .args(["launch", "--processes", "2", "--workers", "2", "--"])
+            .arg(example("cluster_check"))
+            .args(["--interval", "50ms"]),
+    );
+    run.wait_for_line("round 2:", LONG);
+    kill(Pid::from_raw(run.pid), Signal::SIGTERM).expect("signal launcher");
+    let (status, stderr) = run.wait(LONG);
+    assert!(status.success(), "cluster did not stop cleanly: {stderr}");
+    for p in 0..2 {
+        assert!(stderr.contains(&format!("[p{p}]")) && stderr.matches("stopped cleanly after SIGTERM").count() == 2, "{stderr}");
+    }
+}
