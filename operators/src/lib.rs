@@ -1,1 +1,5 @@
-//! x
+//! Tributary's operators: event-time computations on timely streams and differential collections.
+//!
+//! Time is event time in milliseconds (`u64`); a frontier means "no record older than this will come".
+//! This crate builds only on timely and differential; it never imports connectors or rdkafka.
+#![deny(missing_docs)]

@@ -1,1 +1,148 @@
-fn main() {}
+//! `cargo xtask`: the project's set-up, test and demo commands.
+//!
+//! - `cargo xtask setup`: installs the pinned test broker (tansu) into a cache, once.
+//! - `cargo xtask broker start|stop|status`: a tansu broker on a free loopback port, for development.
+//! - `cargo xtask test`: setup, then `cargo fmt --check`, clippy with `-D warnings`, and every test.
+//! - `cargo xtask demo`: the main job, on this machine.
+
+mod broker;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Tributary's set-up, test and demo commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the pinned test broker (tansu) into the cache, unless it is there already.
+    Setup,
+    /// Start, stop or inspect a development broker on 127.0.0.1.
+    Broker {
+        #[command(subcommand)]
+        action: BrokerAction,
+    },
+    /// Set up, then run formatting and lint checks and every test (unit, doc, integration).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Run the main job on this machine: a real dataflow over the launcher.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum BrokerAction {
+    /// Start a broker on a free loopback port (memory storage unless --sqlite) and print its address.
+    Start {
+        /// Use the sqlite storage engine (exact offsets, survives restarts) instead of memory.
+        #[arg(long)]
+        sqlite: bool,
+    },
+    /// Stop the broker started by `broker start`.
+    Stop,
+    /// Print the running broker's address, if any.
+    Status,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.command {
+        Task::Setup => {
+            let tansu = broker::install()?;
+            println!("tansu ready at {}", tansu.display());
+        }
+        Task::Broker { action } => match action {
+            BrokerAction::Start { sqlite } => {
+                let address = broker::start_dev(&root, sqlite)?;
+                println!("broker running at {address}; stop it with `cargo xtask broker stop`");
+            }
+            BrokerAction::Stop => broker::stop_dev(&root)?,
+            BrokerAction::Status => match broker::dev_status(&root)? {
+                Some(address) => println!("broker running at {address}"),
+                None => println!("no broker running"),
+            },
+        },
+        Task::Test { cargo_test_args } => test(&root, &cargo_test_args)?,
+        Task::Demo => demo(&root)?,
+    }
+    Ok(())
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().map(Path::to_path_buf).context("xtask lives inside the workspace")
+}
+
+/// Runs a command in `dir`, failing with its name if it fails.
+fn run(dir: &Path, program: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<()> {
+    eprintln!("xtask: {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(dir)
+        .status()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn test(root: &Path, extra: &[String]) -> anyhow::Result<()> {
+    let tansu = broker::install()?;
+    let tansu = tansu.to_str().context("the tansu path is not UTF-8")?;
+    let cargo = cargo();
+    run(root, &cargo, &["fmt", "--all", "--check"], &[])?;
+    run(root, &cargo, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
+    let mut args = vec!["test", "--workspace", "--all-targets"];
+    args.extend(extra.iter().map(String::as_str));
+    run(root, &cargo, &args, &[("TRIBUTARY_TANSU", tansu)])?;
+    // `--all-targets` skips doctests; they run separately (the README is one of them).
+    let mut args = vec!["test", "--workspace", "--doc"];
+    args.extend(extra.iter().map(String::as_str));
+    run(root, &cargo, &args, &[("TRIBUTARY_TANSU", tansu)])?;
+    Ok(())
+}
+
+fn demo(root: &Path) -> anyhow::Result<()> {
+    let cargo = cargo();
+    run(root, &cargo, &["build", "--release", "--bin", "tributary", "--example", "word_count"], &[])?;
+    let release = root.join("target").join("release");
+    let inputs = ["README.md", "docs/architecture.md", "docs/operations.md"];
+    eprintln!("xtask: counting the words of {} with 2 processes x 2 workers", inputs.join(", "));
+    let output = Command::new(release.join("tributary"))
+        .args(["launch", "--processes", "2", "--workers", "2", "--"])
+        .arg(release.join("examples").join("word_count"))
+        .arg("--input")
+        .args(inputs)
+        .current_dir(root)
+        .output()
+        .context("cannot run the launcher")?;
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    if !output.status.success() {
+        bail!("the demo job failed ({})", output.status);
+    }
+    let text = String::from_utf8(output.stdout).context("word_count printed non-UTF-8")?;
+    let mut counts: Vec<(&str, u64)> =
+        text.lines().filter_map(|l| l.rsplit_once(' ')).filter_map(|(w, c)| c.parse().ok().map(|c| (w, c))).collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    println!("{} distinct words; the 15 most frequent:", counts.len());
+    for (word, count) in counts.iter().take(15) {
+        println!("{count:>6} {word}");
+    }
+    Ok(())
+}

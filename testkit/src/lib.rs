@@ -1,0 +1,202 @@
+//! Test support shared by `cargo xtask` and the integration tests: the pinned tansu broker, installed once into
+//! a cache and started on a free loopback port.
+//!
+//! The cache is `$TRIBUTARY_CACHE`, else `$XDG_CACHE_HOME/tributary`, else `~/.cache/tributary`; the binary is
+//! `tansu-<version>/bin/tansu` inside it. `TRIBUTARY_TANSU` points at a tansu binary directly.
+//! Nothing here is for users of Tributary.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The tansu version every test and the demo run against.
+pub const TANSU_VERSION: &str = "0.6.0";
+/// The cargo features tansu needs for the memory and sqlite storage engines.
+const TANSU_FEATURES: &str = "dynostore,libsql";
+
+/// Where installed tools are cached.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TRIBUTARY_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("tributary");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".cache").join("tributary")
+}
+
+/// Where the pinned tansu binary is (or will be, once installed).
+pub fn tansu_path() -> PathBuf {
+    match std::env::var_os("TRIBUTARY_TANSU") {
+        Some(path) => PathBuf::from(path),
+        None => cache_dir().join(format!("tansu-{TANSU_VERSION}")).join("bin").join("tansu"),
+    }
+}
+
+/// Installs the pinned tansu into the cache unless a working one is there; returns its path.
+pub fn install() -> anyhow::Result<PathBuf> {
+    let path = tansu_path();
+    if path.exists() && Command::new(&path).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(path);
+    }
+    if std::env::var_os("TRIBUTARY_TANSU").is_some() {
+        bail!("TRIBUTARY_TANSU points at {}, which does not run; unset it to install tansu into the cache", path.display());
+    }
+    let root = path.parent().and_then(Path::parent).context("tansu path has a root")?.to_path_buf();
+    let build_dir = cache_dir().join(format!("tansu-{TANSU_VERSION}-build"));
+    eprintln!("xtask: installing tansu {TANSU_VERSION} into {} (once; 15-30 minutes on 2 cores)", root.display());
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["install", "tansu", "--version", TANSU_VERSION, "--locked", "--features", TANSU_FEATURES, "--root"])
+        .arg(&root)
+        .env("CARGO_TARGET_DIR", &build_dir)
+        .status()
+        .context("cannot run cargo install")?;
+    // The build directory holds ~1.4 GB of intermediate files that are never needed again.
+    let _ = std::fs::remove_dir_all(&build_dir);
+    if !status.success() {
+        bail!("`cargo install tansu --version {TANSU_VERSION}` failed ({status}); see its output above");
+    }
+    Ok(path)
+}
+
+/// The storage engine of a broker.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    /// In memory: fast, lost on exit; offsets inside batches are not exact (see shared docs).
+    Memory,
+    /// sqlite in the given file: exact offsets and end offsets, survives restarts.
+    Sqlite(PathBuf),
+}
+
+/// A tansu broker on a free port of 127.0.0.1, stopped when dropped.
+pub struct Broker {
+    child: Option<Child>,
+    address: SocketAddr,
+    storage: Storage,
+    log: PathBuf,
+}
+
+impl Broker {
+    /// Starts a broker whose log goes to `dir/tansu.log`, and waits until it accepts connections.
+    ///
+    /// Fails with a clear message if tansu is not installed (`cargo xtask setup`) or does not come up.
+    pub fn start(storage: Storage, dir: &Path) -> anyhow::Result<Broker> {
+        Self::start_on(storage, dir, free_port()?)
+    }
+
+    /// Like [`Broker::start`], on a given port (to restart a broker where its clients expect it).
+    pub fn start_on(storage: Storage, dir: &Path, port: u16) -> anyhow::Result<Broker> {
+        let tansu = tansu_path();
+        if !tansu.exists() {
+            bail!("the test broker is not installed at {}; run `cargo xtask setup` (or `cargo xtask test`) first", tansu.display());
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let log = dir.join("tansu.log");
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).context("cannot open the broker log")?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let engine = match &storage {
+            Storage::Memory => "memory://tansu/".to_owned(),
+            Storage::Sqlite(file) => format!("sqlite://{}?maintenance_interval=5s", file.display()),
+        };
+        let child = Command::new(&tansu)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &engine])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().context("log handle")?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("cannot start {}", tansu.display()))?;
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut broker = Broker { child: Some(child), address, storage, log };
+        broker.wait_ready(Duration::from_secs(30))?;
+        Ok(broker)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if TcpStream::connect_timeout(&self.address, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                bail!("the broker exited at startup ({status}); its log:\n{log}");
+            }
+            if Instant::now() >= deadline {
+                bail!("the broker did not accept connections on {} within {timeout:?}; see {}", self.address, self.log.display());
+            }
+            // Polling the port is how readiness is observed; tansu has no readiness signal.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        self.address.to_string()
+    }
+
+    /// The broker's socket address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The storage engine it runs with.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The broker process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Leaves the broker running after this handle is dropped (for `cargo xtask broker start`).
+    pub fn detach(mut self) -> u32 {
+        self.child.take().map(|c| c.id()).unwrap_or_default()
+    }
+
+    /// Stops the broker: SIGTERM, then SIGKILL if it has not exited within five seconds.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_pid(child.id(), Duration::from_secs(5), || matches!(child.try_wait(), Ok(Some(_))));
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends SIGTERM to `pid` and waits up to `grace` for `exited()` to say so, then SIGKILLs it.
+pub fn stop_pid(pid: u32, grace: Duration, mut exited: impl FnMut() -> bool) {
+    use nix::sys::signal::{Signal, kill};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    if kill(pid, Signal::SIGTERM).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if exited() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+}
+
+/// A free TCP port on 127.0.0.1 (released before use).
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind a loopback port")?;
+    Ok(listener.local_addr().context("local address")?.port())
+}
