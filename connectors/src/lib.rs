@@ -1,2 +1,13 @@
-//! Tributary's connectors: where data enters and leaves a dataflow (Kafka through rdkafka, files).
+//! Tributary's connectors: where data enters and leaves a dataflow.
+//!
+//! Every source is built on [`source::partitioned_source`], which applies the event-time model of
+//! [`tributary_operators::event_time`] and routes malformed and too-late records to a [`DeadLetter`] output.
+//! [`file`] reads JSON-lines and CSV files.
 #![deny(missing_docs)]
+
+pub mod dead_letter;
+pub mod file;
+pub mod source;
+
+pub use dead_letter::{DeadLetter, Reason};
+pub use source::{Backpressure, PartitionMetrics, SourceMetrics, SourceOptions, SourceStreams, Timed};

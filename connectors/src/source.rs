@@ -1,0 +1,356 @@
+//! The event-time source operator every connector shares.
+//!
+//! A connector supplies a [`PartitionReader`] for each worker: it reads that worker's partitions (Kafka
+//! partitions, files) and hands over [`Polled`] events. The operator applies the time model of
+//! [`tributary_operators::event_time`]: it gives each record its dataflow time from its partition's clock,
+//! holds the worker's capability at the minimum watermark of its live partitions, sends records beyond the
+//! maximum lateness and malformed records to the dead-letter output, and counts everything in
+//! [`SourceMetrics`]. It drops its capabilities when the reader is finished (bounded input read, or no partitions)
+//! or when the process is asked to shut down.
+//!
+//! Data leaves as `(Timed<T>, time, +1)` updates, ready for `as_collection()`, and as [`DeadLetter`]s.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::{ProbeHandle, Scope, Stream};
+use tributary_operators::event_time::{Arrival, SourceClock, WatermarkPolicy};
+use tributary_runtime::Shutdown;
+
+use crate::dead_letter::{DeadLetter, Reason};
+
+/// A record with the event time it was read with. Late records keep their event time here while they travel at
+/// their partition's watermark.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timed<T> {
+    /// Event time in ms.
+    pub event_time: u64,
+    /// The decoded record.
+    pub value: T,
+}
+
+/// What a reader hands the source operator.
+#[derive(Debug)]
+pub enum Polled<T> {
+    /// A decoded record with its event time.
+    Record {
+        /// The reader's index of the partition.
+        partition: usize,
+        /// Its position in the partition (Kafka offset, line number).
+        offset: u64,
+        /// Its event time in ms.
+        event_time: u64,
+        /// The decoded value.
+        value: T,
+    },
+    /// A record that could not be decoded.
+    Malformed {
+        /// The reader's index of the partition.
+        partition: usize,
+        /// Its position in the partition.
+        offset: u64,
+        /// Why it could not be decoded.
+        error: String,
+        /// Its key bytes, if any.
+        key: Option<Vec<u8>>,
+        /// Its value bytes, if any.
+        payload: Option<Vec<u8>>,
+    },
+    /// A bounded partition has been read to its end.
+    End {
+        /// The reader's index of the partition.
+        partition: usize,
+    },
+}
+
+/// What a reader says after a poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// More may be available right away.
+    More,
+    /// Nothing now; poll again after about this long.
+    Wait(Duration),
+    /// Nothing more will ever come (every partition ended, or the worker has none).
+    Finished,
+}
+
+/// Reads the partitions one worker owns.
+pub trait PartitionReader: 'static {
+    /// The decoded record type.
+    type Item;
+    /// How many partitions the reader has (indices `0..partitions()`); may grow while running.
+    fn partitions(&self) -> usize;
+    /// Where partition `partition` comes from: (topic or file, Kafka partition number).
+    fn origin(&self, partition: usize) -> (&str, i32);
+    /// Reads up to `budget` events into `out`.
+    fn poll(&mut self, budget: usize, out: &mut Vec<Polled<Self::Item>>) -> ReadStatus;
+    /// The watermark each partition starts from, if the reader restored positions (indexed like partitions).
+    fn restored_watermark(&self, _partition: usize) -> Option<u64> {
+        None
+    }
+}
+
+/// Limits on how far a source reads ahead of the dataflow, so a backlog is drained with bounded memory.
+#[derive(Clone, Debug)]
+pub struct Backpressure {
+    /// The probe at the end of the dataflow (or wherever "done" is measured).
+    pub probe: ProbeHandle<u64>,
+    /// Do not read while the source's watermark is this far (ms) ahead of the probe's frontier.
+    pub max_ahead_ms: Option<u64>,
+    /// Do not read while this many emitted records are at times the probe has not passed.
+    pub max_records: Option<usize>,
+}
+
+/// Options every source takes.
+#[derive(Clone, Debug)]
+pub struct SourceOptions {
+    /// Watermarks, idleness, maximum lateness.
+    pub policy: WatermarkPolicy,
+    /// Records read per activation before yielding to other operators.
+    pub batch: usize,
+    /// Read-ahead limits; `None` reads as fast as the input allows.
+    pub backpressure: Option<Backpressure>,
+    /// The runtime's shutdown flag: when set, the source stops reading and closes.
+    pub shutdown: Option<Shutdown>,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions { policy: WatermarkPolicy::default(), batch: 4096, backpressure: None, shutdown: None }
+    }
+}
+
+/// Counters of one partition, for metrics and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionMetrics {
+    /// Topic or file.
+    pub source: String,
+    /// Kafka partition (0 for files).
+    pub partition: i32,
+    /// The next position to read (last offset read + 1).
+    pub position: u64,
+    /// The end of the partition as last seen (Kafka high watermark), if known: `end - position` is the lag.
+    pub end: Option<u64>,
+    /// The partition's event-time watermark.
+    pub watermark: u64,
+    /// Records sent to the main stream (late ones included).
+    pub records: u64,
+    /// Records that arrived behind the watermark but within the maximum lateness (kept in the main stream).
+    pub late: u64,
+    /// Records beyond the maximum lateness (sent to the dead-letter output).
+    pub too_late: u64,
+    /// Records that could not be decoded (sent to the dead-letter output).
+    pub malformed: u64,
+}
+
+/// The per-partition counters of a source on this worker, shared with whoever reports metrics.
+#[derive(Clone, Debug, Default)]
+pub struct SourceMetrics {
+    partitions: Arc<Mutex<Vec<PartitionMetrics>>>,
+}
+
+impl SourceMetrics {
+    /// A copy of the current counters.
+    pub fn snapshot(&self) -> Vec<PartitionMetrics> {
+        self.partitions.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Totals over all partitions (source and partition fields are empty).
+    pub fn totals(&self) -> PartitionMetrics {
+        let mut total = PartitionMetrics::default();
+        for p in self.snapshot() {
+            total.records += p.records;
+            total.late += p.late;
+            total.too_late += p.too_late;
+            total.malformed += p.malformed;
+        }
+        total
+    }
+
+    /// Records the end offset last seen for `partition` (a reader's index), so `end - position` is its lag.
+    pub fn set_end(&self, partition: usize, end: u64) {
+        if let Some(p) = self.partitions.lock().unwrap_or_else(|e| e.into_inner()).get_mut(partition) {
+            p.end = Some(end);
+        }
+    }
+}
+
+/// The streams a source produces.
+pub struct SourceStreams<'scope, T> {
+    /// Records as `(Timed<T>, time, +1)` updates.
+    pub records: Stream<'scope, u64, Vec<(Timed<T>, u64, isize)>>,
+    /// Malformed and too-late records.
+    pub dead_letters: Stream<'scope, u64, Vec<DeadLetter>>,
+    /// Counters of this worker's partitions.
+    pub metrics: SourceMetrics,
+}
+
+/// Builds a source operator that reads through the reader `make_reader(worker index, peers)` builds.
+pub fn partitioned_source<'scope, R, F>(
+    scope: Scope<'scope, u64>,
+    name: &str,
+    options: SourceOptions,
+    make_reader: F,
+) -> SourceStreams<'scope, R::Item>
+where
+    R: PartitionReader,
+    R::Item: Clone + 'static,
+    F: FnOnce(usize, usize) -> R,
+{
+    let mut builder = OperatorBuilder::new(name.to_owned(), scope);
+    let info = builder.operator_info();
+    let activator = scope.activator_for(info.address);
+    let (records_output, records) = builder.new_output::<Vec<(Timed<R::Item>, u64, isize)>>();
+    let (dead_output, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
+    let mut records_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(records_output);
+    let mut dead_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(dead_output);
+    let metrics = SourceMetrics::default();
+    let shared = metrics.clone();
+    let mut reader = make_reader(scope.index(), scope.peers());
+    let name = name.to_owned();
+
+    builder.build(move |capabilities| {
+        let mut capabilities = Some(capabilities);
+        let mut clock = SourceClock::new(0, options.policy, Instant::now());
+        let mut polled = Vec::with_capacity(options.batch);
+        // Records emitted per dataflow time the backpressure probe has not passed yet.
+        let mut outstanding: BTreeMap<u64, usize> = BTreeMap::new();
+        move |_frontiers| {
+            let Some(caps) = capabilities.as_mut() else { return };
+            if options.shutdown.as_ref().is_some_and(Shutdown::requested) {
+                tracing::info!(source = %name, "shutdown requested: closing the source");
+                capabilities = None;
+                return;
+            }
+            let now = Instant::now();
+            if let Some(bp) = &options.backpressure
+                && throttled(bp, &mut outstanding, *caps[0].time())
+            {
+                activator.activate_after(Duration::from_millis(1));
+                return;
+            }
+            let status = reader.poll(options.batch, &mut polled);
+            sync_partitions(&reader, &mut clock, &shared, now);
+
+            let mut records_handle = records_output.activate();
+            let mut dead_handle = dead_output.activate();
+            let mut records_session = records_handle.session(&caps[0]);
+            let mut dead_session = dead_handle.session(&caps[1]);
+            let mut metrics = shared.partitions.lock().unwrap_or_else(|e| e.into_inner());
+            for event in polled.drain(..) {
+                match event {
+                    Polled::Record { partition, offset, event_time, value } => {
+                        let m = &mut metrics[partition];
+                        m.position = offset + 1;
+                        match clock.observe(partition, event_time, now) {
+                            Arrival::OnTime { time } => {
+                                m.records += 1;
+                                *outstanding.entry(time).or_default() += 1;
+                                records_session.give((Timed { event_time, value }, time, 1));
+                            }
+                            Arrival::Late { time, .. } => {
+                                m.records += 1;
+                                m.late += 1;
+                                *outstanding.entry(time).or_default() += 1;
+                                records_session.give((Timed { event_time, value }, time, 1));
+                            }
+                            Arrival::TooLate { watermark, .. } => {
+                                m.too_late += 1;
+                                let (source, kafka_partition) = reader.origin(partition);
+                                let max_lateness_ms = options.policy.max_lateness_ms.unwrap_or_default();
+                                dead_session.give(DeadLetter {
+                                    source: source.to_owned(),
+                                    partition: kafka_partition,
+                                    offset,
+                                    reason: Reason::TooLate { event_time, watermark, max_lateness_ms },
+                                    key: None,
+                                    payload: None,
+                                });
+                            }
+                        }
+                        m.watermark = clock.partition_watermark(partition);
+                    }
+                    Polled::Malformed { partition, offset, error, key, payload } => {
+                        let m = &mut metrics[partition];
+                        m.position = offset + 1;
+                        m.malformed += 1;
+                        let (source, kafka_partition) = reader.origin(partition);
+                        tracing::debug!(source, partition = kafka_partition, offset, "malformed record: {error}");
+                        dead_session.give(DeadLetter {
+                            source: source.to_owned(),
+                            partition: kafka_partition,
+                            offset,
+                            reason: Reason::Malformed { error },
+                            key,
+                            payload,
+                        });
+                    }
+                    Polled::End { partition } => clock.finish(partition),
+                }
+            }
+            drop(metrics);
+            drop(records_session);
+            drop(dead_session);
+
+            if status == ReadStatus::Finished {
+                tracing::debug!(source = %name, "source finished");
+                capabilities = None;
+                return;
+            }
+            match clock.watermark(now) {
+                // Every partition ended, but the reader may still discover new ones: hold where we are.
+                None => {}
+                Some(watermark) if watermark > *caps[0].time() => {
+                    caps[0].downgrade(&watermark);
+                    caps[1].downgrade(&watermark);
+                }
+                Some(_) => {}
+            }
+            match status {
+                ReadStatus::More => activator.activate(),
+                ReadStatus::Wait(delay) => {
+                    // Look again when new data may be there, or when a partition turns idle, whichever is first.
+                    let idle_in = clock.next_idle_check().map(|at| at.saturating_duration_since(now) + Duration::from_millis(1));
+                    activator.activate_after(idle_in.map_or(delay, |idle| idle.min(delay)));
+                }
+                ReadStatus::Finished => {}
+            }
+        }
+    });
+
+    SourceStreams { records, dead_letters, metrics }
+}
+
+/// Adds clocks and metrics for partitions the reader discovered.
+fn sync_partitions<R: PartitionReader>(reader: &R, clock: &mut SourceClock, metrics: &SourceMetrics, now: Instant) {
+    let mut metrics = metrics.partitions.lock().unwrap_or_else(|e| e.into_inner());
+    while metrics.len() < reader.partitions() {
+        let index = clock.add_partition(now);
+        if let Some(watermark) = reader.restored_watermark(index) {
+            clock.restore(index, watermark);
+        }
+        let (source, partition) = reader.origin(index);
+        metrics.push(PartitionMetrics {
+            source: source.to_owned(),
+            partition,
+            watermark: clock.partition_watermark(index),
+            ..Default::default()
+        });
+    }
+}
+
+/// Whether the source must wait for the dataflow to catch up.
+fn throttled(bp: &Backpressure, outstanding: &mut BTreeMap<u64, usize>, watermark: u64) -> bool {
+    let frontier = bp.probe.with_frontier(|f| f.first().copied());
+    let Some(frontier) = frontier else { return false };
+    // Forget what the dataflow has completed.
+    *outstanding = outstanding.split_off(&frontier);
+    if bp.max_ahead_ms.is_some_and(|ahead| watermark > frontier.saturating_add(ahead)) {
+        return true;
+    }
+    bp.max_records.is_some_and(|max| outstanding.values().sum::<usize>() >= max)
+}
