@@ -7,6 +7,7 @@
 
 pub mod dead_letter;
 pub mod file;
+pub mod kafka;
 pub mod source;
 
 pub use dead_letter::{DeadLetter, Reason};

@@ -26,7 +26,8 @@ impl Shutdown {
         self.flag.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn request(&self) {
+    /// Asks the sources to stop, as SIGINT/SIGTERM do (for programs that stop themselves, and tests).
+    pub fn request(&self) {
         self.flag.store(true, Ordering::SeqCst);
     }
 }

@@ -142,6 +142,20 @@ impl Broker {
         self.address.to_string()
     }
 
+    /// Creates `name` with `partitions` partitions and topic `config` entries (e.g. `cleanup.policy=compact`).
+    pub fn create_topic(&self, name: &str, partitions: u32, config: &[(&str, &str)]) -> anyhow::Result<()> {
+        let mut command = Command::new(tansu_path());
+        command.args(["topic", "create", "--broker", &format!("tcp://{}", self.address), "--partitions", &partitions.to_string()]);
+        for (key, value) in config {
+            command.args(["--config", &format!("{key}={value}")]);
+        }
+        let output = command.arg(name).output().context("cannot run `tansu topic create`")?;
+        if !output.status.success() {
+            bail!("creating topic {name} failed: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(())
+    }
+
     /// The broker's socket address.
     pub fn address(&self) -> SocketAddr {
         self.address

@@ -1,0 +1,124 @@
+//! Typed Kafka client configuration with a pass-through map for librdkafka settings.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rdkafka::ClientConfig;
+
+/// librdkafka keys the source manages itself, with the reason; setting them is refused.
+const OWNED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "give the brokers to KafkaConfig::new"),
+    ("group.id", "partition assignment is Tributary's own (assign, not group subscription)"),
+    ("enable.auto.commit", "positions are stored by Tributary, never auto-committed"),
+    ("enable.auto.offset.store", "positions are stored by Tributary"),
+    ("auto.offset.reset", "the start position is set with StartFrom"),
+    ("enable.partition.eof", "bounded reads use the end offsets seen at start"),
+];
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The key is one Tributary sets itself.
+    #[error("the librdkafka setting `{key}` cannot be set: {why}")]
+    Owned {
+        /// The refused key.
+        key: String,
+        /// Why Tributary owns it.
+        why: &'static str,
+    },
+    /// No brokers were given.
+    #[error("no brokers given; pass host:port[,host:port...] (e.g. --brokers 127.0.0.1:9092)")]
+    NoBrokers,
+}
+
+/// How to reach the brokers, plus librdkafka settings passed through unchanged.
+///
+/// Secrets never appear in `Debug` output:
+///
+/// ```
+/// use tributary_connectors::kafka::KafkaConfig;
+/// let config = KafkaConfig::new("127.0.0.1:9092")?
+///     .set("security.protocol", "SASL_SSL")?
+///     .set("sasl.password", "hunter2")?;
+/// assert!(!format!("{config:?}").contains("hunter2"));
+/// assert!(KafkaConfig::new("127.0.0.1:9092")?.set("enable.auto.commit", "true").is_err());
+/// # Ok::<(), tributary_connectors::kafka::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct KafkaConfig {
+    brokers: String,
+    settings: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// Brokers as `host:port[,host:port...]`.
+    pub fn new(brokers: impl Into<String>) -> Result<Self, ConfigError> {
+        let brokers = brokers.into();
+        if brokers.trim().is_empty() {
+            return Err(ConfigError::NoBrokers);
+        }
+        Ok(KafkaConfig { brokers, settings: BTreeMap::new() })
+    }
+
+    /// Passes a librdkafka setting through (e.g. `security.protocol`, `fetch.max.bytes`).
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Result<Self, ConfigError> {
+        let key = key.into();
+        if let Some((_, why)) = OWNED.iter().find(|(owned, _)| *owned == key) {
+            return Err(ConfigError::Owned { key, why });
+        }
+        self.settings.insert(key, value.into());
+        Ok(self)
+    }
+
+    /// The brokers.
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// The rdkafka configuration for a client, with the runtime's own settings applied last.
+    pub(crate) fn client_config(&self, owned: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.settings {
+            config.set(key, value);
+        }
+        for (key, value) in owned {
+            config.set(*key, *value);
+        }
+        config
+    }
+}
+
+/// Whether a setting's value must not be shown.
+fn secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password") || key.contains("secret") || key.contains("sasl.jaas") || key.ends_with(".key.pem") || key.contains("token")
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let settings: BTreeMap<&str, &str> =
+            self.settings.iter().map(|(k, v)| (k.as_str(), if secret(k) { "<redacted>" } else { v.as_str() })).collect();
+        f.debug_struct("KafkaConfig").field("brokers", &self.brokers).field("settings", &settings).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_keys_are_refused_with_a_reason() {
+        let err = KafkaConfig::new("b:1").unwrap().set("group.id", "g").unwrap_err();
+        assert!(err.to_string().contains("`group.id` cannot be set: partition assignment is Tributary's own"));
+        assert_eq!(KafkaConfig::new(" ").unwrap_err(), ConfigError::NoBrokers);
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = KafkaConfig::new("b:1").unwrap().set("ssl.key.password", "p").unwrap().set("sasl.oauthbearer.client.secret", "s").unwrap();
+        let shown = format!("{c:?}");
+        assert!(shown.contains("<redacted>") && !shown.contains("\"p\"") && !shown.contains("\"s\""), "{shown}");
+    }
+}
