@@ -163,11 +163,12 @@ fn accept_one(mut stream: TcpStream, ours: &Hello, sockets: &[Option<TcpStream>]
     if peer <= ours.process as usize || peer >= sockets.len() {
         return Err(Refusal::Stray(format!("it claims to be process {peer}, which should not connect to process {}", ours.process)));
     }
+    // Answer before judging the layout, so the peer sees a mismatch too and both fail at once.
+    stream.write_all(&ours.encode()).map_err(io)?;
     check_layout(&theirs, ours).map_err(|m| Refusal::Mismatch(peer, m))?;
     if sockets[peer].is_some() {
         return Err(Refusal::Mismatch(peer, "a second process claims this index; check the --process flags".into()));
     }
-    stream.write_all(&ours.encode()).map_err(io)?;
     Ok((peer, stream))
 }
 

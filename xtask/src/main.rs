@@ -108,13 +108,54 @@ fn test(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     let cargo = cargo();
     run(root, &cargo, &["fmt", "--all", "--check"], &[])?;
     run(root, &cargo, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
+    let mut totals = Totals::default();
     let mut args = vec!["test", "--workspace", "--all-targets"];
     args.extend(extra.iter().map(String::as_str));
-    run(root, &cargo, &args, &[("TRIBUTARY_TANSU", tansu)])?;
+    let unit = run_tests(root, &cargo, &args, tansu, &mut totals);
     // `--all-targets` skips doctests; they run separately (the README is one of them).
     let mut args = vec!["test", "--workspace", "--doc"];
     args.extend(extra.iter().map(String::as_str));
-    run(root, &cargo, &args, &[("TRIBUTARY_TANSU", tansu)])?;
+    let doc = run_tests(root, &cargo, &args, tansu, &mut totals);
+    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+    unit.and(doc)
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test`, passing its output through and adding up its `test result:` lines.
+fn run_tests(root: &Path, cargo: &str, args: &[&str], tansu: &str, totals: &mut Totals) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    eprintln!("xtask: {cargo} {}", args.join(" "));
+    let mut child = Command::new(cargo)
+        .args(args)
+        .env("TRIBUTARY_TANSU", tansu)
+        .current_dir(root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {cargo}"))?;
+    let stdout = child.stdout.take().context("cargo's stdout")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo's output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word))
+                    .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                    .unwrap_or(0)
+            };
+            totals.passed += count(" passed");
+            totals.failed += count(" failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        bail!("`{cargo} {}` failed ({status})", args.join(" "));
+    }
     Ok(())
 }
 
