@@ -1,0 +1,183 @@
+//! Counts events per key in tumbling event-time windows, from CSV files or Kafka topics.
+//!
+//! Input records are `key,ts_ms` rows (CSV with a header line), or JSON values `{"key": "...", "ts_ms": N}` on
+//! Kafka. Each prints `key,window_start_ms,count` lines: with bounded input (files, or Kafka with
+//! `--until-end`) one line per window with its final value, sorted, once the input is done; with unbounded Kafka
+//! input one line each time a window closes (and again if a late record within `--allowed-lateness` corrects
+//! it). Records later than that are counted and reported on stderr, never silently dropped; so are malformed
+//! records. The output is byte-identical for any number of workers and processes.
+//!
+//! Windows are kept with differential's `count`, keyed by `(key, window start)` with each record moved to its
+//! window's end; a dedicated window operator replaces this once the operators land.
+//!
+//! ```sh
+//! cargo run --release --example windowed_count -- --csv events.csv --window 10s --max-out-of-orderness 5s
+//! cargo run --release --example windowed_count -- --workers 2 --brokers 127.0.0.1:9092 --topic events --until-end
+//! cargo build --release --example windowed_count --bin tributary
+//! target/release/tributary launch --processes 2 --workers 2 -- \
+//!     target/release/examples/windowed_count --brokers 127.0.0.1:9092 --topic events --until-end
+//! ```
+//!
+//! Across machines: the same binary and host file on every host, process `I` started with
+//! `windowed_count --brokers ... --topic events --workers 2 --processes 2 --process I --hostfile hosts.txt`.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tributary::connectors::file::FileSource;
+use tributary::connectors::kafka::{Decoder, EventTime, KafkaConfig, KafkaSource};
+use tributary::connectors::{DeadLetter, SourceOptions, SourceStreams};
+use tributary::differential_dataflow::AsCollection;
+use tributary::operators::WatermarkPolicy;
+use tributary::timely::dataflow::operators::core::OkErr;
+use tributary::timely::dataflow::operators::{Exchange, Inspect, Probe};
+
+/// Counts events per key in tumbling event-time windows.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    cluster: tributary::ClusterArgs,
+    /// CSV file, or directory of CSV files, with columns `key,ts_ms`.
+    #[arg(long, value_name = "FILE|DIR", conflicts_with = "brokers", required_unless_present = "brokers")]
+    csv: Option<PathBuf>,
+    /// Kafka brokers (host:port[,host:port]); records are JSON `{"key": ..., "ts_ms": ...}`.
+    #[arg(long, requires = "topic")]
+    brokers: Option<String>,
+    /// Kafka topic to read; repeat for several.
+    #[arg(long)]
+    topic: Vec<String>,
+    /// Kafka: read up to the end offsets seen at start, print final counts, and exit.
+    #[arg(long)]
+    until_end: bool,
+    /// Window size.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// How far out of order records may arrive and still be on time.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    max_out_of_orderness: Duration,
+    /// How long after a window's end a late record may still correct it.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    allowed_lateness: Duration,
+    /// A partition without records for this long stops holding the watermark back.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
+struct Event {
+    key: String,
+    ts_ms: u64,
+}
+
+enum Input {
+    Files(FileSource<Event>),
+    Kafka(KafkaSource<Event>),
+}
+
+/// What a worker hands back: final counts (bounded runs, worker 0 only) and what it routed away.
+struct Outcome {
+    counts: Vec<((String, u64), isize)>,
+    too_late: usize,
+    dead_letters: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let window = args.window.as_millis() as u64;
+    anyhow::ensure!(window > 0, "--window must be positive");
+    let lateness = args.allowed_lateness.as_millis() as u64;
+    let event_time = |e: &Event| Ok(e.ts_ms);
+    let input = match (&args.csv, &args.brokers) {
+        (Some(path), _) => Input::Files(FileSource::new(vec![path.clone()], event_time)?),
+        (None, Some(brokers)) => {
+            let topics: Vec<&str> = args.topic.iter().map(String::as_str).collect();
+            let config = KafkaConfig::new(brokers.clone())?;
+            Input::Kafka(KafkaSource::new(config, &topics, Decoder::json(), EventTime::extract(event_time))?.until_end(args.until_end))
+        }
+        (None, None) => anyhow::bail!("give --csv or --brokers"),
+    };
+    let bounded = matches!(input, Input::Files(_)) || args.until_end;
+    let policy = WatermarkPolicy {
+        max_out_of_orderness_ms: args.max_out_of_orderness.as_millis() as u64,
+        idle_timeout: Some(args.idle_timeout),
+        max_lateness_ms: None,
+    };
+
+    let outcomes = tributary::execute(&args.cluster, move |worker, ctx| {
+        let collected = Rc::new(RefCell::new(Vec::new()));
+        let too_late = Rc::new(RefCell::new(0usize));
+        let dead_letters = Rc::new(RefCell::new(0usize));
+        let (sink, late_count, dead_count) = (Rc::clone(&collected), Rc::clone(&too_late), Rc::clone(&dead_letters));
+        let options = SourceOptions { policy, shutdown: Some(ctx.shutdown.clone()), ..Default::default() };
+        let probe = worker.dataflow::<u64, _, _>(|scope| {
+            let SourceStreams { records, dead_letters, .. } = match &input {
+                Input::Files(source) => source.build(scope, options),
+                Input::Kafka(source) => source.build(scope, options),
+            };
+            dead_letters.inspect(move |letter: &DeadLetter| {
+                *dead_count.borrow_mut() += 1;
+                tracing::warn!(
+                    source = letter.source,
+                    partition = letter.partition,
+                    offset = letter.offset,
+                    "dead letter: {}",
+                    letter.reason
+                );
+            });
+            // Assign each record to its window; move it to the window's last instant so the count is final
+            // when the watermark passes the window's end. Records whose window closed more than the allowed
+            // lateness before their arrival are split off.
+            let (windowed, late) = records.ok_err(move |(event, time, diff)| {
+                let start = event.event_time - event.event_time % window;
+                let end = start + window;
+                if end + lateness <= time { Err((event.value, time)) } else { Ok(((event.value.key, start), time.max(end - 1), diff)) }
+            });
+            late.container::<Vec<_>>().inspect(move |(event, time): &(Event, u64)| {
+                *late_count.borrow_mut() += 1;
+                tracing::warn!(key = event.key, ts_ms = event.ts_ms, arrived_at = time, "record later than the allowed lateness");
+            });
+            let counts = windowed.container::<Vec<_>>().as_collection().count();
+            counts
+                .inner
+                .exchange(|_| 0)
+                .inspect(move |(((key, start), count), _time, diff)| {
+                    if bounded {
+                        sink.borrow_mut().push(((key.clone(), *start), count * diff));
+                    } else if *diff > 0 {
+                        // Unbounded: a window's count is final once its time is complete; print it then.
+                        let _ = writeln!(std::io::stdout(), "{key},{start},{count}");
+                    }
+                })
+                .probe()
+                .0
+        });
+        worker.step_or_park_while(None, || !probe.done());
+        let mut totals: BTreeMap<(String, u64), isize> = BTreeMap::new();
+        for (window, count) in collected.borrow_mut().drain(..) {
+            *totals.entry(window).or_default() += count;
+        }
+        let counts = totals.into_iter().filter(|(_, c)| *c != 0).collect();
+        let (too_late, dead_letters) = (*too_late.borrow(), *dead_letters.borrow());
+        Outcome { counts, too_late, dead_letters }
+    })?;
+
+    let mut out = std::io::stdout().lock();
+    let (mut too_late, mut dead) = (0, 0);
+    for outcome in outcomes {
+        for ((key, start), count) in outcome.counts {
+            writeln!(out, "{key},{start},{count}").context("writing results")?;
+        }
+        too_late += outcome.too_late;
+        dead += outcome.dead_letters;
+    }
+    if too_late + dead > 0 {
+        tracing::warn!("this process routed away {too_late} record(s) later than the allowed lateness and {dead} dead letter(s)");
+    }
+    Ok(())
+}
