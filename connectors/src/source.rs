@@ -9,19 +9,34 @@
 //! or when the process is asked to shut down.
 //!
 //! Data leaves as `(Timed<T>, time, +1)` updates, ready for `as_collection()`, and as [`DeadLetter`]s.
+//!
+//! **Idle workers.** A partition idle past the policy's timeout stops holding its worker's watermark back. When
+//! every partition of a worker is idle, the worker must not hold the cluster back either, but it cannot drop its
+//! capability: its partitions may produce again. So the source operators of all workers exchange heartbeats
+//! through a feedback loop: whenever a worker's watermark advances it broadcasts a heartbeat at that time, which
+//! comes back to every worker 1 ms later. A worker whose partitions are all idle takes the capability of the
+//! heartbeat it receives and moves its own capabilities up to it, so it follows the others instead of stalling
+//! them; its partitions rejoin at that watermark when they produce again.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{ConnectLoop, Feedback};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use tributary_operators::event_time::{Arrival, SourceClock, WatermarkPolicy};
 use tributary_runtime::Shutdown;
 
 use crate::dead_letter::{DeadLetter, Reason};
+
+/// The least time between two heartbeats of one worker.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(50);
 
 /// A record with the event time it was read with. Late records keep their event time here while they travel at
 /// their partition's watermark.
@@ -201,13 +216,19 @@ where
     R::Item: Clone + 'static,
     F: FnOnce(usize, usize) -> R,
 {
+    let (loop_handle, heartbeats_in) = scope.feedback::<Vec<u64>>(1);
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);
     let info = builder.operator_info();
     let activator = scope.activator_for(info.address);
+    // The heartbeat input is connected to every output, so its capabilities can be taken over for them.
+    let mut heartbeats = builder.new_input(heartbeats_in, Pipeline);
     let (records_output, records) = builder.new_output::<Vec<(Timed<R::Item>, u64, isize)>>();
     let (dead_output, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
+    let (heartbeat_output, heartbeats_out) = builder.new_output::<Vec<u64>>();
     let mut records_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(records_output);
     let mut dead_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(dead_output);
+    let mut heartbeat_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(heartbeat_output);
+    heartbeats_out.broadcast().connect_loop(loop_handle);
     let metrics = SourceMetrics::default();
     let shared = metrics.clone();
     let mut reader = make_reader(scope.index(), scope.peers());
@@ -219,14 +240,34 @@ where
         let mut polled = Vec::with_capacity(options.batch);
         // Records emitted per dataflow time the backpressure probe has not passed yet.
         let mut outstanding: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut next_heartbeat = Instant::now();
+        let mut heartbeat_sent = 0u64;
+        let mut follow: Option<Vec<Capability<u64>>> = None;
         move |_frontiers| {
+            let now = Instant::now();
+            // Heartbeats of the other workers: keep capabilities at the latest one, and follow it once all our
+            // partitions are idle. (A kept capability ahead of our own holds nothing back.)
+            heartbeats.for_each(|cap, _beats| {
+                let Some(caps) = capabilities.as_ref() else { return };
+                let Some(&time) = cap.least() else { return };
+                if time > *caps[0].time() && follow.as_ref().is_none_or(|f: &Vec<Capability<u64>>| time > *f[0].time()) {
+                    follow = Some((0..caps.len()).map(|port| cap.delayed(&time, port)).collect());
+                }
+            });
+            if let (Some(caps), Some(ahead)) = (capabilities.as_mut(), follow.as_ref())
+                && clock.all_idle(now)
+                && ahead[0].time() > caps[0].time()
+            {
+                clock.follow(*ahead[0].time());
+                *caps = follow.take().expect("checked above");
+            }
             let Some(caps) = capabilities.as_mut() else { return };
             if options.shutdown.as_ref().is_some_and(Shutdown::requested) {
                 tracing::info!(source = %name, "shutdown requested: closing the source");
                 capabilities = None;
+                follow = None;
                 return;
             }
-            let now = Instant::now();
             if let Some(bp) = &options.backpressure
                 && throttled(bp, &mut outstanding, *caps[0].time())
             {
@@ -299,16 +340,32 @@ where
             if status == ReadStatus::Finished {
                 tracing::debug!(source = %name, "source finished");
                 capabilities = None;
+                follow = None;
                 return;
             }
             match clock.watermark(now) {
                 // Every partition ended, but the reader may still discover new ones: hold where we are.
                 None => {}
                 Some(watermark) if watermark > *caps[0].time() => {
-                    caps[0].downgrade(&watermark);
-                    caps[1].downgrade(&watermark);
+                    for cap in caps.iter_mut() {
+                        cap.downgrade(&watermark);
+                    }
                 }
                 Some(_) => {}
+            }
+            // Only idleness needs heartbeats; send the latest watermark at most every 50 ms.
+            let watermark = *caps[0].time();
+            if follow.as_ref().is_some_and(|f| *f[0].time() <= watermark) {
+                follow = None;
+            }
+            if options.policy.idle_timeout.is_some() && watermark > heartbeat_sent {
+                if now >= next_heartbeat {
+                    heartbeat_output.activate().session(&caps[2]).give(watermark);
+                    heartbeat_sent = watermark;
+                    next_heartbeat = now + HEARTBEAT_EVERY;
+                } else {
+                    activator.activate_after(next_heartbeat - now);
+                }
             }
             match status {
                 ReadStatus::More => activator.activate(),

@@ -282,29 +282,34 @@ fn resume_from_stored_positions_without_loss_or_duplicates() {
 fn an_idle_partition_stops_holding_the_watermark_back() {
     let broker = broker("idle", Storage::Memory);
     broker.create_topic("idle", 2, &[]).unwrap();
-    // Only the partition worker 0 reads gets data; the other stays empty.
-    let busy = (0..2).find(|p| tributary_connectors::kafka::owner("idle", *p, 1) == 0).unwrap();
-    produce(&broker, "idle", &(0..50u64).map(|i| (busy, 5_000 + i * 100, json(5_000 + i * 100))).collect::<Vec<_>>());
+    // With two workers each reads one partition: the idle one is alone on its worker, which must then follow
+    // the other worker's progress instead of holding the cluster back.
+    assert_ne!(tributary_connectors::kafka::owner("idle", 0, 2), tributary_connectors::kafka::owner("idle", 1, 2));
+    produce(&broker, "idle", &(0..50u64).map(|i| (0, 5_000 + i * 100, json(5_000 + i * 100))).collect::<Vec<_>>());
     let policy = WatermarkPolicy { max_out_of_orderness_ms: 0, idle_timeout: Some(Duration::from_millis(300)), max_lateness_ms: None };
     let source = source(&broker, &["idle"]);
-    let reached = Arc::new(Mutex::new(None));
-    let result = Arc::clone(&reached);
-    timely::execute(timely::Config::thread(), move |worker| {
-        let shutdown = Shutdown::default();
-        let options = SourceOptions { policy, shutdown: Some(shutdown.clone()), ..Default::default() };
-        let probe = worker.dataflow::<u64, _, _>(|scope| source.build(scope, options).records.probe().0);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        // Without idleness the empty partition would hold the frontier at 0 forever.
-        while probe.less_than(&9_900) && Instant::now() < deadline {
-            worker.step_or_park(Some(Duration::from_millis(10)));
+    for workers in [1, 2] {
+        let reached = Arc::new(Mutex::new(Vec::new()));
+        let (result, source) = (Arc::clone(&reached), source.clone());
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let shutdown = Shutdown::default();
+            let options = SourceOptions { policy, shutdown: Some(shutdown.clone()), ..Default::default() };
+            let probe = worker.dataflow::<u64, _, _>(|scope| source.build(scope, options).records.probe().0);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            // Without idleness the empty partition would hold the frontier at 0 forever.
+            while probe.less_than(&9_900) && Instant::now() < deadline {
+                worker.step_or_park(Some(Duration::from_millis(10)));
+            }
+            result.lock().unwrap().push(probe.with_frontier(|f| f.first().copied()));
+            shutdown.request();
+            while worker.step_or_park(Some(Duration::from_millis(10))) {}
+        })
+        .expect("timely");
+        for frontier in reached.lock().unwrap().iter() {
+            let frontier = frontier.expect("source still open when checked");
+            assert!(frontier >= 9_900, "{workers} worker(s): the frontier stalled at {frontier}");
         }
-        *result.lock().unwrap() = probe.with_frontier(|f| f.first().copied());
-        shutdown.request();
-        while worker.step_or_park(Some(Duration::from_millis(10))) {}
-    })
-    .expect("timely");
-    let frontier = reached.lock().unwrap().expect("source still open when checked");
-    assert!(frontier >= 9_900, "the frontier stalled at {frontier}");
+    }
 }
 
 #[test]

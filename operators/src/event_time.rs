@@ -207,6 +207,20 @@ impl SourceClock {
         Some(self.reached)
     }
 
+    /// Whether every unfinished partition is idle at `now` (and there is at least one): the worker then holds
+    /// nothing back itself and may follow the other workers' progress (see [`SourceClock::follow`]).
+    pub fn all_idle(&self, now: Instant) -> bool {
+        let Some(timeout) = self.policy.idle_timeout else { return false };
+        let mut unfinished = self.partitions.iter().filter(|p| !p.finished).peekable();
+        unfinished.peek().is_some() && unfinished.all(|p| now.duration_since(p.last_record) > timeout)
+    }
+
+    /// Raises the watermark reached to `watermark`, when every partition is idle and the rest of the cluster has
+    /// got there. Partitions rejoin at no less than it.
+    pub fn follow(&mut self, watermark: u64) {
+        self.reached = self.reached.max(watermark);
+    }
+
     /// When the next partition would turn idle, if any may: the source should look again then.
     pub fn next_idle_check(&self) -> Option<Instant> {
         let timeout = self.policy.idle_timeout?;
