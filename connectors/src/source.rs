@@ -107,6 +107,10 @@ pub trait PartitionReader: 'static {
     fn restored_watermark(&self, _partition: usize) -> Option<u64> {
         None
     }
+    /// Stops (`true`) or resumes (`false`) delivery from each partition. Backpressure pauses the partitions
+    /// ahead of the watermark and keeps reading those that hold it back, so a lagging partition can always
+    /// catch up. Readers that cannot pause ignore this (the default).
+    fn pause(&mut self, _paused: &[bool]) {}
 }
 
 /// Limits on how far a source reads ahead of the dataflow, so a backlog is drained with bounded memory.
@@ -129,7 +133,8 @@ pub struct SourceOptions {
     pub batch: usize,
     /// Read-ahead limits; `None` reads as fast as the input allows.
     pub backpressure: Option<Backpressure>,
-    /// The runtime's shutdown flag: when set, the source stops reading and closes.
+    /// The shutdown flag: when set, the source stops reading and closes. `None`: the flag of the runtime that
+    /// started the worker ([`Shutdown::of`]), if any.
     pub shutdown: Option<Shutdown>,
 }
 
@@ -233,6 +238,10 @@ where
     let shared = metrics.clone();
     let mut reader = make_reader(scope.index(), scope.peers());
     let name = name.to_owned();
+    let mut options = options;
+    if options.shutdown.is_none() {
+        options.shutdown = Shutdown::of(scope.worker());
+    }
 
     builder.build(move |capabilities| {
         let mut capabilities = Some(capabilities);
@@ -243,6 +252,7 @@ where
         let mut next_heartbeat = Instant::now();
         let mut heartbeat_sent = 0u64;
         let mut follow: Option<Vec<Capability<u64>>> = None;
+        let mut paused: Vec<bool> = Vec::new();
         move |_frontiers| {
             let now = Instant::now();
             // Heartbeats of the other workers: keep capabilities at the latest one, and follow it once all our
@@ -268,11 +278,23 @@ where
                 follow = None;
                 return;
             }
-            if let Some(bp) = &options.backpressure
-                && throttled(bp, &mut outstanding, *caps[0].time())
-            {
-                activator.activate_after(Duration::from_millis(1));
-                return;
+            if let Some(bp) = &options.backpressure {
+                if throttled(bp, &mut outstanding, *caps[0].time()) {
+                    // Read only from the partitions that hold the watermark back; if none can, wait.
+                    let watermark = *caps[0].time();
+                    let ahead: Vec<bool> = (0..clock.partitions()).map(|p| clock.partition_watermark(p) > watermark).collect();
+                    if ahead.iter().all(|a| *a) || ahead.is_empty() {
+                        activator.activate_after(Duration::from_millis(1));
+                        return;
+                    }
+                    if ahead != paused {
+                        reader.pause(&ahead);
+                        paused = ahead;
+                    }
+                } else if paused.iter().any(|p| *p) {
+                    paused = vec![false; paused.len()];
+                    reader.pause(&paused);
+                }
             }
             let status = reader.poll(options.batch, &mut polled);
             sync_partitions(&reader, &mut clock, &shared, now);

@@ -313,6 +313,41 @@ fn an_idle_partition_stops_holding_the_watermark_back() {
 }
 
 #[test]
+fn backpressure_reads_everything_once_even_with_a_lagging_partition() {
+    let broker = broker("backpressure", Storage::Memory);
+    broker.create_topic("bp", 4, &[]).unwrap();
+    // Partition 3 is far behind the others in event time: with at most 50 records in flight the source must keep
+    // reading it (and only it) while the others wait, or it would never move the watermark.
+    let data: Vec<Produce> = (0..2_000u64)
+        .map(|i| {
+            let partition = (i % 4) as i32;
+            let ts = if partition == 3 { i } else { 1_000_000 + i };
+            (partition, ts, json(ts))
+        })
+        .collect();
+    produce(&broker, "bp", &data);
+    let source = source(&broker, &["bp"]).until_end(true);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    timely::execute(timely::Config::process(2), move |worker| {
+        let probe = timely::dataflow::ProbeHandle::new();
+        let backpressure = tributary_connectors::Backpressure { probe: probe.clone(), max_ahead_ms: Some(10_000), max_records: Some(50) };
+        let options = SourceOptions { backpressure: Some(backpressure), batch: 16, ..Default::default() };
+        let sink = Arc::clone(&sink);
+        worker.dataflow::<u64, _, _>(|scope| {
+            source.build(scope, options).records.inspect(move |(s, _, _)| sink.lock().unwrap().push(s.value.clone())).probe_with(&probe);
+        });
+    })
+    .expect("timely");
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    let before = seen.len();
+    seen.dedup();
+    assert_eq!(before, seen.len(), "no record twice");
+    assert_eq!(seen.len(), data.len(), "every record once");
+}
+
+#[test]
 fn a_missing_topic_is_a_clear_error() {
     let broker = broker("missing", Storage::Memory);
     let err = KafkaSource::new(KafkaConfig::new(broker.bootstrap()).unwrap(), &["nope"], Decoder::utf8(), EventTime::KafkaTimestamp)

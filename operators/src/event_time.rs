@@ -181,6 +181,11 @@ impl SourceClock {
         self.partitions.iter().all(|p| p.finished)
     }
 
+    /// How many partitions the clock holds.
+    pub fn partitions(&self) -> usize {
+        self.partitions.len()
+    }
+
     /// The watermark of one partition.
     pub fn partition_watermark(&self, partition: usize) -> u64 {
         self.partitions[partition].clock.watermark()

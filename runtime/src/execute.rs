@@ -134,8 +134,10 @@ where
     let func = Arc::new(func);
     let worker_events = std::sync::Mutex::new(events.clone());
     let process = layout.process;
+    let mut worker_config = WorkerConfig::default();
+    worker_config.set(Shutdown::CONFIG_KEY.to_owned(), shutdown.clone());
     let guards = initialize_from(builders, Box::new(()), move |allocator| {
-        let mut worker = Worker::new(WorkerConfig::default(), allocator, Some(Instant::now()));
+        let mut worker = Worker::new(worker_config.clone(), allocator, Some(Instant::now()));
         let context = WorkerContext { index: worker.index(), ..template.clone() };
         let local = context.index - first_worker;
         let span = tracing::info_span!("worker", process, worker = context.index);
@@ -151,6 +153,10 @@ where
         let _ = sender.send(Event::Done(local, outcome.map_err(|payload| payload_message(payload.as_ref()))));
     })
     .map_err(Error::Timely)?;
+    // Dropping the guards joins the worker (and network) threads, which may never end once something failed;
+    // so they are only ever joined on purpose, never by an unwinding or early return.
+    let guards = std::mem::ManuallyDrop::new(guards);
+    let comms = std::mem::ManuallyDrop::new(comms);
     drop(events);
     let worker_threads: Vec<std::thread::Thread> = guards.guards().iter().map(|g| g.thread().clone()).collect();
 
@@ -229,8 +235,8 @@ where
 
     match outcome {
         Ok(()) => {
-            guards.join();
-            if let Some(comms) = comms {
+            std::mem::ManuallyDrop::into_inner(guards).join();
+            if let Some(comms) = std::mem::ManuallyDrop::into_inner(comms) {
                 // Joins timely's network threads; they end once every process has finished the dataflow.
                 if std::panic::catch_unwind(AssertUnwindSafe(|| drop(comms))).is_err() {
                     tracing::warn!("a peer connection failed while the cluster was shutting down; results are complete");
@@ -241,12 +247,8 @@ where
             }
             Ok(results.into_iter().map(|r| r.expect("every worker reported")).collect())
         }
-        Err(error) => {
-            // Workers or network threads may still be unwinding or blocked: do not join them.
-            std::mem::forget(guards);
-            std::mem::forget(comms);
-            Err(error)
-        }
+        // Workers or network threads may still be unwinding or blocked: the guards are not joined.
+        Err(error) => Err(error),
     }
 }
 

@@ -21,6 +21,15 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
+    /// The key under which the runtime stores each worker's `Shutdown` in timely's worker configuration, so
+    /// operators find it with [`Shutdown::of`] without being handed it.
+    pub const CONFIG_KEY: &'static str = "tributary.shutdown";
+
+    /// The shutdown flag of the process a worker runs in, if the worker was started by [`execute`](crate::execute).
+    pub fn of(worker: &timely::worker::Worker) -> Option<Shutdown> {
+        worker.config().get::<Shutdown>(Self::CONFIG_KEY).cloned()
+    }
+
     /// Whether SIGINT or SIGTERM has arrived.
     pub fn requested(&self) -> bool {
         self.flag.load(Ordering::SeqCst)

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, error::KafkaError};
@@ -284,6 +286,12 @@ struct KafkaReader<T> {
     /// Bounded mode: the end offset of each partition seen at start.
     ends: Vec<Option<i64>>,
     ended: Vec<bool>,
+    /// Each partition's own queue, so backpressure can read some partitions and leave the others in
+    /// librdkafka's bounded prefetch queue (pausing would refetch, which some brokers do not do exactly).
+    queues: Vec<Option<PartitionQueue<Context>>>,
+    paused: Vec<bool>,
+    /// Where the round-robin over partition queues continues.
+    next_queue: usize,
     /// Partitions found already at their end when assigned, to report on the first poll.
     pending_ends: Vec<usize>,
     bounded: bool,
@@ -321,6 +329,9 @@ impl<T: Clone + 'static> KafkaReader<T> {
             restored: Vec::new(),
             ends: Vec::new(),
             ended: Vec::new(),
+            queues: Vec::new(),
+            paused: Vec::new(),
+            next_queue: 0,
             pending_ends: Vec::new(),
             bounded: source.until_end,
             worker,
@@ -408,6 +419,7 @@ impl<T: Clone + 'static> KafkaReader<T> {
             self.restored.push(restored[i]);
             self.ends.push(end);
             self.ended.push(done);
+            self.paused.push(false);
             if done {
                 self.pending_ends.push(index);
             } else {
@@ -415,6 +427,11 @@ impl<T: Clone + 'static> KafkaReader<T> {
             }
         }
         self.consumer.incremental_assign(&assignment)?;
+        for (topic, p) in new {
+            let index = self.index[&(topic.clone(), *p)];
+            let queue = if self.ended[index] { None } else { self.consumer.split_partition_queue(topic, *p) };
+            self.queues.push(queue);
+        }
         Ok(())
     }
 
@@ -446,6 +463,7 @@ impl<T: Clone + 'static> KafkaReader<T> {
 
     fn finish_partition(&mut self, partition: usize, out: &mut Vec<Polled<T>>) {
         self.ended[partition] = true;
+        self.queues[partition] = None;
         out.push(Polled::End { partition });
         let (topic, p) = &self.partitions[partition];
         let mut list = TopicPartitionList::new();
@@ -454,6 +472,47 @@ impl<T: Clone + 'static> KafkaReader<T> {
         {
             tracing::warn!(topic, partition = p, "cannot unassign a finished partition: {e}");
         }
+    }
+
+    /// Decodes one record of `partition` into `out`; returns whether it was a record of the partition's range.
+    fn accept(&mut self, partition: usize, message: BorrowedMessage<'_>, out: &mut Vec<Polled<T>>) -> bool {
+        let offset = message.offset();
+        if self.ended[partition] {
+            return false;
+        }
+        self.headers.clear();
+        if let Some(headers) = message.headers() {
+            for header in headers.iter() {
+                self.headers.push((header.key.to_owned(), header.value.map(<[u8]>::to_vec)));
+            }
+        }
+        let headers: Vec<(&str, Option<&[u8]>)> = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+        let record = KafkaRecord {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset,
+            timestamp: message.timestamp().to_millis(),
+            key: message.key(),
+            value: message.payload(),
+            headers: &headers,
+        };
+        let decoded = (self.decoder.0)(&record).and_then(|value| self.event_time.of(&record, &value).map(|et| (value, et)));
+        out.push(match decoded {
+            Ok((value, event_time)) => Polled::Record { partition, offset: offset as u64, event_time, value },
+            Err(error) => Polled::Malformed {
+                partition,
+                offset: offset as u64,
+                error,
+                key: record.key.map(<[u8]>::to_vec),
+                payload: record.value.map(<[u8]>::to_vec),
+            },
+        });
+        drop(headers);
+        drop(message);
+        if self.ends[partition].is_some_and(|end| offset + 1 >= end) {
+            self.finish_partition(partition, out);
+        }
+        true
     }
 
     fn publish_ends(&mut self) {
@@ -515,6 +574,13 @@ impl<T: Clone + 'static> PartitionReader for KafkaReader<T> {
         self.restored[partition]
     }
 
+    fn pause(&mut self, paused: &[bool]) {
+        // A paused partition's records wait in its own queue; librdkafka stops fetching once that is full.
+        for (i, flag) in self.paused.iter_mut().enumerate() {
+            *flag = paused.get(i).copied().unwrap_or(false);
+        }
+    }
+
     fn poll(&mut self, budget: usize, out: &mut Vec<Polled<T>>) -> ReadStatus {
         if self.partitions.is_empty() {
             return ReadStatus::Finished;
@@ -525,54 +591,49 @@ impl<T: Clone + 'static> PartitionReader for KafkaReader<T> {
         self.discover();
         self.publish_ends();
         let mut read = 0;
+        // The main queue carries events (logs, statistics) and, for partitions not split off, records.
+        let consumer = Arc::clone(&self.consumer);
         while read < budget {
-            if self.bounded && self.ended.iter().all(|e| *e) {
-                return ReadStatus::Finished;
-            }
-            let message = match self.consumer.poll(Duration::ZERO) {
-                None => break,
-                Some(Err(e)) => {
-                    tracing::warn!("Kafka consumer error: {e}");
-                    break;
+            let Some(result) = consumer.poll(Duration::ZERO) else { break };
+            match result {
+                Ok(message) => {
+                    let Some(&partition) = self.index.get(&(message.topic().to_owned(), message.partition())) else { continue };
+                    if self.accept(partition, message, out) {
+                        read += 1;
+                    }
                 }
-                Some(Ok(message)) => message,
-            };
-            let Some(&partition) = self.index.get(&(message.topic().to_owned(), message.partition())) else { continue };
-            let offset = message.offset();
-            if self.ended[partition] {
+                Err(e) => tracing::warn!("Kafka consumer error: {e}"),
+            }
+        }
+        // Then the partitions' own queues, round robin, skipping paused ones.
+        let n = self.queues.len();
+        let mut empty_in_a_row = 0;
+        while read < budget && empty_in_a_row < n && n > 0 {
+            let partition = self.next_queue % n;
+            self.next_queue = (partition + 1) % n;
+            if self.paused[partition] || self.ended[partition] {
+                empty_in_a_row += 1;
                 continue;
             }
-            self.headers.clear();
-            if let Some(headers) = message.headers() {
-                for header in headers.iter() {
-                    self.headers.push((header.key.to_owned(), header.value.map(<[u8]>::to_vec)));
-                }
-            }
-            let headers: Vec<(&str, Option<&[u8]>)> = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
-            let record = KafkaRecord {
-                topic: message.topic(),
-                partition: message.partition(),
-                offset,
-                timestamp: message.timestamp().to_millis(),
-                key: message.key(),
-                value: message.payload(),
-                headers: &headers,
+            let Some(queue) = self.queues[partition].take() else {
+                empty_in_a_row += 1;
+                continue;
             };
-            let decoded = (self.decoder.0)(&record).and_then(|value| self.event_time.of(&record, &value).map(|et| (value, et)));
-            out.push(match decoded {
-                Ok((value, event_time)) => Polled::Record { partition, offset: offset as u64, event_time, value },
-                Err(error) => Polled::Malformed {
-                    partition,
-                    offset: offset as u64,
-                    error,
-                    key: record.key.map(<[u8]>::to_vec),
-                    payload: record.value.map(<[u8]>::to_vec),
-                },
-            });
-            read += 1;
-            drop(message);
-            if self.ends[partition].is_some_and(|end| offset + 1 >= end) {
-                self.finish_partition(partition, out);
+            match queue.poll(Duration::ZERO) {
+                Some(Ok(message)) => {
+                    empty_in_a_row = 0;
+                    if self.accept(partition, message, out) {
+                        read += 1;
+                    }
+                }
+                Some(Err(e)) => {
+                    empty_in_a_row += 1;
+                    tracing::warn!("Kafka consumer error: {e}");
+                }
+                None => empty_in_a_row += 1,
+            }
+            if !self.ended[partition] {
+                self.queues[partition] = Some(queue);
             }
         }
         if self.bounded && self.ended.iter().all(|e| *e) {
