@@ -247,8 +247,9 @@ where
         let mut capabilities = Some(capabilities);
         let mut clock = SourceClock::new(0, options.policy, Instant::now());
         let mut polled = Vec::with_capacity(options.batch);
-        // Records emitted per dataflow time the backpressure probe has not passed yet.
+        // Records emitted per dataflow time the backpressure probe has not passed yet (only for a record limit).
         let mut outstanding: BTreeMap<u64, usize> = BTreeMap::new();
+        let count_outstanding = options.backpressure.as_ref().is_some_and(|bp| bp.max_records.is_some());
         let mut next_heartbeat = Instant::now();
         let mut heartbeat_sent = 0u64;
         let mut follow: Option<Vec<Capability<u64>>> = None;
@@ -312,13 +313,17 @@ where
                         match clock.observe(partition, event_time, now) {
                             Arrival::OnTime { time } => {
                                 m.records += 1;
-                                *outstanding.entry(time).or_default() += 1;
+                                if count_outstanding {
+                                    *outstanding.entry(time).or_default() += 1;
+                                }
                                 records_session.give((Timed { event_time, value }, time, 1));
                             }
                             Arrival::Late { time, .. } => {
                                 m.records += 1;
                                 m.late += 1;
-                                *outstanding.entry(time).or_default() += 1;
+                                if count_outstanding {
+                                    *outstanding.entry(time).or_default() += 1;
+                                }
                                 records_session.give((Timed { event_time, value }, time, 1));
                             }
                             Arrival::TooLate { watermark, .. } => {

@@ -348,6 +348,34 @@ fn backpressure_reads_everything_once_even_with_a_lagging_partition() {
 }
 
 #[test]
+fn positions_are_committed_for_lag_tools() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let broker = broker("lag", Storage::Memory);
+    broker.create_topic("lag", 3, &[]).unwrap();
+    let data: Vec<Produce> = (0..90u64).map(|i| ((i % 3) as i32, 1_000 + i, json(1_000 + i))).collect();
+    produce(&broker, "lag", &data);
+    let source = source(&broker, &["lag"]).until_end(true).commit_positions_to("lag-readers");
+    let result = run(&source, WatermarkPolicy::default(), 2);
+    assert_eq!(result.records.len(), 90);
+    // What a lag tool sees: the group's committed offsets are the ends of the partitions.
+    let viewer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "lag-readers")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    let mut query = rdkafka::TopicPartitionList::new();
+    for p in 0..3 {
+        query.add_partition("lag", p);
+    }
+    let committed = viewer.committed_offsets(query, Duration::from_secs(10)).expect("committed offsets");
+    for p in 0..3 {
+        let offset = committed.find_partition("lag", p).map(|e| e.offset());
+        assert_eq!(offset, Some(rdkafka::Offset::Offset(30)), "partition {p}");
+    }
+}
+
+#[test]
 fn a_missing_topic_is_a_clear_error() {
     let broker = broker("missing", Storage::Memory);
     let err = KafkaSource::new(KafkaConfig::new(broker.bootstrap()).unwrap(), &["nope"], Decoder::utf8(), EventTime::KafkaTimestamp)

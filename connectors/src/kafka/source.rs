@@ -19,7 +19,7 @@ use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
@@ -103,6 +103,7 @@ pub struct KafkaSource<T> {
     event_time: EventTime<T>,
     discovery_interval: Duration,
     timeout: Duration,
+    commit_group: Option<String>,
 }
 
 impl<T> Clone for KafkaSource<T> {
@@ -117,6 +118,7 @@ impl<T> Clone for KafkaSource<T> {
             event_time: self.event_time.clone(),
             discovery_interval: self.discovery_interval,
             timeout: self.timeout,
+            commit_group: self.commit_group.clone(),
         }
     }
 }
@@ -148,6 +150,7 @@ impl<T: Clone + 'static> KafkaSource<T> {
             event_time,
             discovery_interval: Duration::from_secs(10),
             timeout,
+            commit_group: None,
         })
     }
 
@@ -166,6 +169,15 @@ impl<T: Clone + 'static> KafkaSource<T> {
     /// How often to look for new partitions (unbounded mode).
     pub fn discovery_interval(mut self, interval: Duration) -> Self {
         self.discovery_interval = interval;
+        self
+    }
+
+    /// Also commits the positions read to consumer group `group` (every 5 s and when the source closes), purely
+    /// so that standard lag tools (`kafka-consumer-groups --describe`) show progress. The group is never joined
+    /// and its offsets are never read back: resuming uses [`StartFrom::Resume`]. The positions are those *read*;
+    /// tying them to output that sinks have completed comes with the Kafka sink.
+    pub fn commit_positions_to(mut self, group: impl Into<String>) -> Self {
+        self.commit_group = Some(group.into());
         self
     }
 
@@ -249,6 +261,17 @@ impl ClientContext for Context {
 
 impl ConsumerContext for Context {}
 
+/// How often positions are committed for lag reporting.
+const COMMIT_EVERY: Duration = Duration::from_secs(5);
+
+impl<T> Drop for KafkaReader<T> {
+    fn drop(&mut self) {
+        if self.next_commit.is_some() {
+            self.commit_positions(CommitMode::Sync);
+        }
+    }
+}
+
 /// The settings the source owns, applied over the user's.
 const CONSUMER_SETTINGS: &[(&str, &str)] = &[
     // librdkafka wants a group id for a consumer handle; with `assign` and no commits it joins no group.
@@ -304,6 +327,29 @@ struct KafkaReader<T> {
     metrics: Arc<Mutex<Option<SourceMetrics>>>,
     next_stats: Instant,
     headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The next offset to read per partition, once something was read.
+    positions: Vec<Option<i64>>,
+    /// Commit positions to the configured group (for lag tools), next at this time.
+    next_commit: Option<Instant>,
+}
+
+impl<T> KafkaReader<T> {
+    /// Commits the positions read so far to the lag-reporting group.
+    fn commit_positions(&self, mode: CommitMode) {
+        let mut list = TopicPartitionList::new();
+        for (i, (topic, p)) in self.partitions.iter().enumerate() {
+            if let Some(offset) = self.positions[i]
+                && let Err(e) = list.add_partition_offset(topic, *p, Offset::Offset(offset))
+            {
+                tracing::warn!(topic, partition = p, "cannot list a position to commit: {e}");
+            }
+        }
+        if list.count() > 0
+            && let Err(e) = self.consumer.commit(&list, mode)
+        {
+            tracing::warn!("cannot commit positions for lag reporting: {e}");
+        }
+    }
 }
 
 impl<T: Clone + 'static> KafkaReader<T> {
@@ -312,6 +358,15 @@ impl<T: Clone + 'static> KafkaReader<T> {
         let mut config = source.config.client_config(CONSUMER_SETTINGS);
         if config.get("statistics.interval.ms").is_none() {
             config.set("statistics.interval.ms", "1000");
+        }
+        // librdkafka's prefetch limit (64 MiB of payload by default) applies to each partition queue the reader
+        // splits off, and backpressure lets paused partitions' queues fill up to it: a smaller default keeps a
+        // worker's memory bounded with many partitions. Set it to override.
+        if config.get("queued.max.messages.kbytes").is_none() {
+            config.set("queued.max.messages.kbytes", "16384");
+        }
+        if let Some(group) = &source.commit_group {
+            config.set("group.id", group);
         }
         let consumer = config
             .create_with_context::<_, BaseConsumer<Context>>(Context { ends: Arc::clone(&stats_ends) })
@@ -343,6 +398,8 @@ impl<T: Clone + 'static> KafkaReader<T> {
             metrics,
             next_stats: Instant::now(),
             headers: Vec::new(),
+            positions: Vec::new(),
+            next_commit: source.commit_group.as_ref().map(|_| Instant::now() + COMMIT_EVERY),
         };
         let mine: Vec<(String, i32)> = source
             .partitions
@@ -420,6 +477,7 @@ impl<T: Clone + 'static> KafkaReader<T> {
             self.ends.push(end);
             self.ended.push(done);
             self.paused.push(false);
+            self.positions.push(None);
             if done {
                 self.pending_ends.push(index);
             } else {
@@ -480,6 +538,7 @@ impl<T: Clone + 'static> KafkaReader<T> {
         if self.ended[partition] {
             return false;
         }
+        self.positions[partition] = Some(offset + 1);
         self.headers.clear();
         if let Some(headers) = message.headers() {
             for header in headers.iter() {
@@ -590,6 +649,12 @@ impl<T: Clone + 'static> PartitionReader for KafkaReader<T> {
         }
         self.discover();
         self.publish_ends();
+        if let Some(at) = self.next_commit
+            && Instant::now() >= at
+        {
+            self.commit_positions(CommitMode::Async);
+            self.next_commit = Some(Instant::now() + COMMIT_EVERY);
+        }
         let mut read = 0;
         // The main queue carries events (logs, statistics) and, for partitions not split off, records.
         let consumer = Arc::clone(&self.consumer);
