@@ -1,6 +1,8 @@
 //! Draining a Kafka backlog: events/s and peak memory of the Kafka source, against a bare rdkafka consumer
 //! reading the same topic in the same run.
 //!
+//! Under `cargo test` it runs as a smoke test with 20k records.
+//!
 //! ```sh
 //! cargo bench --bench source_backlog                       # 5M records
 //! cargo bench --bench source_backlog -- --records 1000000
@@ -70,7 +72,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn orchestrate() -> anyhow::Result<()> {
-    let records: u64 = arg("--records").map(|r| r.parse()).transpose()?.unwrap_or(5_000_000);
+    // `cargo bench` passes `--bench`; `cargo test` runs this with no arguments, as a quick smoke run.
+    let full = std::env::args().any(|a| a == "--bench");
+    let records: u64 = arg("--records").map(|r| r.parse()).transpose()?.unwrap_or(if full { 5_000_000 } else { 20_000 });
     let dir = std::env::temp_dir().join(format!("tributary-bench-backlog-{}", std::process::id()));
     let broker = Broker::start(Storage::Memory, &dir)?;
     broker.create_topic(TOPIC, PARTITIONS as u32, &[])?;

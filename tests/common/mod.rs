@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::sync::mpsc::{self, Receiver};
@@ -24,15 +24,21 @@ pub fn example(name: &str) -> PathBuf {
 
 /// `n` distinct free loopback addresses (released before use; a collision makes the test fail loudly).
 pub fn free_addresses(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("addr")).collect()
+    let mut addresses: Vec<SocketAddr> = Vec::new();
+    while addresses.len() < n {
+        let port = tributary_testkit::free_port().expect("a free port");
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    addresses
 }
 
-/// Writes a host file for `addresses` into `dir`.
+/// Writes a host file for `addresses` into `dir`, as the launcher does.
 pub fn write_hostfile(dir: &Path, addresses: &[SocketAddr]) -> PathBuf {
     let path = dir.join("hosts.txt");
-    let text: String = addresses.iter().map(|a| format!("{a}\n")).collect();
-    std::fs::write(&path, text).expect("write host file");
+    tributary::runtime::HostFile::write(&path, addresses).expect("write host file");
     path
 }
 

@@ -3,9 +3,10 @@
 //! - `cargo xtask setup`: installs the pinned test broker (tansu) into a cache, once.
 //! - `cargo xtask broker start|stop|status`: a tansu broker on a free loopback port, for development.
 //! - `cargo xtask test`: setup, then `cargo fmt --check`, clippy with `-D warnings`, and every test.
-//! - `cargo xtask demo`: the main job, on this machine.
+//! - `cargo xtask demo`: the main job, on this machine, over a broker it starts on loopback.
 
 mod broker;
+mod demo;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,7 +36,7 @@ enum Task {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
-    /// Run the main job on this machine: a real dataflow over the launcher.
+    /// Run the main job on this machine: a broker on loopback, sample events, windowed_count as 2x2 processes.
     Demo,
 }
 
@@ -73,7 +74,7 @@ fn main() -> anyhow::Result<()> {
             },
         },
         Task::Test { cargo_test_args } => test(&root, &cargo_test_args)?,
-        Task::Demo => demo(&root)?,
+        Task::Demo => demo::run(&root, &cargo())?,
     }
     Ok(())
 }
@@ -155,35 +156,6 @@ fn run_tests(root: &Path, cargo: &str, args: &[&str], tansu: &str, totals: &mut 
     let status = child.wait().context("waiting for cargo test")?;
     if !status.success() {
         bail!("`{cargo} {}` failed ({status})", args.join(" "));
-    }
-    Ok(())
-}
-
-fn demo(root: &Path) -> anyhow::Result<()> {
-    let cargo = cargo();
-    run(root, &cargo, &["build", "--release", "--bin", "tributary", "--example", "word_count"], &[])?;
-    let release = root.join("target").join("release");
-    let inputs = ["README.md", "docs/architecture.md", "docs/operations.md"];
-    eprintln!("xtask: counting the words of {} with 2 processes x 2 workers", inputs.join(", "));
-    let output = Command::new(release.join("tributary"))
-        .args(["launch", "--processes", "2", "--workers", "2", "--"])
-        .arg(release.join("examples").join("word_count"))
-        .arg("--input")
-        .args(inputs)
-        .current_dir(root)
-        .output()
-        .context("cannot run the launcher")?;
-    eprint!("{}", String::from_utf8_lossy(&output.stderr));
-    if !output.status.success() {
-        bail!("the demo job failed ({})", output.status);
-    }
-    let text = String::from_utf8(output.stdout).context("word_count printed non-UTF-8")?;
-    let mut counts: Vec<(&str, u64)> =
-        text.lines().filter_map(|l| l.rsplit_once(' ')).filter_map(|(w, c)| c.parse().ok().map(|c| (w, c))).collect();
-    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    println!("{} distinct words; the 15 most frequent:", counts.len());
-    for (word, count) in counts.iter().take(15) {
-        println!("{count:>6} {word}");
     }
     Ok(())
 }
