@@ -13,12 +13,13 @@ pub fn launcher() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tributary"))
 }
 
-/// An example binary. `cargo test` builds the package's examples before running its integration tests.
+/// An example binary. Plain `cargo test` builds the package's examples first; with `--all-targets` or a single
+/// `--test`, run `cargo build --examples` before (as `cargo xtask test` does).
 pub fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join("examples").join(name);
-    assert!(path.exists(), "example binary {} is missing: run the tests with `cargo test` (which builds examples)", path.display());
+    assert!(path.exists(), "example binary {} is missing: run `cargo build --examples` first (`cargo xtask test` does)", path.display());
     path
 }
 

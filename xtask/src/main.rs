@@ -109,6 +109,9 @@ fn test(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     let cargo = cargo();
     run(root, &cargo, &["fmt", "--all", "--check"], &[])?;
     run(root, &cargo, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
+    // The integration tests spawn the example binaries; `cargo test --all-targets` builds examples only as test
+    // harnesses, so build the real binaries first.
+    run(root, &cargo, &["build", "--workspace", "--examples", "--bins"], &[])?;
     let mut totals = Totals::default();
     let mut args = vec!["test", "--workspace", "--all-targets"];
     args.extend(extra.iter().map(String::as_str));
