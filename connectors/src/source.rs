@@ -248,7 +248,7 @@ where
         let mut clock = SourceClock::new(0, options.policy, Instant::now());
         let mut polled = Vec::with_capacity(options.batch);
         // Records emitted per dataflow time the backpressure probe has not passed yet (only for a record limit).
-        let mut outstanding: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut outstanding = Outstanding::default();
         let count_outstanding = options.backpressure.as_ref().is_some_and(|bp| bp.max_records.is_some());
         let mut next_heartbeat = Instant::now();
         let mut heartbeat_sent = 0u64;
@@ -314,7 +314,7 @@ where
                             Arrival::OnTime { time } => {
                                 m.records += 1;
                                 if count_outstanding {
-                                    *outstanding.entry(time).or_default() += 1;
+                                    outstanding.add(time);
                                 }
                                 records_session.give((Timed { event_time, value }, time, 1));
                             }
@@ -322,7 +322,7 @@ where
                                 m.records += 1;
                                 m.late += 1;
                                 if count_outstanding {
-                                    *outstanding.entry(time).or_default() += 1;
+                                    outstanding.add(time);
                                 }
                                 records_session.give((Timed { event_time, value }, time, 1));
                             }
@@ -427,14 +427,34 @@ fn sync_partitions<R: PartitionReader>(reader: &R, clock: &mut SourceClock, metr
     }
 }
 
+/// Records emitted per dataflow time that the backpressure probe has not passed yet, and their total.
+#[derive(Default)]
+struct Outstanding {
+    by_time: BTreeMap<u64, usize>,
+    total: usize,
+}
+
+impl Outstanding {
+    fn add(&mut self, time: u64) {
+        *self.by_time.entry(time).or_default() += 1;
+        self.total += 1;
+    }
+
+    /// Forgets the records at times before `frontier`: the dataflow has completed them.
+    fn complete_before(&mut self, frontier: u64) {
+        let pending = self.by_time.split_off(&frontier);
+        self.total -= self.by_time.values().sum::<usize>();
+        self.by_time = pending;
+    }
+}
+
 /// Whether the source must wait for the dataflow to catch up.
-fn throttled(bp: &Backpressure, outstanding: &mut BTreeMap<u64, usize>, watermark: u64) -> bool {
+fn throttled(bp: &Backpressure, outstanding: &mut Outstanding, watermark: u64) -> bool {
     let frontier = bp.probe.with_frontier(|f| f.first().copied());
     let Some(frontier) = frontier else { return false };
-    // Forget what the dataflow has completed.
-    *outstanding = outstanding.split_off(&frontier);
+    outstanding.complete_before(frontier);
     if bp.max_ahead_ms.is_some_and(|ahead| watermark > frontier.saturating_add(ahead)) {
         return true;
     }
-    bp.max_records.is_some_and(|max| outstanding.values().sum::<usize>() >= max)
+    bp.max_records.is_some_and(|max| outstanding.total >= max)
 }
