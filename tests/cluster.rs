@@ -109,6 +109,30 @@ fn missing_peer_fails_within_the_deadline() {
 }
 
 #[test]
+fn sigterm_while_waiting_for_peers_stops_at_once() {
+    let scratch = Scratch::new("sigterm-startup");
+    let addresses = free_addresses(2);
+    let hosts = write_hostfile(&scratch.0, &addresses);
+    let waiting = spawn(
+        Command::new(example("cluster_check"))
+            .args(["--processes", "2", "--process", "0", "--connect-timeout", "60s", "--hostfile"])
+            .arg(&hosts),
+    );
+    // The process listens before it waits: once the port accepts, it is in the wait.
+    let address = addresses[0];
+    let deadline = Instant::now() + LONG;
+    while std::net::TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_err() {
+        assert!(Instant::now() < deadline, "process 0 never listened");
+    }
+    let signalled = Instant::now();
+    kill(Pid::from_raw(waiting.pid), Signal::SIGTERM).expect("signal");
+    let (status, stderr) = waiting.wait(LONG);
+    assert!(!status.success());
+    assert!(stderr.contains("stopped by SIGTERM while connecting to the peer processes"), "{stderr}");
+    assert!(signalled.elapsed() < Duration::from_secs(10), "took {:?} to stop", signalled.elapsed());
+}
+
+#[test]
 fn mismatched_flags_fail_the_handshake() {
     let scratch = Scratch::new("handshake");
     let hosts = write_hostfile(&scratch.0, &free_addresses(2));

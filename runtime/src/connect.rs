@@ -55,8 +55,13 @@ impl Hello {
 
 /// Connects this process to all its peers, or fails once `layout.connect_timeout` has passed.
 ///
-/// Returns one entry per process, `None` at this process's own index, as timely expects.
-pub(crate) fn connect_peers(layout: &Layout, hosts: &HostFile) -> Result<Vec<Option<TcpStream>>> {
+/// Returns one entry per process, `None` at this process's own index, as timely expects. `interrupted` is asked
+/// between attempts and returns the name of a signal that arrived, which ends the wait.
+pub(crate) fn connect_peers(
+    layout: &Layout,
+    hosts: &HostFile,
+    interrupted: &dyn Fn() -> Option<&'static str>,
+) -> Result<Vec<Option<TcpStream>>> {
     let me = layout.process;
     let own = &hosts.hosts()[me];
     let listener = TcpListener::bind(own.resolved).map_err(|source| Error::Listen { process: me, address: own.address.clone(), source })?;
@@ -109,6 +114,9 @@ pub(crate) fn connect_peers(layout: &Layout, hosts: &HostFile) -> Result<Vec<Opt
         let missing: Vec<usize> = (0..layout.processes).filter(|&p| p != me && sockets[p].is_none()).collect();
         if missing.is_empty() {
             break;
+        }
+        if let Some(signal) = interrupted() {
+            return Err(Error::Interrupted { signal });
         }
         let now = Instant::now();
         if now >= deadline {

@@ -101,6 +101,12 @@ pub enum Error {
         /// How long the runtime waited.
         grace: Duration,
     },
+    /// SIGINT/SIGTERM arrived before the cluster had started.
+    #[error("stopped by {signal} while connecting to the peer processes")]
+    Interrupted {
+        /// The signal's name.
+        signal: &'static str,
+    },
     /// An operating-system call the runtime needs failed (threads, signals).
     #[error("{what}: {source}")]
     Io {

@@ -81,7 +81,7 @@ where
 {
     let (events, receiver) = mpsc::channel::<Event<T>>();
 
-    // Signals first, so a SIGTERM during a slow startup is handled too.
+    // Signals first, so a SIGTERM while waiting for peers ends the wait.
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
         .map_err(|source| Error::Io { what: "cannot install SIGINT/SIGTERM handlers".into(), source })?;
     let signals_handle = signals.handle();
@@ -100,7 +100,12 @@ where
 
     let (builders, comms): (Vec<AllocatorBuilder>, Option<Box<dyn std::any::Any + Send>>) = match &layout.hosts {
         Some(hosts) if layout.processes > 1 => {
-            let sockets = connect_peers(layout, hosts)?;
+            // Until the workers start, the only events are signals.
+            let interrupted = || match receiver.try_recv() {
+                Ok(Event::Signal(signal)) => Some(signal_name(signal)),
+                _ => None,
+            };
+            let sockets = connect_peers(layout, hosts, &interrupted)?;
             let peer_events = std::sync::Mutex::new(events.clone());
             watch_peers(Box::new(move |peer, cause| {
                 let _ = peer_events.lock().unwrap_or_else(|e| e.into_inner()).send(Event::PeerLost(peer, cause));
