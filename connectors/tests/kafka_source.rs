@@ -376,6 +376,57 @@ fn positions_are_committed_for_lag_tools() {
 }
 
 #[test]
+fn whole_records_with_key_headers_and_timestamp() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use tributary_connectors::kafka::Message;
+    let broker = broker("headers", Storage::Memory);
+    broker.create_topic("headers", 2, &[]).unwrap();
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).set("batch.num.messages", "1").create().unwrap();
+    let headers =
+        OwnedHeaders::new().insert(Header { key: "trace", value: Some("abc") }).insert(Header { key: "empty", value: None::<&str> });
+    producer.send(BaseRecord::to("headers").partition(1).key("k1").payload("v1").timestamp(1_234).headers(headers)).unwrap();
+    producer.send(BaseRecord::<str, str>::to("headers").partition(0).key("gone").timestamp(2_000)).unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let config = KafkaConfig::new(broker.bootstrap()).unwrap();
+    let source = KafkaSource::new(config, &["headers"], Decoder::message(), EventTime::KafkaTimestamp).unwrap().until_end(true);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    timely::execute(timely::Config::thread(), move |worker| {
+        let sink = Arc::clone(&sink);
+        worker.dataflow::<u64, _, _>(|scope| {
+            source
+                .build(scope, SourceOptions::default())
+                .records
+                .inspect(move |(m, t, _)| sink.lock().unwrap().push((m.value.clone(), *t)));
+        });
+    })
+    .unwrap();
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_by_key(|(m, _)| m.partition);
+    let with_headers = Message {
+        topic: "headers".into(),
+        partition: 1,
+        offset: 0,
+        timestamp: Some(1_234),
+        key: Some(b"k1".to_vec()),
+        value: Some(b"v1".to_vec()),
+        headers: vec![("trace".into(), Some(b"abc".to_vec())), ("empty".into(), None)],
+    };
+    let tombstone = Message {
+        topic: "headers".into(),
+        partition: 0,
+        offset: 0,
+        timestamp: Some(2_000),
+        key: Some(b"gone".to_vec()),
+        value: None,
+        headers: vec![],
+    };
+    assert_eq!(seen, vec![(tombstone, 2_000), (with_headers, 1_234)]);
+}
+
+#[test]
 fn a_missing_topic_is_a_clear_error() {
     let broker = broker("missing", Storage::Memory);
     let err = KafkaSource::new(KafkaConfig::new(broker.bootstrap()).unwrap(), &["nope"], Decoder::utf8(), EventTime::KafkaTimestamp)
