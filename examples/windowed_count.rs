@@ -7,8 +7,8 @@
 //! it). Records later than that are counted and reported on stderr, never silently dropped; so are malformed
 //! records. The output is byte-identical for any number of workers and processes.
 //!
-//! Windows are kept with differential's `count`, keyed by `(key, window start)` with each record moved to its
-//! window's end; a dedicated window operator replaces this once the operators land.
+//! Windows are counted by `tributary::operators::window`, which emits each window once it closes and releases
+//! its state once the allowed lateness has passed too.
 //!
 //! ```sh
 //! cargo run --release --example windowed_count -- --csv events.csv --window 10s --max-out-of-orderness 5s
@@ -33,9 +33,9 @@ use clap::Parser;
 use tributary::connectors::file::FileSource;
 use tributary::connectors::kafka::{Decoder, EventTime, KafkaConfig, KafkaSource};
 use tributary::connectors::{DeadLetter, SourceOptions, SourceStreams};
-use tributary::differential_dataflow::AsCollection;
-use tributary::operators::WatermarkPolicy;
-use tributary::timely::dataflow::operators::core::OkErr;
+use tributary::operators::window::{Count, LateRecord, WindowAggregate, Windows};
+use tributary::operators::{Timed, WatermarkPolicy};
+use tributary::timely::dataflow::operators::vec::Map;
 use tributary::timely::dataflow::operators::{Exchange, Inspect, Probe};
 
 /// Counts events per key in tumbling event-time windows.
@@ -130,27 +130,26 @@ fn main() -> anyhow::Result<()> {
                     letter.reason
                 );
             });
-            // Assign each record to its window; move it to the window's last instant so the count is final
-            // when the watermark passes the window's end. Records whose window closed more than the allowed
-            // lateness before their arrival are split off.
-            let (windowed, late) = records.ok_err(move |(event, time, diff)| {
-                let start = event.event_time - event.event_time % window;
-                let end = start + window;
-                if end + lateness <= time { Err((event.value, time)) } else { Ok(((event.value.key, start), time.max(end - 1), diff)) }
-            });
-            late.container::<Vec<_>>().inspect(move |(event, time): &(Event, u64)| {
+            let windows = records
+                .map(|(event, time, diff)| (Timed { event_time: event.event_time, value: (event.value.key, ()) }, time, diff))
+                .window_aggregate("WindowedCount", Windows::Tumbling { size_ms: window }, lateness, Count);
+            windows.late.inspect(move |late: &LateRecord<(String, ())>| {
                 *late_count.borrow_mut() += 1;
-                tracing::warn!(key = event.key, ts_ms = event.ts_ms, arrived_at = time, "record later than the allowed lateness");
+                tracing::warn!(
+                    key = late.record.0,
+                    ts_ms = late.event_time,
+                    arrived_at = late.arrived_at,
+                    "record later than the allowed lateness"
+                );
             });
-            let counts = windowed.container::<Vec<_>>().as_collection().count();
-            counts
-                .inner
+            windows
+                .results
                 .exchange(|_| 0)
                 .inspect(move |(((key, start), count), _time, diff)| {
                     if bounded {
                         sink.borrow_mut().push(((key.clone(), *start), count * diff));
                     } else if *diff > 0 {
-                        // Unbounded: a window's count is final once its time is complete; print it then.
+                        // Unbounded: each window's count once it closes, and again if a late record corrects it.
                         let _ = writeln!(std::io::stdout(), "{key},{start},{count}");
                     }
                 })

@@ -22,7 +22,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
@@ -30,6 +29,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{ConnectLoop, Feedback};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
+pub use tributary_operators::event_time::Timed;
 use tributary_operators::event_time::{Arrival, SourceClock, WatermarkPolicy};
 use tributary_runtime::Shutdown;
 
@@ -37,16 +37,6 @@ use crate::dead_letter::{DeadLetter, Reason};
 
 /// The least time between two heartbeats of one worker.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(50);
-
-/// A record with the event time it was read with. Late records keep their event time here while they travel at
-/// their partition's watermark.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Timed<T> {
-    /// Event time in ms.
-    pub event_time: u64,
-    /// The decoded record.
-    pub value: T,
-}
 
 /// What a reader hands the source operator.
 #[derive(Debug)]

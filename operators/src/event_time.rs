@@ -17,6 +17,18 @@
 
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
+/// A record with the event time it was read with. Late records keep their event time here while they travel at
+/// their partition's watermark.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timed<T> {
+    /// Event time in ms.
+    pub event_time: u64,
+    /// The decoded record.
+    pub value: T,
+}
+
 /// How a source turns event times into watermarks. The default: no out-of-orderness, no idleness, no maximum
 /// lateness.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

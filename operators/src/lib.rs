@@ -6,5 +6,6 @@
 #![deny(missing_docs)]
 
 pub mod event_time;
+pub mod window;
 
-pub use event_time::{Arrival, PartitionClock, SourceClock, WatermarkPolicy};
+pub use event_time::{Arrival, PartitionClock, SourceClock, Timed, WatermarkPolicy};
