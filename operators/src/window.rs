@@ -11,6 +11,9 @@
 //! - a window's state is released once the frontier passes `window_end + allowed_lateness`; releasing produces no
 //!   output, so a closed window's result stays.
 //!
+//! Aggregators: [`Count`], [`Sum`], [`Average`], [`Min`], [`Max`], [`CountDistinct`], [`TopK`], and a user
+//! [`Fold`] over the window's multiset of values; all accept retractions.
+//!
 //! Records are exchanged by key, so each window lives on one worker; results are the same for any number of
 //! workers and processes. A dedicated operator rather than differential's `reduce`: windows close by the frontier
 //! and their state goes away, which an arrangement would express as a retraction of the result.
@@ -97,6 +100,149 @@ impl<V> Aggregator<V> for Count {
     }
     fn output(&self, state: &isize) -> Option<isize> {
         (*state != 0).then_some(*state)
+    }
+}
+
+/// Sums values (as `i64`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sum;
+
+impl<V: Copy + Into<i64>> Aggregator<V> for Sum {
+    /// (sum, records)
+    type State = (i64, isize);
+    type Output = i64;
+    fn update(&self, state: &mut (i64, isize), value: &V, diff: isize) {
+        state.0 += (*value).into() * diff as i64;
+        state.1 += diff;
+    }
+    fn output(&self, state: &(i64, isize)) -> Option<i64> {
+        (state.1 != 0).then_some(state.0)
+    }
+}
+
+/// The average of the values, emitted as `(sum, count)` so it stays exact and comparable (an `f64` is neither
+/// `Eq` nor exact under retractions); divide when presenting.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Average;
+
+impl<V: Copy + Into<i64>> Aggregator<V> for Average {
+    type State = (i64, isize);
+    type Output = (i64, isize);
+    fn update(&self, state: &mut (i64, isize), value: &V, diff: isize) {
+        state.0 += (*value).into() * diff as i64;
+        state.1 += diff;
+    }
+    fn output(&self, state: &(i64, isize)) -> Option<(i64, isize)> {
+        (state.1 != 0).then_some(*state)
+    }
+}
+
+/// The values with their multiplicities, for aggregates that must survive retractions of any value.
+pub type Multiset<V> = BTreeMap<V, isize>;
+
+fn add_to_multiset<V: Ord + Clone>(set: &mut Multiset<V>, value: &V, diff: isize) {
+    let count = set.entry(value.clone()).or_default();
+    *count += diff;
+    if *count == 0 {
+        set.remove(value);
+    }
+}
+
+/// The least value.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Min;
+
+impl<V: Ord + Clone + 'static> Aggregator<V> for Min {
+    type State = Multiset<V>;
+    type Output = V;
+    fn update(&self, state: &mut Multiset<V>, value: &V, diff: isize) {
+        add_to_multiset(state, value, diff);
+    }
+    fn output(&self, state: &Multiset<V>) -> Option<V> {
+        state.keys().next().cloned()
+    }
+}
+
+/// The greatest value.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Max;
+
+impl<V: Ord + Clone + 'static> Aggregator<V> for Max {
+    type State = Multiset<V>;
+    type Output = V;
+    fn update(&self, state: &mut Multiset<V>, value: &V, diff: isize) {
+        add_to_multiset(state, value, diff);
+    }
+    fn output(&self, state: &Multiset<V>) -> Option<V> {
+        state.keys().next_back().cloned()
+    }
+}
+
+/// How many distinct values.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CountDistinct;
+
+impl<V: Ord + Clone + 'static> Aggregator<V> for CountDistinct {
+    type State = Multiset<V>;
+    type Output = usize;
+    fn update(&self, state: &mut Multiset<V>, value: &V, diff: isize) {
+        add_to_multiset(state, value, diff);
+    }
+    fn output(&self, state: &Multiset<V>) -> Option<usize> {
+        (!state.is_empty()).then_some(state.len())
+    }
+}
+
+/// The `k` greatest values (with repeats), greatest first.
+#[derive(Clone, Copy, Debug)]
+pub struct TopK(pub usize);
+
+impl<V: Ord + Clone + 'static> Aggregator<V> for TopK {
+    type State = Multiset<V>;
+    type Output = Vec<V>;
+    fn update(&self, state: &mut Multiset<V>, value: &V, diff: isize) {
+        add_to_multiset(state, value, diff);
+    }
+    fn output(&self, state: &Multiset<V>) -> Option<Vec<V>> {
+        let top: Vec<V> = state.iter().rev().flat_map(|(v, n)| std::iter::repeat_n(v.clone(), (*n).max(0) as usize)).take(self.0).collect();
+        (!top.is_empty()).then_some(top)
+    }
+}
+
+/// A user fold over the window's values (with multiplicities), recomputed when the window is emitted.
+///
+/// ```
+/// use tributary_operators::window::{Aggregator, Fold};
+/// let longest = Fold::new(|values: &std::collections::BTreeMap<String, isize>| values.keys().map(|s| s.len()).max());
+/// let mut state = Default::default();
+/// longest.update(&mut state, &"tributary".to_string(), 1);
+/// assert_eq!(longest.output(&state), Some(9));
+/// ```
+pub struct Fold<V, O> {
+    fold: std::rc::Rc<dyn Fn(&Multiset<V>) -> Option<O>>,
+}
+
+impl<V, O> Clone for Fold<V, O> {
+    fn clone(&self) -> Self {
+        Fold { fold: std::rc::Rc::clone(&self.fold) }
+    }
+}
+
+impl<V, O> Fold<V, O> {
+    /// A fold from a function of the window's multiset of values; `None` emits nothing.
+    pub fn new(fold: impl Fn(&Multiset<V>) -> Option<O> + 'static) -> Self {
+        Fold { fold: std::rc::Rc::new(fold) }
+    }
+}
+
+impl<V: Ord + Clone + 'static, O: Clone + PartialEq + 'static> Aggregator<V> for Fold<V, O> {
+    type State = Multiset<V>;
+    type Output = O;
+    fn update(&self, state: &mut Multiset<V>, value: &V, diff: isize) {
+        add_to_multiset(state, value, diff);
+    }
+    fn output(&self, state: &Multiset<V>) -> Option<O> {
+        (self.fold)(state)
     }
 }
 
@@ -291,6 +437,25 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aggregators_survive_retractions() {
+        let mut state = Multiset::default();
+        for (v, d) in [(5, 1), (9, 1), (9, 1), (2, 1), (9, -1), (2, -1)] {
+            Aggregator::<i32>::update(&Max, &mut state, &v, d);
+        }
+        assert_eq!(Aggregator::<i32>::output(&Max, &state), Some(9));
+        assert_eq!(Aggregator::<i32>::output(&Min, &state), Some(5));
+        assert_eq!(Aggregator::<i32>::output(&CountDistinct, &state), Some(2));
+        assert_eq!(Aggregator::<i32>::output(&TopK(2), &state), Some(vec![9, 5]));
+        let mut sum = Default::default();
+        for (v, d) in [(5i32, 1), (7, 1), (5, -1)] {
+            Aggregator::<i32>::update(&Sum, &mut sum, &v, d);
+        }
+        assert_eq!(Aggregator::<i32>::output(&Sum, &sum), Some(7));
+        Aggregator::<i32>::update(&Sum, &mut sum, &7, -1);
+        assert_eq!(Aggregator::<i32>::output(&Sum, &sum), None, "an emptied window emits nothing");
+    }
 
     #[test]
     fn window_starts() {
