@@ -13,10 +13,11 @@
 //! measurement in a fresh process so peak RSS (VmHWM) is its own:
 //! - `rdkafka`: a bare `BaseConsumer` reading the four partitions' own queues round robin, counting records
 //!   (the ingest limit; polling only the main queue measured ~4x slower here);
-//! - `tributary`: the Kafka source decoding JSON, alone (`source only`: memory is the source's own) and into a
-//!   differential `count` per key and 10 s window (whose state grows with the windows: window state release
-//!   comes with the window operator), with 1 and 2 workers, without and with backpressure (at most 100k
-//!   records in flight);
+//! - `tributary`: the Kafka source decoding JSON, alone (`source only`: memory is the source's own), and into a
+//!   count per key and 10 s tumbling window, by Tributary's window operator (state released as windows close)
+//!   and, as the peer, by the hand-written differential pipeline for the same computation (records moved to
+//!   their window's end, then `count`, which keeps every window); 1 and 2 workers, with and without
+//!   backpressure (at most 100k records in flight).
 //!
 //! Needs tansu (`cargo xtask setup`).
 
@@ -32,7 +33,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tributary::connectors::kafka::{Decoder, EventTime, KafkaConfig, KafkaSource};
 use tributary::connectors::{Backpressure, SourceOptions};
 use tributary::differential_dataflow::AsCollection;
-use tributary::operators::WatermarkPolicy;
+use tributary::operators::window::{Count, WindowAggregate, Windows};
+use tributary::operators::{Timed, WatermarkPolicy};
 use tributary::timely::dataflow::ProbeHandle;
 use tributary::timely::dataflow::operators::vec::Map;
 use tributary::timely::dataflow::operators::{Inspect, Probe};
@@ -96,10 +98,14 @@ fn orchestrate() -> anyhow::Result<()> {
             "source only, 1 worker, backpressure 100k",
             vec!["--phase", "tributary", "--workers", "1", "--pipeline", "source", "--backpressure", "100000"],
         ),
-        ("windowed count, 1 worker", vec!["--phase", "tributary", "--workers", "1"]),
-        ("windowed count, 1 worker, backpressure 100k", vec!["--phase", "tributary", "--workers", "1", "--backpressure", "100000"]),
-        ("windowed count, 2 workers", vec!["--phase", "tributary", "--workers", "2"]),
-        ("windowed count, 2 workers, backpressure 100k", vec!["--phase", "tributary", "--workers", "2", "--backpressure", "100000"]),
+        ("window operator, 1 worker", vec!["--phase", "tributary", "--workers", "1", "--pipeline", "window"]),
+        (
+            "window operator, 1 worker, backpressure 100k",
+            vec!["--phase", "tributary", "--workers", "1", "--pipeline", "window", "--backpressure", "100000"],
+        ),
+        ("window operator, 2 workers", vec!["--phase", "tributary", "--workers", "2", "--pipeline", "window"]),
+        ("differential count (peer), 1 worker", vec!["--phase", "tributary", "--workers", "1", "--pipeline", "differential"]),
+        ("differential count (peer), 2 workers", vec!["--phase", "tributary", "--workers", "2", "--pipeline", "differential"]),
     ];
     for (name, args) in runs {
         let output = Command::new(&exe).args(&args).args(["--brokers", &broker.bootstrap(), "--records", &records.to_string()]).output()?;
@@ -176,7 +182,7 @@ fn tributary_consume() -> anyhow::Result<()> {
     let records: u64 = arg("--records").unwrap_or_default().parse()?;
     let workers: usize = arg("--workers").unwrap_or_else(|| "1".into()).parse()?;
     let backpressure: Option<usize> = arg("--backpressure").map(|b| b.parse()).transpose()?;
-    let windowed = arg("--pipeline").as_deref() != Some("source");
+    let pipeline = arg("--pipeline").unwrap_or_else(|| "window".into());
     let config = KafkaConfig::new(arg("--brokers").unwrap_or_default())?;
     let source = KafkaSource::new(config, &[TOPIC], Decoder::<Event>::json(), EventTime::extract(|e: &Event| Ok(e.ts_ms)))?;
     let seen = Arc::new(AtomicU64::new(0));
@@ -197,9 +203,19 @@ fn tributary_consume() -> anyhow::Result<()> {
             let records = streams.records.inspect(move |_| {
                 seen.fetch_add(1, Ordering::Relaxed);
             });
-            if !windowed {
-                records.probe_with(&probe);
-                return;
+            match pipeline.as_str() {
+                "source" => {
+                    records.probe_with(&probe);
+                    return;
+                }
+                "window" => {
+                    let windows = records
+                        .map(|(event, time, diff)| (Timed { event_time: event.event_time, value: (event.value.key, ()) }, time, diff))
+                        .window_aggregate("WindowedCount", Windows::Tumbling { size_ms: 10_000 }, 0, Count);
+                    windows.results.probe_with(&probe);
+                    return;
+                }
+                _ => {}
             }
             records
                 .map(|(event, time, diff)| {
