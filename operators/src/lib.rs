@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod event_time;
+pub mod join;
 pub mod window;
 
 pub use event_time::{Arrival, PartitionClock, SourceClock, Timed, WatermarkPolicy};
