@@ -300,17 +300,13 @@ where
                     Polled::Record { partition, offset, event_time, value } => {
                         let m = &mut metrics[partition];
                         m.position = offset + 1;
-                        match clock.observe(partition, event_time, now) {
-                            Arrival::OnTime { time } => {
+                        let arrival = clock.observe(partition, event_time, now);
+                        match arrival {
+                            Arrival::OnTime { time } | Arrival::Late { time, .. } => {
                                 m.records += 1;
-                                if count_outstanding {
-                                    outstanding.add(time);
+                                if matches!(arrival, Arrival::Late { .. }) {
+                                    m.late += 1;
                                 }
-                                records_session.give((Timed { event_time, value }, time, 1));
-                            }
-                            Arrival::Late { time, .. } => {
-                                m.records += 1;
-                                m.late += 1;
                                 if count_outstanding {
                                     outstanding.add(time);
                                 }
