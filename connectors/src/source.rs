@@ -169,18 +169,6 @@ impl SourceMetrics {
         self.partitions.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Totals over all partitions (source and partition fields are empty).
-    pub fn totals(&self) -> PartitionMetrics {
-        let mut total = PartitionMetrics::default();
-        for p in self.snapshot() {
-            total.records += p.records;
-            total.late += p.late;
-            total.too_late += p.too_late;
-            total.malformed += p.malformed;
-        }
-        total
-    }
-
     /// Records the end offset last seen for `partition` (a reader's index), so `end - position` is its lag.
     pub fn set_end(&self, partition: usize, end: u64) {
         if let Some(p) = self.partitions.lock().unwrap_or_else(|e| e.into_inner()).get_mut(partition) {

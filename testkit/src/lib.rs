@@ -77,7 +77,6 @@ pub enum Storage {
 pub struct Broker {
     child: Option<Child>,
     address: SocketAddr,
-    storage: Storage,
     log: PathBuf,
 }
 
@@ -86,11 +85,7 @@ impl Broker {
     ///
     /// Fails with a clear message if tansu is not installed (`cargo xtask setup`) or does not come up.
     pub fn start(storage: Storage, dir: &Path) -> anyhow::Result<Broker> {
-        Self::start_on(storage, dir, free_port()?)
-    }
-
-    /// Like [`Broker::start`], on a given port (to restart a broker where its clients expect it).
-    pub fn start_on(storage: Storage, dir: &Path, port: u16) -> anyhow::Result<Broker> {
+        let port = free_port()?;
         let tansu = tansu_path();
         if !tansu.exists() {
             bail!("the test broker is not installed at {}; run `cargo xtask setup` (or `cargo xtask test`) first", tansu.display());
@@ -112,7 +107,7 @@ impl Broker {
             .spawn()
             .with_context(|| format!("cannot start {}", tansu.display()))?;
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut broker = Broker { child: Some(child), address, storage, log };
+        let mut broker = Broker { child: Some(child), address, log };
         broker.wait_ready(Duration::from_secs(30))?;
         Ok(broker)
     }
@@ -154,21 +149,6 @@ impl Broker {
             bail!("creating topic {name} failed: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         }
         Ok(())
-    }
-
-    /// The broker's socket address.
-    pub fn address(&self) -> SocketAddr {
-        self.address
-    }
-
-    /// The storage engine it runs with.
-    pub fn storage(&self) -> &Storage {
-        &self.storage
-    }
-
-    /// The broker process id.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
     }
 
     /// Leaves the broker running after this handle is dropped (for `cargo xtask broker start`).

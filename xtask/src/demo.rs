@@ -61,11 +61,18 @@ pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
             *n += 1;
         }
     }
+    let mut routed_away = 0u64;
     for line in stderr.lines().filter(|l| l.contains("routed away")) {
         let process = line.split(']').next().unwrap_or("").trim_start_matches('[');
-        println!("{process}: {}", line.split("windowed_count: ").last().unwrap_or(line));
+        let summary = line.split("windowed_count: ").last().unwrap_or(line);
+        println!("{process}: {summary}");
+        // "this process routed away N record(s) later than the allowed lateness and M dead letter(s)"
+        routed_away += summary.split_whitespace().filter_map(|w| w.parse::<u64>().ok()).sum::<u64>();
     }
-    println!("(every event is either counted, late beyond the allowed lateness, or a dead letter: {} + routed away = {EVENTS})", counted);
+    if counted + routed_away != EVENTS {
+        bail!("{counted} counted + {routed_away} routed away != {EVENTS} produced: events went missing");
+    }
+    println!("every event accounted for: {counted} counted + {routed_away} routed away = {EVENTS}");
     Ok(())
 }
 
