@@ -1,16 +1,37 @@
 //! Tributary's operators: event-time computations on timely streams and differential collections.
 //!
 //! Time is event time in milliseconds (`u64`); a frontier means "no record older than this will come".
-//! [`event_time`] holds the time model every source shares (watermarks, lateness, idleness); [`window`] keyed
-//! event-time windows with allowed lateness; [`join`] outer joins; [`upsert`] tables from keyed streams;
-//! [`temporal_join`] stream-table joins as of each record's time.
+//! - [`event_time`]: the time model every source shares (watermarks, lateness, idleness).
+//! - [`aggregate`]: aggregators that accept retractions (count, sum, average, min, max, count-distinct, top-k,
+//!   user folds), and per-key aggregation of whole collections as a changelog.
+//! - [`window`], [`session`]: keyed tumbling, hopping and session windows with allowed lateness and state release.
+//! - [`join`]: outer joins of collections; [`temporal_join`]: stream-table joins as of each record's time;
+//!   [`window_join`], [`interval_join`]: stream-stream joins whose state is released as the watermark passes.
+//! - [`upsert`]: tables from keyed streams (latest value per key, `None` deletes).
+//!
+//! The event-time operators process their input one time at a time once the frontier has passed it, so their
+//! output, with its times, is the same for any number of workers and processes and on every replay.
 //! This crate builds only on timely and differential; it never imports connectors or rdkafka.
 #![deny(missing_docs)]
 
+pub mod aggregate;
 pub mod event_time;
+pub mod interval_join;
 pub mod join;
+mod ordered;
+pub mod session;
 pub mod temporal_join;
+mod timed_join;
 pub mod upsert;
 pub mod window;
+pub mod window_join;
 
+pub use aggregate::{Aggregate, Aggregator};
 pub use event_time::{Arrival, PartitionClock, SourceClock, Timed, WatermarkPolicy};
+pub use interval_join::IntervalJoin;
+pub use join::OuterJoin;
+pub use session::SessionAggregate;
+pub use temporal_join::TemporalJoin;
+pub use upsert::Upsert;
+pub use window::{WindowAggregate, Windows};
+pub use window_join::WindowJoin;

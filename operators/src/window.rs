@@ -11,11 +11,12 @@
 //! - a window's state is released once the frontier passes `window_end + allowed_lateness`; releasing produces no
 //!   output, so a closed window's result stays.
 //!
-//! Aggregators: [`Count`], [`Sum`], [`Average`], [`Min`], [`Max`], [`CountDistinct`], [`TopK`], and a user
-//! [`Fold`] over the window's multiset of values; all accept retractions.
+//! Any [`Aggregator`] works: count, sum, average, min, max, count-distinct, top-k, or a user fold over the
+//! window's multiset of values; all accept retractions. Session windows are in [`session`](crate::session).
 //!
-//! Records are exchanged by key, so each window lives on one worker; results are the same for any number of
-//! workers and processes. A dedicated operator rather than differential's `reduce`: windows close by the frontier
+//! Records are exchanged by key, so each window lives on one worker, and applied one time at a time once the
+//! frontier has passed it: the results, with their times, are the same for any number of workers and
+//! processes. A dedicated operator rather than differential's `reduce`: windows close by the frontier
 //! and their state goes away, which an arrangement would express as a retraction of the result.
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,11 +27,12 @@ use serde::{Deserialize, Serialize};
 use timely::ExchangeData;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
+use crate::aggregate::Aggregator;
 use crate::event_time::Timed;
+use crate::ordered::ByTime;
 
 /// The windows a record's event time falls in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,176 +78,6 @@ impl Windows {
     }
 }
 
-/// An aggregate over the values of one window that accepts retractions (`diff < 0`).
-pub trait Aggregator<V>: Clone + 'static {
-    /// What is kept per window.
-    type State: Default + 'static;
-    /// What is emitted per window.
-    type Output: Clone + PartialEq + 'static;
-    /// Adds `value` with multiplicity `diff`.
-    fn update(&self, state: &mut Self::State, value: &V, diff: isize);
-    /// The window's result; `None` when the window holds nothing (all retracted).
-    fn output(&self, state: &Self::State) -> Option<Self::Output>;
-}
-
-/// Counts records.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Count;
-
-impl<V> Aggregator<V> for Count {
-    type State = isize;
-    type Output = isize;
-    fn update(&self, state: &mut isize, _value: &V, diff: isize) {
-        *state += diff;
-    }
-    fn output(&self, state: &isize) -> Option<isize> {
-        (*state != 0).then_some(*state)
-    }
-}
-
-/// Sums values (as `i64`).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Sum;
-
-impl<V: Copy + Into<i64>> Aggregator<V> for Sum {
-    /// (sum, records)
-    type State = (i64, isize);
-    type Output = i64;
-    fn update(&self, state: &mut (i64, isize), value: &V, diff: isize) {
-        state.0 += (*value).into() * diff as i64;
-        state.1 += diff;
-    }
-    fn output(&self, state: &(i64, isize)) -> Option<i64> {
-        (state.1 != 0).then_some(state.0)
-    }
-}
-
-/// The average of the values, emitted as `(sum, count)` so it stays exact and comparable (an `f64` is neither
-/// `Eq` nor exact under retractions); divide when presenting.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Average;
-
-impl<V: Copy + Into<i64>> Aggregator<V> for Average {
-    type State = (i64, isize);
-    type Output = (i64, isize);
-    fn update(&self, state: &mut (i64, isize), value: &V, diff: isize) {
-        state.0 += (*value).into() * diff as i64;
-        state.1 += diff;
-    }
-    fn output(&self, state: &(i64, isize)) -> Option<(i64, isize)> {
-        (state.1 != 0).then_some(*state)
-    }
-}
-
-/// The values with their multiplicities, for aggregates that must survive retractions of any value.
-pub type Multiset<V> = BTreeMap<V, isize>;
-
-fn add_to_multiset<V: Ord + Clone>(set: &mut Multiset<V>, value: &V, diff: isize) {
-    let count = set.entry(value.clone()).or_default();
-    *count += diff;
-    if *count == 0 {
-        set.remove(value);
-    }
-}
-
-/// The least value.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Min;
-
-impl<V: Ord + Clone + 'static> Aggregator<V> for Min {
-    type State = Multiset<V>;
-    type Output = V;
-    fn update(&self, state: &mut Multiset<V>, value: &V, diff: isize) {
-        add_to_multiset(state, value, diff);
-    }
-    fn output(&self, state: &Multiset<V>) -> Option<V> {
-        state.keys().next().cloned()
-    }
-}
-
-/// The greatest value.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Max;
-
-impl<V: Ord + Clone + 'static> Aggregator<V> for Max {
-    type State = Multiset<V>;
-    type Output = V;
-    fn update(&self, state: &mut Multiset<V>, value: &V, diff: isize) {
-        add_to_multiset(state, value, diff);
-    }
-    fn output(&self, state: &Multiset<V>) -> Option<V> {
-        state.keys().next_back().cloned()
-    }
-}
-
-/// How many distinct values.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CountDistinct;
-
-impl<V: Ord + Clone + 'static> Aggregator<V> for CountDistinct {
-    type State = Multiset<V>;
-    type Output = usize;
-    fn update(&self, state: &mut Multiset<V>, value: &V, diff: isize) {
-        add_to_multiset(state, value, diff);
-    }
-    fn output(&self, state: &Multiset<V>) -> Option<usize> {
-        (!state.is_empty()).then_some(state.len())
-    }
-}
-
-/// The `k` greatest values (with repeats), greatest first.
-#[derive(Clone, Copy, Debug)]
-pub struct TopK(pub usize);
-
-impl<V: Ord + Clone + 'static> Aggregator<V> for TopK {
-    type State = Multiset<V>;
-    type Output = Vec<V>;
-    fn update(&self, state: &mut Multiset<V>, value: &V, diff: isize) {
-        add_to_multiset(state, value, diff);
-    }
-    fn output(&self, state: &Multiset<V>) -> Option<Vec<V>> {
-        let top: Vec<V> = state.iter().rev().flat_map(|(v, n)| std::iter::repeat_n(v.clone(), (*n).max(0) as usize)).take(self.0).collect();
-        (!top.is_empty()).then_some(top)
-    }
-}
-
-/// A user fold over the window's values (with multiplicities), recomputed when the window is emitted.
-///
-/// ```
-/// use tributary_operators::window::{Aggregator, Fold};
-/// let longest = Fold::new(|values: &std::collections::BTreeMap<String, isize>| values.keys().map(|s| s.len()).max());
-/// let mut state = Default::default();
-/// longest.update(&mut state, &"tributary".to_string(), 1);
-/// assert_eq!(longest.output(&state), Some(9));
-/// ```
-pub struct Fold<V, O> {
-    fold: std::rc::Rc<dyn Fn(&Multiset<V>) -> Option<O>>,
-}
-
-impl<V, O> Clone for Fold<V, O> {
-    fn clone(&self) -> Self {
-        Fold { fold: std::rc::Rc::clone(&self.fold) }
-    }
-}
-
-impl<V, O> Fold<V, O> {
-    /// A fold from a function of the window's multiset of values; `None` emits nothing.
-    pub fn new(fold: impl Fn(&Multiset<V>) -> Option<O> + 'static) -> Self {
-        Fold { fold: std::rc::Rc::new(fold) }
-    }
-}
-
-impl<V: Ord + Clone + 'static, O: Clone + PartialEq + 'static> Aggregator<V> for Fold<V, O> {
-    type State = Multiset<V>;
-    type Output = O;
-    fn update(&self, state: &mut Multiset<V>, value: &V, diff: isize) {
-        add_to_multiset(state, value, diff);
-    }
-    fn output(&self, state: &Multiset<V>) -> Option<O> {
-        (self.fold)(state)
-    }
-}
-
 /// A record that arrived after every window it falls in had closed for good.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct LateRecord<D> {
@@ -281,7 +113,8 @@ pub trait WindowAggregate<'scope, K, V> {
     /// ```
     /// use timely::dataflow::operators::{ToStream, Capture, capture::Extract};
     /// use tributary_operators::event_time::Timed;
-    /// use tributary_operators::window::{Count, WindowAggregate, Windows};
+    /// use tributary_operators::aggregate::Count;
+    /// use tributary_operators::window::{WindowAggregate, Windows};
     ///
     /// let (results, late) = timely::example(|scope| {
     ///     let clicks = vec![
@@ -310,14 +143,13 @@ pub trait WindowAggregate<'scope, K, V> {
         A: Aggregator<V>;
 }
 
-/// The capability to emit at a due time, and the windows due then.
-type Due<K> = (Capability<u64>, Vec<(K, u64)>);
-
 /// One window's state on a worker.
 struct WindowState<S, O> {
     state: S,
     /// What was last emitted for the window, to retract on a correction.
     emitted: Option<O>,
+    /// The time an emission is already scheduled at, so each record does not schedule it again.
+    scheduled: Option<u64>,
 }
 
 impl<'scope, K, V> WindowAggregate<'scope, K, V> for Stream<'scope, u64, Vec<(Timed<(K, V)>, u64, isize)>>
@@ -343,82 +175,89 @@ where
         let (late_output, late) = builder.new_output::<Vec<LateRecord<(K, V)>>>();
         let mut results_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(results_output);
         let mut late_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(late_output);
+        // A window still accepts a record at `time` while `end + allowed_lateness` is ahead of it.
+        let open = move |start: u64, time: u64| start + size + allowed_lateness_ms > time;
 
         builder.build(move |_capabilities| {
             let mut state: HashMap<(K, u64), WindowState<A::State, A::Output>> = HashMap::new();
-            // Windows with changes to emit once the frontier passes the time (and a capability for that time).
-            let mut pending: BTreeMap<u64, Due<K>> = BTreeMap::new();
+            // Accepted records, applied in time order once the frontier has passed their time.
+            let mut stash: ByTime<(Timed<(K, V)>, isize)> = ByTime::default();
+            // Windows with changes to emit once the frontier passes the time.
+            let mut pending: ByTime<(K, u64)> = ByTime::default();
             // Window ends, to release state once the frontier passes end + lateness.
             let mut ends: BTreeMap<u64, Vec<(K, u64)>> = BTreeMap::new();
             move |frontiers| {
                 let mut late_handle = late_output.activate();
                 input.for_each(|cap, data| {
-                    let late_cap = cap.retain_least(1).expect("window input messages carry a time");
-                    let mut late_session = late_handle.session(&late_cap);
                     for (record, time, diff) in data.drain(..) {
+                        if windows.starts(record.event_time).any(|start| open(start, time)) {
+                            stash.push(time, |t| cap.delayed(t, 0), (record, diff));
+                            continue;
+                        }
+                        // Too late for every window it falls in: a pure function of the record and its time.
                         let event_time = record.event_time;
-                        let (key, value) = record.value;
-                        let mut accepted = false;
-                        let mut last_end = 0;
-                        for start in windows.starts(event_time) {
-                            let end = start + size;
-                            last_end = end;
-                            if end + allowed_lateness_ms <= time {
-                                continue;
-                            }
-                            accepted = true;
-                            let window = (key.clone(), start);
-                            let entry = state.entry(window.clone()).or_insert_with(|| {
-                                ends.entry(end).or_default().push(window.clone());
-                                WindowState { state: A::State::default(), emitted: None }
-                            });
-                            aggregator.update(&mut entry.state, &value, diff);
-                            // The result is due when the window ends; a correction when the late record's time is done.
-                            let due = time.max(end - 1);
-                            pending.entry(due).or_insert_with(|| (cap.delayed(&due, 0), Vec::new())).1.push(window);
-                        }
-                        if !accepted {
-                            late_session.give(LateRecord {
-                                record: (key, value),
-                                event_time,
-                                arrived_at: time,
-                                diff,
-                                window_end: last_end,
-                                allowed_lateness_ms,
-                            });
-                        }
+                        let window_end = windows.starts(event_time).last().map_or(event_time, |start| start + size);
+                        late_handle.session(&cap.delayed(&time, 1)).give(LateRecord {
+                            record: record.value,
+                            event_time,
+                            arrived_at: time,
+                            diff,
+                            window_end,
+                            allowed_lateness_ms,
+                        });
                     }
                 });
                 drop(late_handle);
 
                 let frontier = &frontiers[0];
-                // Emit every window whose due time the frontier has passed.
                 let mut results_handle = results_output.activate();
-                while let Some(entry) = pending.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break;
+                // One time at a time: apply its records, then emit what is due at it.
+                while let Some(now) = stash.earliest(&pending).filter(|t| !frontier.less_equal(t)) {
+                    if let Some((cap, records)) = stash.take(now) {
+                        for (record, diff) in records {
+                            let (key, value) = record.value;
+                            for start in windows.starts(record.event_time).filter(|&start| open(start, now)) {
+                                let end = start + size;
+                                let window = (key.clone(), start);
+                                let entry = state.entry(window.clone()).or_insert_with(|| {
+                                    ends.entry(end).or_default().push(window.clone());
+                                    WindowState { state: A::State::default(), emitted: None, scheduled: None }
+                                });
+                                aggregator.update(&mut entry.state, &value, diff);
+                                // The result is due when the window ends; a correction at the late record's time.
+                                let due = now.max(end - 1);
+                                if entry.scheduled != Some(due) {
+                                    entry.scheduled = Some(due);
+                                    pending.push(due, |d| cap.delayed(d), window);
+                                }
+                            }
+                        }
                     }
-                    let (due, (cap, mut windows_due)) = entry.remove_entry();
-                    windows_due.sort();
-                    windows_due.dedup();
-                    let mut session = results_handle.session(&cap);
-                    for window in windows_due {
-                        let Some(entry) = state.get_mut(&window) else { continue };
-                        let output = aggregator.output(&entry.state);
-                        if output == entry.emitted {
-                            continue;
+                    if let Some((cap, mut windows_due)) = pending.take(now) {
+                        windows_due.sort();
+                        windows_due.dedup();
+                        let mut session = results_handle.session(&cap);
+                        for window in windows_due {
+                            let Some(entry) = state.get_mut(&window) else { continue };
+                            if entry.scheduled == Some(now) {
+                                entry.scheduled = None;
+                            }
+                            let output = aggregator.output(&entry.state);
+                            if output == entry.emitted {
+                                continue;
+                            }
+                            if let Some(old) = entry.emitted.take() {
+                                session.give(((window.clone(), old), now, -1));
+                            }
+                            if let Some(new) = &output {
+                                session.give(((window.clone(), new.clone()), now, 1));
+                            }
+                            entry.emitted = output;
                         }
-                        if let Some(old) = entry.emitted.take() {
-                            session.give(((window.clone(), old), due, -1));
-                        }
-                        if let Some(new) = &output {
-                            session.give(((window.clone(), new.clone()), due, 1));
-                        }
-                        entry.emitted = output;
                     }
                 }
                 drop(results_handle);
-                // Release windows that can no longer change.
+                // Release windows that can no longer change: no record at or after the frontier is open for them.
                 while let Some(entry) = ends.first_entry() {
                     let end = *entry.key();
                     if frontier.less_equal(&(end + allowed_lateness_ms)) {
@@ -437,25 +276,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn aggregators_survive_retractions() {
-        let mut state = Multiset::default();
-        for (v, d) in [(5, 1), (9, 1), (9, 1), (2, 1), (9, -1), (2, -1)] {
-            Aggregator::<i32>::update(&Max, &mut state, &v, d);
-        }
-        assert_eq!(Aggregator::<i32>::output(&Max, &state), Some(9));
-        assert_eq!(Aggregator::<i32>::output(&Min, &state), Some(5));
-        assert_eq!(Aggregator::<i32>::output(&CountDistinct, &state), Some(2));
-        assert_eq!(Aggregator::<i32>::output(&TopK(2), &state), Some(vec![9, 5]));
-        let mut sum = Default::default();
-        for (v, d) in [(5i32, 1), (7, 1), (5, -1)] {
-            Aggregator::<i32>::update(&Sum, &mut sum, &v, d);
-        }
-        assert_eq!(Aggregator::<i32>::output(&Sum, &sum), Some(7));
-        Aggregator::<i32>::update(&Sum, &mut sum, &7, -1);
-        assert_eq!(Aggregator::<i32>::output(&Sum, &sum), None, "an emptied window emits nothing");
-    }
 
     #[test]
     fn window_starts() {

@@ -1,99 +1,82 @@
 //! The window operator against a plain reference model: random keyed events from several partitions with
-//! disorder, late records and retractions, at 1, 2 and 3 workers.
+//! disorder, late records and retractions, at 1, 2 and 3 workers; the timed output is the same at each.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use common::{Records, Update, arrivals_to_updates, consolidate, feed, listing};
 use proptest::prelude::*;
 use timely::dataflow::operators::{Input, Inspect};
-use tributary_operators::event_time::Timed;
-use tributary_operators::window::{Count, LateRecord, WindowAggregate, Windows};
+use tributary_operators::aggregate::{Aggregator, Count, Fold};
+use tributary_operators::window::{LateRecord, WindowAggregate, Windows};
 
-/// One update as the source would emit it: key, event time, dataflow time, diff.
-type Update = (u8, u64, u64, isize);
-
-/// Applies the source time model to arrivals `(partition, key, event time, retract?)`.
-fn arrivals_to_updates(arrivals: &[(usize, u8, u64, bool)], ooo: u64) -> Vec<Update> {
-    let mut watermarks = [0u64; 3];
-    let mut sent: Vec<Vec<(u8, u64)>> = vec![Vec::new(); 3];
-    let mut updates = Vec::new();
-    for &(partition, key, event_time, retract) in arrivals {
-        let watermark = &mut watermarks[partition];
-        if retract {
-            // Retract an earlier record of this partition, arriving now.
-            if let Some((key, et)) = sent[partition].pop() {
-                updates.push((key, et, et.max(*watermark), -1));
-            }
-            continue;
-        }
-        let time = event_time.max(*watermark);
-        *watermark = (*watermark).max(event_time.saturating_sub(ooo));
-        sent[partition].push((key, event_time));
-        updates.push((key, event_time, time, 1));
-    }
-    updates
-}
-
-/// Final counts per (key, window start), and the late updates, by the model.
-fn model(updates: &[Update], windows: Windows, lateness: u64) -> (BTreeMap<(u8, u64), isize>, Vec<(u8, u64, u64, isize)>) {
-    let mut counts: BTreeMap<(u8, u64), isize> = BTreeMap::new();
+/// Final values per (key, window start) by the model, and the late updates.
+fn model(updates: &[Update], windows: Windows, lateness: u64) -> (BTreeMap<(u8, u64), BTreeMap<u8, isize>>, Vec<Update>) {
+    let mut values: BTreeMap<(u8, u64), BTreeMap<u8, isize>> = BTreeMap::new();
     let mut late = Vec::new();
-    for &(key, et, time, diff) in updates {
+    for &(key, value, et, time, diff) in updates {
         let mut accepted = false;
         for start in windows.starts(et) {
             if start + windows.size() + lateness > time {
-                *counts.entry((key, start)).or_default() += diff;
+                *values.entry((key, start)).or_default().entry(value).or_default() += diff;
                 accepted = true;
             }
         }
         if !accepted {
-            late.push((key, et, time, diff));
+            late.push((key, value, et, time, diff));
         }
     }
-    counts.retain(|_, c| *c != 0);
+    for multiset in values.values_mut() {
+        multiset.retain(|_, n| *n != 0);
+    }
+    values.retain(|_, m| !m.is_empty());
     late.sort();
-    (counts, late)
+    (values, late)
 }
 
-type Observed = (BTreeMap<((u8, u64), isize), isize>, Vec<(u8, u64, u64, isize)>);
+/// Timed results `((key, start), output, time) -> diff`, and the late updates.
+type Observed<O> = (BTreeMap<((u8, u64), O, u64), isize>, Vec<Update>);
 
-fn run(updates: Vec<Update>, windows: Windows, lateness: u64, workers: usize) -> Observed {
+fn run<A, O>(updates: Vec<Update>, windows: Windows, lateness: u64, workers: usize, aggregator: fn() -> A) -> Observed<O>
+where
+    A: Aggregator<u8, Output = O>,
+    O: Ord + Clone + Send + 'static,
+{
     let results = Arc::new(Mutex::new(Vec::new()));
     let late = Arc::new(Mutex::new(Vec::new()));
     let (r, l) = (Arc::clone(&results), Arc::clone(&late));
     timely::execute(timely::Config::process(workers), move |worker| {
         let (r, l) = (Arc::clone(&r), Arc::clone(&l));
         let mut input = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, updates) = scope.new_input::<Vec<(Timed<(u8, ())>, u64, isize)>>();
-            let streams = updates.window_aggregate("Count", windows, lateness, Count);
-            streams.results.inspect(move |(((key, start), count), time, diff)| {
+            let (input, updates) = scope.new_input::<Records>();
+            let streams = updates.window_aggregate("Window", windows, lateness, aggregator());
+            streams.results.inspect(move |(((key, start), output), time, diff)| {
                 assert!(*time + 1 >= start + windows.size(), "a result before its window ended");
-                r.lock().unwrap().push((((*key, *start), *count), *diff));
+                r.lock().unwrap().push((((*key, *start), output.clone(), *time), *diff));
             });
-            streams.late.inspect(move |x: &LateRecord<(u8, ())>| l.lock().unwrap().push((x.record.0, x.event_time, x.arrived_at, x.diff)));
+            streams.late.inspect(move |x: &LateRecord<(u8, u8)>| {
+                l.lock().unwrap().push((x.record.0, x.record.1, x.event_time, x.arrived_at, x.diff))
+            });
             input
         });
         if worker.index() == 0 {
-            // Feed at the running minimum of the times still to come (what a source's capability would be).
-            for (i, &(key, et, time, diff)) in updates.iter().enumerate() {
-                let floor = updates[i..].iter().map(|u| u.2).min().unwrap_or(time);
-                if floor > *input.time() {
-                    input.advance_to(floor);
-                }
-                input.send((Timed { event_time: et, value: (key, ()) }, time, diff));
+            feed(&mut [(&mut input, &updates)], || {
                 worker.step();
-            }
+            });
         }
     })
     .expect("timely");
-    let mut consolidated: BTreeMap<((u8, u64), isize), isize> = BTreeMap::new();
-    for (update, diff) in results.lock().unwrap().drain(..) {
-        *consolidated.entry(update).or_default() += diff;
-    }
-    consolidated.retain(|_, d| *d != 0);
+    let results = consolidate(results.lock().unwrap().drain(..));
     let mut late = late.lock().unwrap().clone();
     late.sort();
-    (consolidated, late)
+    (results, late)
+}
+
+/// The final result per window: every timed update summed, which must leave exactly one `+1` per window.
+fn finals<O: Ord + Clone>(timed: &BTreeMap<((u8, u64), O, u64), isize>) -> BTreeMap<((u8, u64), O), isize> {
+    consolidate(timed.iter().map(|((window, output, _), diff)| ((*window, output.clone()), *diff)))
 }
 
 fn arb_windows() -> impl Strategy<Value = Windows> {
@@ -103,24 +86,42 @@ fn arb_windows() -> impl Strategy<Value = Windows> {
     ]
 }
 
+fn arb_arrivals() -> impl Strategy<Value = Vec<(usize, u8, u8, u64, bool)>> {
+    prop::collection::vec((0usize..3, 0u8..3, 0u8..4, 0u64..300, prop::bool::weighted(0.1)), 0..80)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn windows_match_the_model(
-        arrivals in prop::collection::vec((0usize..3, 0u8..3, 0u64..300, prop::bool::weighted(0.1)), 0..80),
-        ooo in 0u64..40,
-        lateness in 0u64..30,
-        windows in arb_windows(),
-    ) {
+    fn window_counts_match_the_model(arrivals in arb_arrivals(), ooo in 0u64..40, lateness in 0u64..30, windows in arb_windows()) {
         let updates = arrivals_to_updates(&arrivals, ooo);
-        let (counts, late) = model(&updates, windows, lateness);
+        let (values, late) = model(&updates, windows, lateness);
         // Every window's final result appears exactly once, with +1: corrections cancel, releases emit nothing.
-        let expected: BTreeMap<((u8, u64), isize), isize> = counts.into_iter().map(|(w, c)| ((w, c), 1)).collect();
-        for workers in 1..=3 {
-            let (results, observed_late) = run(updates.clone(), windows, lateness, workers);
-            prop_assert_eq!(&results, &expected, "workers = {}", workers);
-            prop_assert_eq!(&observed_late, &late, "workers = {}", workers);
+        let expected: BTreeMap<((u8, u64), isize), isize> =
+            values.into_iter().map(|(w, m)| ((w, m.values().sum::<isize>()), 1)).filter(|((_, c), _)| *c != 0).collect();
+        let (timed, observed_late) = run(updates.clone(), windows, lateness, 1, || Count);
+        prop_assert_eq!(&finals(&timed), &expected);
+        prop_assert_eq!(&observed_late, &late);
+        for workers in 2..=3 {
+            let (other, other_late) = run(updates.clone(), windows, lateness, workers, || Count);
+            prop_assert_eq!(&other, &timed, "timed results at {} workers", workers);
+            prop_assert_eq!(&other_late, &late, "workers = {}", workers);
+        }
+    }
+
+    #[test]
+    fn window_multisets_match_the_model(arrivals in arb_arrivals(), ooo in 0u64..40, lateness in 0u64..30, windows in arb_windows()) {
+        let updates = arrivals_to_updates(&arrivals, ooo);
+        let (values, _) = model(&updates, windows, lateness);
+        let expected: BTreeMap<((u8, u64), Vec<(u8, isize)>), isize> =
+            values.iter().filter_map(|(w, m)| listing(m).map(|l| ((*w, l), 1))).collect();
+        let multiset = || Fold::new(listing);
+        let (timed, _) = run(updates.clone(), windows, lateness, 1, multiset);
+        prop_assert_eq!(&finals(&timed), &expected);
+        for workers in 2..=3 {
+            let (other, _) = run(updates.clone(), windows, lateness, workers, multiset);
+            prop_assert_eq!(&other, &timed, "timed results at {} workers", workers);
         }
     }
 }

@@ -1,0 +1,263 @@
+//! Aggregates over multisets of values, and incremental aggregation of whole differential collections.
+//!
+//! [`Aggregator`] is one aggregate that accepts retractions: [`Count`], [`Sum`], [`Average`], [`Min`], [`Max`],
+//! [`CountDistinct`], [`TopK`], and a user [`Fold`]. The same aggregators serve event-time windows
+//! ([`window`](crate::window), [`session`](crate::session)) and whole collections: [`Aggregate::aggregate`] keeps
+//! one result per key of a `(key, value)` collection and emits a changelog, so an input retraction retracts the
+//! old result and adds the new one.
+
+use std::collections::BTreeMap;
+
+use differential_dataflow::lattice::Lattice;
+use differential_dataflow::{ExchangeData, Hashable, VecCollection};
+use timely::progress::Timestamp;
+
+/// An aggregate over a multiset of values (a window's, or a key's in a collection) that accepts retractions
+/// (`diff < 0`).
+pub trait Aggregator<V>: Clone + 'static {
+    /// What is kept per group.
+    type State: Default + 'static;
+    /// What is emitted per group.
+    type Output: Clone + PartialEq + 'static;
+    /// Adds `value` with multiplicity `diff`.
+    fn update(&self, state: &mut Self::State, value: &V, diff: isize);
+    /// The group's result; `None` when the group holds nothing (all retracted) or the aggregate has no value.
+    fn output(&self, state: &Self::State) -> Option<Self::Output>;
+}
+
+/// Counts records.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Count;
+
+impl<V> Aggregator<V> for Count {
+    type State = isize;
+    type Output = isize;
+    fn update(&self, state: &mut isize, _value: &V, diff: isize) {
+        *state += diff;
+    }
+    fn output(&self, state: &isize) -> Option<isize> {
+        (*state != 0).then_some(*state)
+    }
+}
+
+/// Sums values (as `i64`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sum;
+
+impl<V: Copy + Into<i64>> Aggregator<V> for Sum {
+    /// (sum, records)
+    type State = (i64, isize);
+    type Output = i64;
+    fn update(&self, state: &mut (i64, isize), value: &V, diff: isize) {
+        state.0 += (*value).into() * diff as i64;
+        state.1 += diff;
+    }
+    fn output(&self, state: &(i64, isize)) -> Option<i64> {
+        (state.1 != 0).then_some(state.0)
+    }
+}
+
+/// The average of the values, emitted as `(sum, count)` so it stays exact and comparable (an `f64` is neither
+/// `Eq` nor exact under retractions); divide when presenting.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Average;
+
+impl<V: Copy + Into<i64>> Aggregator<V> for Average {
+    type State = (i64, isize);
+    type Output = (i64, isize);
+    fn update(&self, state: &mut (i64, isize), value: &V, diff: isize) {
+        state.0 += (*value).into() * diff as i64;
+        state.1 += diff;
+    }
+    fn output(&self, state: &(i64, isize)) -> Option<(i64, isize)> {
+        (state.1 != 0).then_some(*state)
+    }
+}
+
+/// The values with their multiplicities, for aggregates that must survive retractions of any value.
+pub type Multiset<V> = BTreeMap<V, isize>;
+
+fn add_to_multiset<V: Ord + Clone>(set: &mut Multiset<V>, value: &V, diff: isize) {
+    let count = set.entry(value.clone()).or_default();
+    *count += diff;
+    if *count == 0 {
+        set.remove(value);
+    }
+}
+
+/// The least value.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Min;
+
+impl<V: Ord + Clone + 'static> Aggregator<V> for Min {
+    type State = Multiset<V>;
+    type Output = V;
+    fn update(&self, state: &mut Multiset<V>, value: &V, diff: isize) {
+        add_to_multiset(state, value, diff);
+    }
+    fn output(&self, state: &Multiset<V>) -> Option<V> {
+        state.keys().next().cloned()
+    }
+}
+
+/// The greatest value.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Max;
+
+impl<V: Ord + Clone + 'static> Aggregator<V> for Max {
+    type State = Multiset<V>;
+    type Output = V;
+    fn update(&self, state: &mut Multiset<V>, value: &V, diff: isize) {
+        add_to_multiset(state, value, diff);
+    }
+    fn output(&self, state: &Multiset<V>) -> Option<V> {
+        state.keys().next_back().cloned()
+    }
+}
+
+/// How many distinct values.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CountDistinct;
+
+impl<V: Ord + Clone + 'static> Aggregator<V> for CountDistinct {
+    type State = Multiset<V>;
+    type Output = usize;
+    fn update(&self, state: &mut Multiset<V>, value: &V, diff: isize) {
+        add_to_multiset(state, value, diff);
+    }
+    fn output(&self, state: &Multiset<V>) -> Option<usize> {
+        (!state.is_empty()).then_some(state.len())
+    }
+}
+
+/// The `k` greatest values (with repeats), greatest first.
+#[derive(Clone, Copy, Debug)]
+pub struct TopK(pub usize);
+
+impl<V: Ord + Clone + 'static> Aggregator<V> for TopK {
+    type State = Multiset<V>;
+    type Output = Vec<V>;
+    fn update(&self, state: &mut Multiset<V>, value: &V, diff: isize) {
+        add_to_multiset(state, value, diff);
+    }
+    fn output(&self, state: &Multiset<V>) -> Option<Vec<V>> {
+        let top: Vec<V> = state.iter().rev().flat_map(|(v, n)| std::iter::repeat_n(v.clone(), (*n).max(0) as usize)).take(self.0).collect();
+        (!top.is_empty()).then_some(top)
+    }
+}
+
+/// A user fold over the group's values (with multiplicities), recomputed when the result is emitted.
+///
+/// ```
+/// use tributary_operators::aggregate::{Aggregator, Fold};
+/// let longest = Fold::new(|values: &std::collections::BTreeMap<String, isize>| values.keys().map(|s| s.len()).max());
+/// let mut state = Default::default();
+/// longest.update(&mut state, &"tributary".to_string(), 1);
+/// assert_eq!(longest.output(&state), Some(9));
+/// ```
+pub struct Fold<V, O> {
+    fold: std::rc::Rc<dyn Fn(&Multiset<V>) -> Option<O>>,
+}
+
+impl<V, O> Clone for Fold<V, O> {
+    fn clone(&self) -> Self {
+        Fold { fold: std::rc::Rc::clone(&self.fold) }
+    }
+}
+
+impl<V, O> Fold<V, O> {
+    /// A fold from a function of the window's multiset of values; `None` emits nothing.
+    pub fn new(fold: impl Fn(&Multiset<V>) -> Option<O> + 'static) -> Self {
+        Fold { fold: std::rc::Rc::new(fold) }
+    }
+}
+
+impl<V: Ord + Clone + 'static, O: Clone + PartialEq + 'static> Aggregator<V> for Fold<V, O> {
+    type State = Multiset<V>;
+    type Output = O;
+    fn update(&self, state: &mut Multiset<V>, value: &V, diff: isize) {
+        add_to_multiset(state, value, diff);
+    }
+    fn output(&self, state: &Multiset<V>) -> Option<O> {
+        (self.fold)(state)
+    }
+}
+
+/// Incremental per-key aggregation of a differential collection of `(key, value)` pairs.
+pub trait Aggregate<'scope, T: Timestamp, K, V> {
+    /// One `(key, result)` per key whose values are not all retracted; a change of a key's values retracts its
+    /// old result and adds the new one at the time of the change.
+    ///
+    /// ```
+    /// use differential_dataflow::input::Input;
+    /// use timely::dataflow::operators::{Capture, capture::Extract};
+    /// use tributary_operators::aggregate::{Aggregate, Max};
+    ///
+    /// let changes = timely::example(|scope| {
+    ///     let (mut bids, collection) = scope.new_collection::<(char, u32), isize>();
+    ///     for bid in [('a', 5), ('a', 9), ('a', 7), ('b', 3)] {
+    ///         bids.insert(bid);
+    ///     }
+    ///     bids.advance_to(1);
+    ///     bids.remove(('a', 9));
+    ///     collection.aggregate("Highest", Max).inner.capture()
+    /// });
+    /// let mut changes: Vec<_> = changes.extract().into_iter().flat_map(|(_, v)| v).collect();
+    /// changes.sort_by_key(|&(_, time, diff)| (time, diff));
+    /// // Retracting the maximum retracts the old result and adds the new one.
+    /// assert_eq!(changes, vec![(('a', 9), 0, 1), (('b', 3), 0, 1), (('a', 9), 1, -1), (('a', 7), 1, 1)]);
+    /// ```
+    fn aggregate<A>(self, name: &str, aggregator: A) -> VecCollection<'scope, T, (K, A::Output), isize>
+    where
+        A: Aggregator<V>,
+        A::Output: ExchangeData;
+}
+
+impl<'scope, T, K, V> Aggregate<'scope, T, K, V> for VecCollection<'scope, T, (K, V), isize>
+where
+    T: Timestamp + Lattice + Ord,
+    K: ExchangeData + Hashable,
+    V: ExchangeData,
+{
+    fn aggregate<A>(self, name: &str, aggregator: A) -> VecCollection<'scope, T, (K, A::Output), isize>
+    where
+        A: Aggregator<V>,
+        A::Output: ExchangeData,
+    {
+        // `reduce` hands the key's whole consolidated input and diffs the outputs against the previous ones,
+        // which is the changelog the aggregators' retractions need.
+        self.reduce_named(name, move |_key, values, output| {
+            let mut state = A::State::default();
+            for (value, diff) in values {
+                aggregator.update(&mut state, value, *diff);
+            }
+            if let Some(result) = aggregator.output(&state) {
+                output.push((result, 1));
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregators_survive_retractions() {
+        let mut state = Multiset::default();
+        for (v, d) in [(5, 1), (9, 1), (9, 1), (2, 1), (9, -1), (2, -1)] {
+            Aggregator::<i32>::update(&Max, &mut state, &v, d);
+        }
+        assert_eq!(Aggregator::<i32>::output(&Max, &state), Some(9));
+        assert_eq!(Aggregator::<i32>::output(&Min, &state), Some(5));
+        assert_eq!(Aggregator::<i32>::output(&CountDistinct, &state), Some(2));
+        assert_eq!(Aggregator::<i32>::output(&TopK(2), &state), Some(vec![9, 5]));
+        let mut sum = Default::default();
+        for (v, d) in [(5i32, 1), (7, 1), (5, -1)] {
+            Aggregator::<i32>::update(&Sum, &mut sum, &v, d);
+        }
+        assert_eq!(Aggregator::<i32>::output(&Sum, &sum), Some(7));
+        Aggregator::<i32>::update(&Sum, &mut sum, &7, -1);
+        assert_eq!(Aggregator::<i32>::output(&Sum, &sum), None, "an emptied window emits nothing");
+    }
+}

@@ -1,0 +1,163 @@
+//! The engine under the windowed and interval joins: a keyed join of two streams whose records each expire.
+//!
+//! Both inputs are exchanged by key, stashed, and processed one time at a time once both frontiers have passed
+//! it: the new left records meet the right state, join the left state, then the new right records meet the left
+//! state. A match is emitted at the later of the step's time and its `emit_from` time, with the product of the
+//! diffs, so the output with its times is the same for any number of workers. A record's state is released once
+//! both frontiers pass its `expires` time — the last time a record that is not late could still match it; the
+//! callers turn late records away before they get here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::ops::RangeInclusive;
+
+use differential_dataflow::Hashable;
+use serde::{Deserialize, Serialize};
+use timely::ExchangeData;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::operator::Operator;
+
+use crate::event_time::Timed;
+use crate::ordered::ByTime;
+
+/// A record ready to join.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Joinable<K, V> {
+    pub(crate) key: K,
+    pub(crate) event_time: u64,
+    /// The last dataflow time at which it may still match.
+    pub(crate) expires: u64,
+    /// Its matches are emitted no earlier than this time.
+    pub(crate) emit_from: u64,
+    pub(crate) value: V,
+}
+
+/// One side's state: per key, values by event time.
+struct Side<K, V> {
+    by_key: HashMap<K, BTreeMap<u64, Vec<(V, isize)>>>,
+    /// `(key, event_time)` by expiry time.
+    expiry: BTreeMap<u64, Vec<(K, u64)>>,
+}
+
+impl<K: Hash + Eq + Clone, V> Side<K, V> {
+    fn new() -> Self {
+        Side { by_key: HashMap::new(), expiry: BTreeMap::new() }
+    }
+
+    fn insert(&mut self, record: Joinable<K, V>, diff: isize) {
+        let values = self.by_key.entry(record.key.clone()).or_default().entry(record.event_time).or_insert_with(|| {
+            self.expiry.entry(record.expires).or_default().push((record.key, record.event_time));
+            Vec::new()
+        });
+        values.push((record.value, diff));
+    }
+
+    fn release_before(&mut self, horizon: u64) {
+        while let Some(entry) = self.expiry.first_entry() {
+            if *entry.key() >= horizon {
+                break;
+            }
+            for (key, event_time) in entry.remove() {
+                if let Some(times) = self.by_key.get_mut(&key) {
+                    times.remove(&event_time);
+                    if times.is_empty() {
+                        self.by_key.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A joined update: the pair under the key, at the later event time of the two.
+pub(crate) type Joined<K, V, W> = (Timed<(K, (V, W))>, u64, isize);
+
+/// Joins `left` and `right` by key; a left record at event time `t` matches right records with event times in
+/// `left_range(t)`, and a right record at `t` left records in `right_range(t)` (the same pairs, seen from the
+/// other side).
+pub(crate) fn timed_join<'scope, K, V, W>(
+    left: Stream<'scope, u64, Vec<(Joinable<K, V>, u64, isize)>>,
+    right: Stream<'scope, u64, Vec<(Joinable<K, W>, u64, isize)>>,
+    name: &str,
+    left_range: impl Fn(u64) -> RangeInclusive<u64> + 'static,
+    right_range: impl Fn(u64) -> RangeInclusive<u64> + 'static,
+) -> Stream<'scope, u64, Vec<Joined<K, V, W>>>
+where
+    K: ExchangeData + Hash + Eq + Clone,
+    V: ExchangeData + Clone,
+    W: ExchangeData + Clone,
+{
+    let by_left_key = Exchange::new(|(record, _, _): &(Joinable<K, V>, u64, isize)| record.key.hashed());
+    let by_right_key = Exchange::new(|(record, _, _): &(Joinable<K, W>, u64, isize)| record.key.hashed());
+    left.binary_frontier(right, by_left_key, by_right_key, name, move |_capability, _info| {
+        let mut lefts: Side<K, V> = Side::new();
+        let mut rights: Side<K, W> = Side::new();
+        let mut left_stash: ByTime<(Joinable<K, V>, isize)> = ByTime::default();
+        let mut right_stash: ByTime<(Joinable<K, W>, isize)> = ByTime::default();
+        let mut matches: BTreeMap<u64, Vec<Joined<K, V, W>>> = BTreeMap::new();
+        move |(left_input, left_frontier), (right_input, right_frontier), output| {
+            left_input.for_each(|cap, data| {
+                for (record, time, diff) in data.drain(..) {
+                    left_stash.push(time, |t| cap.delayed(t, 0), (record, diff));
+                }
+            });
+            right_input.for_each(|cap, data| {
+                for (record, time, diff) in data.drain(..) {
+                    right_stash.push(time, |t| cap.delayed(t, 0), (record, diff));
+                }
+            });
+            let done = |t: &u64| !left_frontier.less_equal(t) && !right_frontier.less_equal(t);
+            while let Some(now) = left_stash.earliest(&right_stash).filter(done) {
+                let left_batch = left_stash.take(now);
+                let right_batch = right_stash.take(now);
+                let cap = match (&left_batch, &right_batch) {
+                    (Some((cap, _)), _) | (None, Some((cap, _))) => cap.clone(),
+                    (None, None) => unreachable!("`now` is the first time of one of the stashes"),
+                };
+                for (record, diff) in left_batch.into_iter().flat_map(|(_, batch)| batch) {
+                    if let Some(times) = rights.by_key.get(&record.key) {
+                        for (&event_time, values) in times.range(left_range(record.event_time)) {
+                            let at = now.max(record.emit_from);
+                            for (w, d) in values {
+                                let pair = (record.key.clone(), (record.value.clone(), w.clone()));
+                                matches.entry(at).or_default().push((
+                                    Timed { event_time: event_time.max(record.event_time), value: pair },
+                                    at,
+                                    diff * d,
+                                ));
+                            }
+                        }
+                    }
+                    lefts.insert(record, diff);
+                }
+                for (record, diff) in right_batch.into_iter().flat_map(|(_, batch)| batch) {
+                    if let Some(times) = lefts.by_key.get(&record.key) {
+                        for (&event_time, values) in times.range(right_range(record.event_time)) {
+                            let at = now.max(record.emit_from);
+                            for (v, d) in values {
+                                let pair = (record.key.clone(), (v.clone(), record.value.clone()));
+                                matches.entry(at).or_default().push((
+                                    Timed { event_time: event_time.max(record.event_time), value: pair },
+                                    at,
+                                    d * diff,
+                                ));
+                            }
+                        }
+                    }
+                    rights.insert(record, diff);
+                }
+                for (at, batch) in std::mem::take(&mut matches) {
+                    output.session(&cap.delayed(&at)).give_iterator(batch.into_iter());
+                }
+            }
+            let horizon = [left_frontier.frontier(), right_frontier.frontier()]
+                .iter()
+                .filter_map(|f| f.iter().next().copied())
+                .min()
+                .unwrap_or(u64::MAX);
+            lefts.release_before(horizon);
+            rights.release_before(horizon);
+        }
+    })
+}

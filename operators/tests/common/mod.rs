@@ -1,0 +1,75 @@
+//! Shared by the operator property tests: the sources' time model, feeding inputs as a source would, and
+//! consolidating what comes out.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::collections::BTreeMap;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::InputHandle;
+use tributary_operators::event_time::Timed;
+
+/// One update as a source emits it: key, value, event time, dataflow time, diff.
+pub type Update = (u8, u8, u64, u64, isize);
+
+/// A stream of keyed timed records, as sources emit them.
+pub type Records = Vec<(Timed<(u8, u8)>, u64, isize)>;
+
+/// An input for [`Records`].
+pub type Handle = InputHandle<u64, CapacityContainerBuilder<Records>>;
+
+/// Applies the source time model to arrivals `(partition, key, value, event time, retract?)`: a record's time is
+/// the larger of its event time and its partition's watermark, which trails the partition's greatest event time by
+/// `ooo`. A retraction withdraws the partition's last record, arriving now.
+pub fn arrivals_to_updates(arrivals: &[(usize, u8, u8, u64, bool)], ooo: u64) -> Vec<Update> {
+    let partitions = arrivals.iter().map(|a| a.0 + 1).max().unwrap_or(0);
+    let mut watermarks = vec![0u64; partitions];
+    let mut sent: Vec<Vec<(u8, u8, u64)>> = vec![Vec::new(); partitions];
+    let mut updates = Vec::new();
+    for &(partition, key, value, event_time, retract) in arrivals {
+        let watermark = &mut watermarks[partition];
+        if retract {
+            if let Some((key, value, et)) = sent[partition].pop() {
+                updates.push((key, value, et, et.max(*watermark), -1));
+            }
+            continue;
+        }
+        let time = event_time.max(*watermark);
+        *watermark = (*watermark).max(event_time.saturating_sub(ooo));
+        sent[partition].push((key, value, event_time));
+        updates.push((key, value, event_time, time, 1));
+    }
+    updates
+}
+
+/// Feeds each input its updates, interleaved, holding each input at the least time still to come on it (what a
+/// source's capability would be), and calls `step` after each round.
+pub fn feed(inputs: &mut [(&mut Handle, &[Update])], mut step: impl FnMut()) {
+    let rounds = inputs.iter().map(|(_, updates)| updates.len()).max().unwrap_or(0);
+    for i in 0..rounds {
+        for (input, updates) in inputs.iter_mut() {
+            let Some(&(key, value, event_time, time, diff)) = updates.get(i) else { continue };
+            let floor = updates[i..].iter().map(|u| u.3).min().unwrap_or(time);
+            if floor > *input.time() {
+                input.advance_to(floor);
+            }
+            input.send((Timed { event_time, value: (key, value) }, time, diff));
+        }
+        step();
+    }
+}
+
+/// Sums the diffs per item and drops the zeros.
+pub fn consolidate<T: Ord>(updates: impl IntoIterator<Item = (T, isize)>) -> BTreeMap<T, isize> {
+    let mut out = BTreeMap::new();
+    for (item, diff) in updates {
+        *out.entry(item).or_default() += diff;
+    }
+    out.retain(|_, d| *d != 0);
+    out
+}
+
+/// The values of a multiset as a sorted list of `(value, multiplicity)`: the aggregate that checks everything.
+pub fn listing(values: &BTreeMap<u8, isize>) -> Option<Vec<(u8, isize)>> {
+    let listed: Vec<(u8, isize)> = values.iter().filter(|(_, n)| **n != 0).map(|(v, n)| (*v, *n)).collect();
+    (!listed.is_empty()).then_some(listed)
+}
