@@ -50,7 +50,7 @@ fn changes() -> Vec<Vec<Change>> {
     for step in 0..60u64 {
         let customer = next() % 20;
         let ts = step * 1_000;
-        let value = (next() % 6 != 0).then(|| (format!("c{customer}v{step}"), ["EU", "US", "APAC"][(next() % 3) as usize].to_owned()));
+        let value = (!next().is_multiple_of(6)).then(|| (format!("c{customer}v{step}"), ["EU", "US", "APAC"][(next() % 3) as usize].to_owned()));
         partitions[(customer % CUSTOMER_PARTITIONS) as usize].push(Change { customer, ts, value });
     }
     partitions
@@ -182,7 +182,7 @@ fn enrich_join_matches_the_reference_from_files_and_kafka() {
     // One record per batch: tansu's memory engine reports exact partition ends only then.
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).set("batch.num.messages", "1").create().expect("producer");
-    let mut send = |record: BaseRecord<'_, String, String>| {
+    let send = |record: BaseRecord<'_, String, String>| {
         producer.send(record).map_err(|(e, _)| e).expect("send");
         producer.poll(Duration::ZERO);
     };
