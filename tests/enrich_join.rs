@@ -50,7 +50,8 @@ fn changes() -> Vec<Vec<Change>> {
     for step in 0..60u64 {
         let customer = next() % 20;
         let ts = step * 1_000;
-        let value = (!next().is_multiple_of(6)).then(|| (format!("c{customer}v{step}"), ["EU", "US", "APAC"][(next() % 3) as usize].to_owned()));
+        let value =
+            (!next().is_multiple_of(6)).then(|| (format!("c{customer}v{step}"), ["EU", "US", "APAC"][(next() % 3) as usize].to_owned()));
         partitions[(customer % CUSTOMER_PARTITIONS) as usize].push(Change { customer, ts, value });
     }
     partitions

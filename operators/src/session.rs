@@ -17,8 +17,10 @@
 //! Records are exchanged by key and applied one time at a time once the frontier has passed it, so the results,
 //! with their times, are the same for any number of workers and processes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::Hash;
+
+use foldhash::HashMap;
 
 use differential_dataflow::Hashable;
 use serde::{Deserialize, Serialize};
@@ -158,7 +160,7 @@ where
         let mut late_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(late_output);
 
         builder.build(move |_capabilities| {
-            let mut keys: HashMap<K, KeySessions<V, A::Output>> = HashMap::new();
+            let mut keys: HashMap<K, KeySessions<V, A::Output>> = HashMap::default();
             let mut stash: ByTime<(Timed<(K, V)>, isize)> = ByTime::default();
             // Keys to evaluate once the frontier passes the time.
             let mut pending: ByTime<K> = ByTime::default();

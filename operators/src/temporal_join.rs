@@ -7,8 +7,10 @@
 //! exchanged by key and processed in time order once both frontiers have passed a time; the result is the same
 //! for any number of workers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::Hash;
+
+use foldhash::HashMap;
 
 use differential_dataflow::{Hashable, VecCollection};
 use timely::ExchangeData;
@@ -72,7 +74,7 @@ where
         let by_table_key = Exchange::new(|((key, _), _, _): &((K, W), u64, isize)| key.hashed());
         self.binary_frontier(table.inner, by_record_key, by_table_key, name, |_capability, _info| {
             // The table as of the last time processed: key -> value -> multiplicity.
-            let mut current: HashMap<K, BTreeMap<W, isize>> = HashMap::new();
+            let mut current: HashMap<K, BTreeMap<W, isize>> = HashMap::default();
             let mut records: BTreeMap<u64, (Capability<u64>, Vec<(Timed<(K, V)>, isize)>)> = BTreeMap::new();
             let mut changes: BTreeMap<u64, Vec<((K, W), isize)>> = BTreeMap::new();
             move |(stream, stream_frontier), (updates, table_frontier), output| {

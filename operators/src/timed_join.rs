@@ -7,8 +7,10 @@
 //! both frontiers pass its `expires` time — the last time a record that is not late could still match it; the
 //! callers turn late records away before they get here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::Hash;
+
+use foldhash::HashMap;
 use std::ops::RangeInclusive;
 
 use differential_dataflow::Hashable;
@@ -33,35 +35,61 @@ pub(crate) struct Joinable<K, V> {
     pub(crate) value: V,
 }
 
-/// One side's state: per key, values by event time.
+/// One side's state: per key, its records sorted by event time.
+///
+/// A key's records expire in event-time order (a record's expiry grows with its event time, for the callers'
+/// rules), so releasing is cutting a prefix. Each key is listed once in the expiry index, at its earliest
+/// record's expiry when it was listed; a record that arrives later with an earlier expiry is released a little
+/// late, which changes nothing: no record that is not late can match it any more.
 struct Side<K, V> {
-    by_key: HashMap<K, BTreeMap<u64, Vec<(V, isize)>>>,
-    /// `(key, event_time)` by expiry time.
-    expiry: BTreeMap<u64, Vec<(K, u64)>>,
+    by_key: HashMap<K, Vec<Entry<V>>>,
+    /// Keys by the time after which their first records can go.
+    expiry: BTreeMap<u64, Vec<K>>,
+}
+
+struct Entry<V> {
+    event_time: u64,
+    expires: u64,
+    value: V,
+    diff: isize,
 }
 
 impl<K: Hash + Eq + Clone, V> Side<K, V> {
     fn new() -> Self {
-        Side { by_key: HashMap::new(), expiry: BTreeMap::new() }
+        Side { by_key: HashMap::default(), expiry: BTreeMap::new() }
+    }
+
+    /// The records of `key` with event times in `range`.
+    fn matching(&self, key: &K, range: RangeInclusive<u64>) -> &[Entry<V>] {
+        let Some(entries) = self.by_key.get(key) else { return &[] };
+        let from = entries.partition_point(|e| e.event_time < *range.start());
+        let to = entries.partition_point(|e| e.event_time <= *range.end());
+        &entries[from..to.max(from)]
     }
 
     fn insert(&mut self, record: Joinable<K, V>, diff: isize) {
-        let values = self.by_key.entry(record.key.clone()).or_default().entry(record.event_time).or_insert_with(|| {
-            self.expiry.entry(record.expires).or_default().push((record.key, record.event_time));
+        let entries = self.by_key.entry(record.key.clone()).or_insert_with(|| {
+            self.expiry.entry(record.expires).or_default().push(record.key);
             Vec::new()
         });
-        values.push((record.value, diff));
+        let entry = Entry { event_time: record.event_time, expires: record.expires, value: record.value, diff };
+        // Mostly in order: usually an append.
+        let at = entries.partition_point(|e| e.event_time <= entry.event_time);
+        entries.insert(at, entry);
     }
 
     fn release_before(&mut self, horizon: u64) {
-        while let Some(entry) = self.expiry.first_entry() {
-            if *entry.key() >= horizon {
+        while let Some(listed) = self.expiry.first_entry() {
+            if *listed.key() >= horizon {
                 break;
             }
-            for (key, event_time) in entry.remove() {
-                if let Some(times) = self.by_key.get_mut(&key) {
-                    times.remove(&event_time);
-                    if times.is_empty() {
+            for key in listed.remove() {
+                let Some(entries) = self.by_key.get_mut(&key) else { continue };
+                let gone = entries.partition_point(|e| e.expires < horizon);
+                entries.drain(..gone);
+                match entries.first() {
+                    Some(first) => self.expiry.entry(first.expires).or_default().push(key),
+                    None => {
                         self.by_key.remove(&key);
                     }
                 }
@@ -116,34 +144,20 @@ where
                     (None, None) => unreachable!("`now` is the first time of one of the stashes"),
                 };
                 for (record, diff) in left_batch.into_iter().flat_map(|(_, batch)| batch) {
-                    if let Some(times) = rights.by_key.get(&record.key) {
-                        for (&event_time, values) in times.range(left_range(record.event_time)) {
-                            let at = now.max(record.emit_from);
-                            for (w, d) in values {
-                                let pair = (record.key.clone(), (record.value.clone(), w.clone()));
-                                matches.entry(at).or_default().push((
-                                    Timed { event_time: event_time.max(record.event_time), value: pair },
-                                    at,
-                                    diff * d,
-                                ));
-                            }
-                        }
+                    let at = now.max(record.emit_from);
+                    for other in rights.matching(&record.key, left_range(record.event_time)) {
+                        let pair = (record.key.clone(), (record.value.clone(), other.value.clone()));
+                        let event_time = other.event_time.max(record.event_time);
+                        matches.entry(at).or_default().push((Timed { event_time, value: pair }, at, diff * other.diff));
                     }
                     lefts.insert(record, diff);
                 }
                 for (record, diff) in right_batch.into_iter().flat_map(|(_, batch)| batch) {
-                    if let Some(times) = lefts.by_key.get(&record.key) {
-                        for (&event_time, values) in times.range(right_range(record.event_time)) {
-                            let at = now.max(record.emit_from);
-                            for (v, d) in values {
-                                let pair = (record.key.clone(), (v.clone(), record.value.clone()));
-                                matches.entry(at).or_default().push((
-                                    Timed { event_time: event_time.max(record.event_time), value: pair },
-                                    at,
-                                    d * diff,
-                                ));
-                            }
-                        }
+                    let at = now.max(record.emit_from);
+                    for other in lefts.matching(&record.key, right_range(record.event_time)) {
+                        let pair = (record.key.clone(), (other.value.clone(), record.value.clone()));
+                        let event_time = other.event_time.max(record.event_time);
+                        matches.entry(at).or_default().push((Timed { event_time, value: pair }, at, other.diff * diff));
                     }
                     rights.insert(record, diff);
                 }

@@ -6,8 +6,10 @@
 //! apply in arrival order, which for a topic keyed by its partitioner (all of a key's records in one partition)
 //! is offset order, so the table is the same on every replay and for any number of workers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::Hash;
+
+use foldhash::HashMap;
 
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use timely::ExchangeData;
@@ -56,7 +58,7 @@ where
     fn upsert(self, name: &str) -> VecCollection<'scope, u64, (K, V), isize> {
         let exchange = Exchange::new(|(update, _time, _diff): &(Timed<(K, Option<V>)>, u64, isize)| update.value.0.hashed());
         self.unary_frontier(exchange, name, |_capability, _info| {
-            let mut table: HashMap<K, V> = HashMap::new();
+            let mut table: HashMap<K, V> = HashMap::default();
             // Updates waiting for their time to complete, in arrival order, with a capability for that time.
             let mut pending: BTreeMap<u64, (Capability<u64>, Vec<(K, Option<V>)>)> = BTreeMap::new();
             move |(input, frontier), output| {

@@ -19,8 +19,10 @@
 //! processes. A dedicated operator rather than differential's `reduce`: windows close by the frontier
 //! and their state goes away, which an arrangement would express as a retraction of the result.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::Hash;
+
+use foldhash::HashMap;
 
 use differential_dataflow::Hashable;
 use serde::{Deserialize, Serialize};
@@ -179,7 +181,7 @@ where
         let open = move |start: u64, time: u64| start + size + allowed_lateness_ms > time;
 
         builder.build(move |_capabilities| {
-            let mut state: HashMap<(K, u64), WindowState<A::State, A::Output>> = HashMap::new();
+            let mut state: HashMap<(K, u64), WindowState<A::State, A::Output>> = HashMap::default();
             // Accepted records, applied in time order once the frontier has passed their time.
             let mut stash: ByTime<(Timed<(K, V)>, isize)> = ByTime::default();
             // Windows with changes to emit once the frontier passes the time.
