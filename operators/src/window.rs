@@ -181,13 +181,12 @@ where
         let open = move |start: u64, time: u64| start + size + allowed_lateness_ms > time;
 
         builder.build(move |_capabilities| {
-            let mut state: HashMap<(K, u64), WindowState<A::State, A::Output>> = HashMap::default();
+            // Per window start, each key's state: a window's whole map goes at once when it is released.
+            let mut state: BTreeMap<u64, HashMap<K, WindowState<A::State, A::Output>>> = BTreeMap::new();
             // Accepted records, applied in time order once the frontier has passed their time.
             let mut stash: ByTime<(Timed<(K, V)>, isize)> = ByTime::default();
             // Windows with changes to emit once the frontier passes the time.
             let mut pending: ByTime<(K, u64)> = ByTime::default();
-            // Window ends, to release state once the frontier passes end + lateness.
-            let mut ends: BTreeMap<u64, Vec<(K, u64)>> = BTreeMap::new();
             move |frontiers| {
                 let mut late_handle = late_output.activate();
                 input.for_each(|cap, data| {
@@ -220,17 +219,17 @@ where
                             let (key, value) = record.value;
                             for start in windows.starts(record.event_time).filter(|&start| open(start, now)) {
                                 let end = start + size;
-                                let window = (key.clone(), start);
-                                let entry = state.entry(window.clone()).or_insert_with(|| {
-                                    ends.entry(end).or_default().push(window.clone());
-                                    WindowState { state: A::State::default(), emitted: None, scheduled: None }
+                                let entry = state.entry(start).or_default().entry(key.clone()).or_insert_with(|| WindowState {
+                                    state: A::State::default(),
+                                    emitted: None,
+                                    scheduled: None,
                                 });
                                 aggregator.update(&mut entry.state, &value, diff);
                                 // The result is due when the window ends; a correction at the late record's time.
                                 let due = now.max(end - 1);
                                 if entry.scheduled != Some(due) {
                                     entry.scheduled = Some(due);
-                                    pending.push(due, |d| cap.delayed(d), window);
+                                    pending.push(due, |d| cap.delayed(d), (key.clone(), start));
                                 }
                             }
                         }
@@ -240,7 +239,7 @@ where
                         windows_due.dedup();
                         let mut session = results_handle.session(&cap);
                         for window in windows_due {
-                            let Some(entry) = state.get_mut(&window) else { continue };
+                            let Some(entry) = state.get_mut(&window.1).and_then(|keys| keys.get_mut(&window.0)) else { continue };
                             if entry.scheduled == Some(now) {
                                 entry.scheduled = None;
                             }
@@ -260,14 +259,11 @@ where
                 }
                 drop(results_handle);
                 // Release windows that can no longer change: no record at or after the frontier is open for them.
-                while let Some(entry) = ends.first_entry() {
-                    let end = *entry.key();
-                    if frontier.less_equal(&(end + allowed_lateness_ms)) {
+                while let Some(window) = state.first_entry() {
+                    if frontier.less_equal(&(window.key() + size + allowed_lateness_ms)) {
                         break;
                     }
-                    for window in entry.remove() {
-                        state.remove(&window);
-                    }
+                    window.remove();
                 }
             }
         });
