@@ -1,6 +1,8 @@
 //! Records that could not go to the main stream, with the reason and where they came from.
 
+use base64::Engine;
 use serde::{Deserialize, Serialize};
+use tributary_operators::window::LateRecord;
 
 /// A record routed away from a source's main stream: malformed, or later than the source allows.
 ///
@@ -24,11 +26,23 @@ pub struct DeadLetter {
 
 /// Why a record went to the dead-letter output.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Reason {
     /// The record could not be decoded, or its event time could not be extracted.
     Malformed {
         /// The decoder's message.
         error: String,
+    },
+    /// An operator found the record later than its allowed lateness (see [`DeadLetter::late`]).
+    LateForWindow {
+        /// The record's event time (ms).
+        event_time: u64,
+        /// Its dataflow time when it arrived (ms).
+        arrived_at: u64,
+        /// The end of the latest window it falls in (ms).
+        window_end: u64,
+        /// The operator's allowed lateness (ms).
+        allowed_lateness_ms: u64,
     },
     /// The record was further behind its partition's watermark than the source's maximum lateness.
     TooLate {
@@ -45,11 +59,67 @@ impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Reason::Malformed { error } => write!(f, "malformed: {error}"),
+            Reason::LateForWindow { event_time, arrived_at, window_end, allowed_lateness_ms } => write!(
+                f,
+                "too late for its window: event time {event_time}, arrived at {arrived_at}, window ended at {window_end} (allowed lateness {allowed_lateness_ms} ms)"
+            ),
             Reason::TooLate { event_time, watermark, max_lateness_ms } => write!(
                 f,
                 "too late: event time {event_time} is {} ms behind the watermark {watermark} (maximum lateness {max_lateness_ms} ms)",
                 watermark - event_time
             ),
         }
+    }
+}
+
+impl DeadLetter {
+    /// A late record of an operator (a window, a join) as a dead letter: `source` names the operator, the payload
+    /// is the record as JSON. Operators do not know a record's origin; keep it in the record if you need it.
+    ///
+    /// ```
+    /// use tributary_connectors::DeadLetter;
+    /// use tributary_operators::window::LateRecord;
+    /// let late = LateRecord { record: ("a".to_string(), 3), event_time: 4, arrived_at: 30, diff: 1, window_end: 10, allowed_lateness_ms: 5 };
+    /// let letter = DeadLetter::late("Clicks", &late);
+    /// assert_eq!(letter.payload.as_deref(), Some(&b"[\"a\",3]"[..]));
+    /// assert!(letter.reason.to_string().starts_with("too late for its window"));
+    /// ```
+    pub fn late<D: Serialize>(operator: &str, late: &LateRecord<D>) -> DeadLetter {
+        DeadLetter {
+            source: operator.to_owned(),
+            partition: 0,
+            offset: 0,
+            reason: Reason::LateForWindow {
+                event_time: late.event_time,
+                arrived_at: late.arrived_at,
+                window_end: late.window_end,
+                allowed_lateness_ms: late.allowed_lateness_ms,
+            },
+            key: None,
+            payload: serde_json::to_vec(&late.record).ok(),
+        }
+    }
+
+    /// The key a dead-letter topic uses: `source/partition/offset`.
+    pub fn origin(&self) -> String {
+        format!("{}/{}/{}", self.source, self.partition, self.offset)
+    }
+
+    /// The JSON a dead-letter topic holds: origin, reason, and the original key and payload bytes (base64, plus
+    /// the text when they are UTF-8).
+    pub fn to_json(&self) -> Vec<u8> {
+        let bytes = |b: &Option<Vec<u8>>| b.as_ref().map(|b| base64::engine::general_purpose::STANDARD.encode(b));
+        let text = |b: &Option<Vec<u8>>| b.as_ref().and_then(|b| std::str::from_utf8(b).ok().map(str::to_owned));
+        let value = serde_json::json!({
+            "source": self.source,
+            "partition": self.partition,
+            "offset": self.offset,
+            "reason": self.reason.to_string(),
+            "key": text(&self.key),
+            "payload": text(&self.payload),
+            "key_base64": bytes(&self.key),
+            "payload_base64": bytes(&self.payload),
+        });
+        serde_json::to_vec(&value).expect("JSON values serialize")
     }
 }

@@ -195,6 +195,7 @@ fn several_topics_agree_with_the_model_at_1_2_and_3_workers() {
                 assert_eq!(d.payload.as_deref(), Some(&b"{not json"[..]), "the original bytes travel with the dead letter");
             }
             Reason::TooLate { event_time, watermark, max_lateness_ms } => assert!(watermark - event_time > *max_lateness_ms),
+            other => panic!("a source emits no {other:?}"),
         }
     }
     let totals: u64 = first.metrics.iter().map(|m| m.records + m.too_late + m.malformed).sum();

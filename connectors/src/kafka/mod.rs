@@ -1,12 +1,19 @@
-//! Kafka: topics as event-time sources (and, later, sinks), through rdkafka.
+//! Kafka: topics as event-time sources and as sinks of changelogs, through rdkafka.
 //!
 //! See [`KafkaSource`] for assignment, start positions and bounded mode, [`KafkaConfig`] for settings, and
-//! [`Decoder`]/[`EventTime`] for turning records into values with event times.
+//! [`Decoder`]/[`EventTime`] for turning records into values with event times, and [`KafkaSink`] /
+//! [`SinkKafka`] for writing collections back, exactly once.
 
+mod admin;
 mod config;
+mod partitioner;
 mod record;
+mod sink;
 mod source;
 
+pub use admin::AdminError;
 pub use config::{ConfigError, KafkaConfig};
+pub use partitioner::partition_for;
 pub use record::{Decoder, EventTime, KafkaRecord, Message};
+pub use sink::{Delivery, KafkaSink, KafkaSinkBuilder, SinkDeadLetters, SinkError, SinkFormat, SinkKafka};
 pub use source::{KafkaSource, Position, SourceError, StartFrom, owner};

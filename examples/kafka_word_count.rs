@@ -1,0 +1,123 @@
+//! Counts words in the lines of a Kafka topic, incrementally, and writes the counts to an upsert topic.
+//!
+//! Words are counted exactly as `word_count` does (maximal runs of alphanumeric characters, lower-cased). Each
+//! line's time is its record's Kafka timestamp. With `--output-topic`, every change of a count goes out, once
+//! its time is complete, as an upsert: key = the word (UTF-8), value = the count as a JSON number; exactly once
+//! across crashes and restarts (restart with the same flags: the sink skips what the previous run wrote).
+//! Without it, the final counts are printed as `word count` lines (with `--until-end`). Records that are not
+//! UTF-8 go to the dead-letter topic (`--dead-letter-topic`, default `<topic>.dead-letters`) with their origin.
+//!
+//! ```sh
+//! cargo run --release --example kafka_word_count -- --brokers 127.0.0.1:9092 --topic lines --until-end
+//! cargo build --release --example kafka_word_count --bin tributary
+//! target/release/tributary launch --processes 2 --workers 2 -- target/release/examples/kafka_word_count \
+//!     --brokers 127.0.0.1:9092 --topic lines --output-topic word-counts --output-partitions 4 --until-end
+//! ```
+//!
+//! Across machines: the same binary and host file on every host, process `I` started with
+//! `kafka_word_count --brokers ... --topic lines --output-topic word-counts --workers 2 --processes 2 --process I
+//! --hostfile hosts.txt`.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tributary::connectors::kafka::{Decoder, Delivery, EventTime, KafkaConfig, KafkaSink, KafkaSource, SinkDeadLetters, SinkKafka};
+use tributary::connectors::{SourceOptions, SourceStreams};
+use tributary::differential_dataflow::AsCollection;
+use tributary::operators::WatermarkPolicy;
+use tributary::timely::dataflow::operators::vec::Map;
+use tributary::timely::dataflow::operators::{Exchange, Inspect, Probe};
+
+/// Counts words in a topic's lines into an upsert topic.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    cluster: tributary::ClusterArgs,
+    /// Kafka brokers (host:port[,host:port]).
+    #[arg(long)]
+    brokers: String,
+    /// Topic of lines (UTF-8 values).
+    #[arg(long)]
+    topic: String,
+    /// Upsert topic for the counts; without it, final counts go to stdout.
+    #[arg(long)]
+    output_topic: Option<String>,
+    /// Partitions of the output topic, if it is created.
+    #[arg(long, default_value_t = 1)]
+    output_partitions: i32,
+    /// Dead-letter topic (default `<topic>.dead-letters`).
+    #[arg(long)]
+    dead_letter_topic: Option<String>,
+    /// Write at least once instead of exactly once (faster; a restart writes everything again).
+    #[arg(long)]
+    at_least_once: bool,
+    /// Read up to the end offsets seen at start, then exit.
+    #[arg(long)]
+    until_end: bool,
+    /// A partition without records for this long stops holding the watermark back.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+}
+
+fn words(line: &str) -> impl Iterator<Item = String> + '_ {
+    line.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = KafkaConfig::new(args.brokers.clone())?;
+    let source =
+        KafkaSource::new(config.clone(), &[args.topic.as_str()], Decoder::utf8(), EventTime::KafkaTimestamp)?.until_end(args.until_end);
+    let delivery = if args.at_least_once { Delivery::AtLeastOnce } else { Delivery::ExactlyOnce };
+    let sink = match &args.output_topic {
+        Some(topic) => Some(
+            KafkaSink::with_encoders(config.clone(), topic, |w: &String| w.as_bytes().to_vec(), |n: &i64| n.to_string().into_bytes())
+                .partitions(args.output_partitions)
+                .delivery(delivery)
+                .open()
+                .with_context(|| format!("opening the output topic {topic}"))?,
+        ),
+        None => None,
+    };
+    let dead_letter_topic = args.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dead-letters", args.topic));
+    let dead_letters = KafkaSink::dead_letters(config, &dead_letter_topic)
+        .delivery(delivery)
+        .open()
+        .with_context(|| format!("opening {dead_letter_topic}"))?;
+    let policy = WatermarkPolicy { max_out_of_orderness_ms: 0, idle_timeout: Some(args.idle_timeout), max_lateness_ms: None };
+
+    let counts = tributary::execute(&args.cluster, move |worker, ctx| {
+        let printed = Rc::new(RefCell::new(Vec::new()));
+        let collected = Rc::clone(&printed);
+        let options = SourceOptions { policy, shutdown: Some(ctx.shutdown.clone()), ..Default::default() };
+        let probes = worker.dataflow::<u64, _, _>(|scope| {
+            let SourceStreams { records, dead_letters: bad, .. } = source.build(scope, options);
+            let dead = bad.sink_dead_letters("DeadLetters", &dead_letters);
+            let counts = records
+                .flat_map(|(line, time, diff)| words(&line.value).map(move |word| (word, time, diff)).collect::<Vec<_>>())
+                .as_collection()
+                .count()
+                .map(|(word, count)| (word, count as i64));
+            let out = match &sink {
+                Some(sink) => counts.sink_kafka("WordCounts", sink),
+                None => counts.inner.exchange(|_| 0).inspect(move |update| collected.borrow_mut().push(update.clone())).probe().0,
+            };
+            [dead, out]
+        });
+        worker.step_or_park_while(None, || probes.iter().any(|p| !p.done()));
+        let mut totals = std::collections::BTreeMap::new();
+        for ((word, count), _time, diff) in printed.borrow_mut().drain(..) {
+            *totals.entry((word, count)).or_insert(0isize) += diff;
+        }
+        totals.into_iter().filter(|(_, d)| *d > 0).map(|((word, count), _)| (word, count)).collect::<Vec<_>>()
+    })?;
+    let mut out = std::io::stdout().lock();
+    for (word, count) in counts.into_iter().flatten() {
+        writeln!(out, "{word} {count}").context("writing results")?;
+    }
+    Ok(())
+}
