@@ -14,7 +14,11 @@
 //!   `--allowed-lateness` corrects it).
 //!
 //! With bounded input (files, or Kafka with `--until-end`) every line is printed once, sorted, when the input is
-//! done; unbounded, lines are printed as results are final. Orders later than the allowed lateness and malformed
+//! done; unbounded, lines are printed as results are final. With `--output-topic`, results go to Kafka instead,
+//! exactly once across crashes and restarts: enriched orders as an upsert topic keyed by order id (JSON values),
+//! the totals to `<output-topic>.totals` keyed by `[customer_id, window_start_ms]`, and every malformed record and
+//! every order too late for its window to the dead-letter topic (`<topic>.dead-letters` by default) with the
+//! reason and the original bytes. Orders later than the allowed lateness and malformed
 //! records are counted and reported on stderr, never silently dropped. The output is byte-identical for any
 //! number of workers and processes.
 //!
@@ -24,7 +28,7 @@
 //!     --customers-topic customers --until-end
 //! cargo build --release --example enrich_join --bin tributary
 //! target/release/tributary launch --processes 2 --workers 2 -- target/release/examples/enrich_join \
-//!     --brokers 127.0.0.1:9092 --topic orders --customers-topic customers --until-end
+//!     --brokers 127.0.0.1:9092 --topic orders --customers-topic customers --output-topic enriched --until-end
 //! ```
 //!
 //! Across machines: the same binary and host file on every host, process `I` started with
@@ -41,8 +45,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tributary::connectors::file::FileSource;
-use tributary::connectors::kafka::{Decoder, EventTime, KafkaConfig, KafkaSource};
+use tributary::connectors::kafka::{Decoder, EventTime, KafkaConfig, KafkaSink, KafkaSource, SinkDeadLetters, SinkKafka};
 use tributary::connectors::{DeadLetter, SourceOptions, SourceStreams};
+use tributary::differential_dataflow::AsCollection;
 use tributary::operators::aggregate::Sum;
 use tributary::operators::window::{LateRecord, WindowAggregate, Windows};
 use tributary::operators::{TemporalJoin, Timed, Upsert, WatermarkPolicy};
@@ -69,6 +74,15 @@ struct Args {
     /// Kafka topic of customers (typically compacted, keyed by customer id).
     #[arg(long)]
     customers_topic: Option<String>,
+    /// Kafka topic for the enriched orders (upserts by order id); the totals go to `<NAME>.totals`.
+    #[arg(long, requires = "brokers")]
+    output_topic: Option<String>,
+    /// Partitions of the output topics, if they are created.
+    #[arg(long, default_value_t = 4)]
+    output_partitions: i32,
+    /// Dead-letter topic, with --output-topic (default `<topic>.dead-letters`).
+    #[arg(long)]
+    dead_letter_topic: Option<String>,
     /// Kafka: read up to the end offsets seen at start, print the results, and exit.
     #[arg(long)]
     until_end: bool,
@@ -105,6 +119,25 @@ struct CustomerChange {
     region: String,
     #[serde(default)]
     deleted: bool,
+}
+
+/// An order with its customer, as the output topic holds it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+struct Enriched {
+    order_id: u64,
+    customer_id: u64,
+    amount_cents: i64,
+    ts_ms: u64,
+    name: Option<String>,
+    region: Option<String>,
+}
+
+/// The job's Kafka outputs.
+#[derive(Clone)]
+struct Sinks {
+    enriched: KafkaSink<u64, Enriched>,
+    totals: KafkaSink<(u64, u64), i64>,
+    dead_letters: KafkaSink<String, DeadLetter>,
 }
 
 /// A customer as the table holds it: `(name, region)`.
@@ -177,6 +210,26 @@ fn main() -> anyhow::Result<()> {
         _ => anyhow::bail!("give --orders and --customers, or --brokers with --topic and --customers-topic"),
     };
     let bounded = matches!(input, Input::Files { .. }) || args.until_end;
+    let sinks = match (&args.output_topic, &args.brokers) {
+        (Some(topic), Some(brokers)) => {
+            let config = KafkaConfig::new(brokers.clone())?;
+            let dead =
+                args.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dead-letters", args.topic.as_deref().unwrap_or("orders")));
+            let open = |what: &str| format!("opening the {what} topic");
+            Some(Sinks {
+                enriched: KafkaSink::json(config.clone(), topic)
+                    .partitions(args.output_partitions)
+                    .open()
+                    .with_context(|| open("output"))?,
+                totals: KafkaSink::json(config.clone(), format!("{topic}.totals"))
+                    .partitions(args.output_partitions)
+                    .open()
+                    .with_context(|| open("totals"))?,
+                dead_letters: KafkaSink::dead_letters(config, dead).open().with_context(|| open("dead-letter"))?,
+            })
+        }
+        _ => None,
+    };
     let policy = WatermarkPolicy {
         max_out_of_orderness_ms: args.max_out_of_orderness.as_millis() as u64,
         idle_timeout: Some(args.idle_timeout),
@@ -189,14 +242,16 @@ fn main() -> anyhow::Result<()> {
         let dead_letters = Rc::new(RefCell::new(0usize));
         let (sink, late_count, dead_count) = (Rc::clone(&collected), Rc::clone(&too_late), Rc::clone(&dead_letters));
         let options = SourceOptions { policy, shutdown: Some(ctx.shutdown.clone()), ..Default::default() };
-        let probe = worker.dataflow::<u64, _, _>(|scope| {
+        let probes = worker.dataflow::<u64, _, _>(|scope| {
             let (orders, customers) = match &input {
                 Input::Files { orders, customers } => (orders.build(scope, options.clone()), customers.build(scope, options)),
                 Input::Kafka { orders, customers } => (orders.build(scope, options.clone()), customers.build(scope, options)),
             };
             let SourceStreams { records: orders, dead_letters: bad_orders, .. } = orders;
             let SourceStreams { records: customers, dead_letters: bad_customers, .. } = customers;
-            bad_orders.concat(bad_customers).inspect(move |letter: &DeadLetter| {
+            let bad = bad_orders.concat(bad_customers);
+            let mut probes = Vec::new();
+            bad.clone().inspect(move |letter: &DeadLetter| {
                 *dead_count.borrow_mut() += 1;
                 tracing::warn!(
                     source = letter.source,
@@ -217,16 +272,13 @@ fn main() -> anyhow::Result<()> {
             let orders = orders.map(|(order, time, diff)| {
                 (Timed { event_time: order.event_time, value: (order.value.customer_id, order.value) }, time, diff)
             });
-            let enriched = orders
-                .clone()
-                .temporal_join("EnrichOrders", table)
-                .map(|(joined, time, diff)| (Line::Order(joined.value.1.0, joined.value.1.1), time, diff));
+            let enriched = orders.clone().temporal_join("EnrichOrders", table);
             let totals = orders
                 .map(|(order, time, diff)| {
                     (Timed { event_time: order.event_time, value: (order.value.0, order.value.1.amount_cents) }, time, diff)
                 })
                 .window_aggregate("CustomerTotals", Windows::Tumbling { size_ms: window }, lateness, Sum);
-            totals.late.inspect(move |late: &LateRecord<(u64, i64)>| {
+            totals.late.clone().inspect(move |late: &LateRecord<(u64, i64)>| {
                 *late_count.borrow_mut() += 1;
                 tracing::warn!(
                     customer = late.record.0,
@@ -235,8 +287,29 @@ fn main() -> anyhow::Result<()> {
                     "order later than the allowed lateness"
                 );
             });
+            if let Some(sinks) = &sinks {
+                let enriched = enriched.map(|(joined, time, diff)| {
+                    let (order, customer) = joined.value.1;
+                    let (name, region) = customer.map_or((None, None), |(n, r)| (Some(n), Some(r)));
+                    let row = Enriched {
+                        order_id: order.order_id,
+                        customer_id: order.customer_id,
+                        amount_cents: order.amount_cents,
+                        ts_ms: order.ts_ms,
+                        name,
+                        region,
+                    };
+                    ((order.order_id, row), time, diff)
+                });
+                probes.push(enriched.as_collection().sink_kafka("EnrichedOrders", &sinks.enriched));
+                probes.push(totals.results.as_collection().sink_kafka("CustomerTotals", &sinks.totals));
+                let late = totals.late.map(|late| DeadLetter::late("CustomerTotals", &late));
+                probes.push(bad.concat(late).sink_dead_letters("DeadLetters", &sinks.dead_letters));
+                return probes;
+            }
+            let enriched = enriched.map(|(joined, time, diff)| (Line::Order(joined.value.1.0, joined.value.1.1), time, diff));
             let totals = totals.results.map(|(((customer, start), sum), time, diff)| (Line::Total(customer, start, sum), time, diff));
-            enriched
+            let printed = enriched
                 .concat(totals)
                 .exchange(|_| 0)
                 .inspect(move |(line, _time, diff)| {
@@ -247,9 +320,11 @@ fn main() -> anyhow::Result<()> {
                     }
                 })
                 .probe()
-                .0
+                .0;
+            probes.push(printed);
+            probes
         });
-        worker.step_or_park_while(None, || !probe.done());
+        worker.step_or_park_while(None, || probes.iter().any(|p| !p.done()));
         let mut lines: BTreeMap<Line, isize> = BTreeMap::new();
         for (line, diff) in collected.borrow_mut().drain(..) {
             *lines.entry(line).or_default() += diff;

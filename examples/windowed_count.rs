@@ -7,6 +7,10 @@
 //! it). Records later than that are counted and reported on stderr, never silently dropped; so are malformed
 //! records. The output is byte-identical for any number of workers and processes.
 //!
+//! With `--output-topic` (Kafka input), the counts go to an upsert topic instead, exactly once across crashes and
+//! restarts: key `["<key>", <window_start_ms>]`, value the count; malformed and too-late records go to the
+//! dead-letter topic (`<topic>.dead-letters` by default) with the reason and the original bytes.
+//!
 //! Windows are counted by `tributary::operators::window`, which emits each window once it closes and releases
 //! its state once the allowed lateness has passed too.
 //!
@@ -31,13 +35,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tributary::connectors::file::FileSource;
-use tributary::connectors::kafka::{Decoder, EventTime, KafkaConfig, KafkaSource};
+use tributary::connectors::kafka::{Decoder, EventTime, KafkaConfig, KafkaSink, KafkaSource, SinkDeadLetters, SinkKafka};
 use tributary::connectors::{DeadLetter, SourceOptions, SourceStreams};
+use tributary::differential_dataflow::AsCollection;
 use tributary::operators::aggregate::Count;
 use tributary::operators::window::{LateRecord, WindowAggregate, Windows};
 use tributary::operators::{Timed, WatermarkPolicy};
 use tributary::timely::dataflow::operators::vec::Map;
-use tributary::timely::dataflow::operators::{Exchange, Inspect, Probe};
+use tributary::timely::dataflow::operators::{Concat, Exchange, Inspect, Probe};
 
 /// Counts events per key in tumbling event-time windows.
 #[derive(Parser)]
@@ -53,6 +58,15 @@ struct Args {
     /// Kafka topic to read; repeat for several.
     #[arg(long)]
     topic: Vec<String>,
+    /// Kafka topic for the counts (upserts by key and window) instead of stdout.
+    #[arg(long, requires = "brokers")]
+    output_topic: Option<String>,
+    /// Partitions of the output topic, if it is created.
+    #[arg(long, default_value_t = 4)]
+    output_partitions: i32,
+    /// Dead-letter topic, with --output-topic (default `<first topic>.dead-letters`).
+    #[arg(long)]
+    dead_letter_topic: Option<String>,
     /// Kafka: read up to the end offsets seen at start, print final counts, and exit.
     #[arg(long)]
     until_end: bool,
@@ -104,6 +118,17 @@ fn main() -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("give --csv or --brokers"),
     };
     let bounded = matches!(input, Input::Files(_)) || args.until_end;
+    let sinks = match (&args.output_topic, &args.brokers) {
+        (Some(topic), Some(brokers)) => {
+            let config = KafkaConfig::new(brokers.clone())?;
+            let first = args.topic.first().map_or("events", String::as_str);
+            let dead = args.dead_letter_topic.clone().unwrap_or_else(|| format!("{first}.dead-letters"));
+            let counts: KafkaSink<(String, u64), isize> =
+                KafkaSink::json(config.clone(), topic).partitions(args.output_partitions).open().context("opening the output topic")?;
+            Some((counts, KafkaSink::dead_letters(config, dead).open().context("opening the dead-letter topic")?))
+        }
+        _ => None,
+    };
     let policy = WatermarkPolicy {
         max_out_of_orderness_ms: args.max_out_of_orderness.as_millis() as u64,
         idle_timeout: Some(args.idle_timeout),
@@ -116,11 +141,12 @@ fn main() -> anyhow::Result<()> {
         let dead_letters = Rc::new(RefCell::new(0usize));
         let (sink, late_count, dead_count) = (Rc::clone(&collected), Rc::clone(&too_late), Rc::clone(&dead_letters));
         let options = SourceOptions { policy, shutdown: Some(ctx.shutdown.clone()), ..Default::default() };
-        let probe = worker.dataflow::<u64, _, _>(|scope| {
+        let probes = worker.dataflow::<u64, _, _>(|scope| {
             let SourceStreams { records, dead_letters, .. } = match &input {
                 Input::Files(source) => source.build(scope, options),
                 Input::Kafka(source) => source.build(scope, options),
             };
+            let bad = dead_letters.clone();
             dead_letters.inspect(move |letter: &DeadLetter| {
                 *dead_count.borrow_mut() += 1;
                 tracing::warn!(
@@ -134,7 +160,7 @@ fn main() -> anyhow::Result<()> {
             let windows = records
                 .map(|(event, time, diff)| (Timed { event_time: event.event_time, value: (event.value.key, ()) }, time, diff))
                 .window_aggregate("WindowedCount", Windows::Tumbling { size_ms: window }, lateness, Count);
-            windows.late.inspect(move |late: &LateRecord<(String, ())>| {
+            windows.late.clone().inspect(move |late: &LateRecord<(String, ())>| {
                 *late_count.borrow_mut() += 1;
                 tracing::warn!(
                     key = late.record.0,
@@ -143,7 +169,14 @@ fn main() -> anyhow::Result<()> {
                     "record later than the allowed lateness"
                 );
             });
-            windows
+            if let Some((counts, dead)) = &sinks {
+                let late = windows.late.map(|late| DeadLetter::late("WindowedCount", &late));
+                return vec![
+                    windows.results.as_collection().sink_kafka("Counts", counts),
+                    bad.concat(late).sink_dead_letters("DeadLetters", dead),
+                ];
+            }
+            let printed = windows
                 .results
                 .exchange(|_| 0)
                 .inspect(move |(((key, start), count), _time, diff)| {
@@ -155,9 +188,10 @@ fn main() -> anyhow::Result<()> {
                     }
                 })
                 .probe()
-                .0
+                .0;
+            vec![printed]
         });
-        worker.step_or_park_while(None, || !probe.done());
+        worker.step_or_park_while(None, || probes.iter().any(|p| !p.done()));
         let mut totals: BTreeMap<(String, u64), isize> = BTreeMap::new();
         for (window, count) in collected.borrow_mut().drain(..) {
             *totals.entry(window).or_default() += count;

@@ -1,119 +1,247 @@
 //! `cargo xtask demo`: the main job on this machine, over a real broker.
 //!
-//! Starts tansu (sqlite engine, so end offsets are exact) on a free loopback port, creates a 4-partition topic,
-//! produces a sample event stream (keys with event times, some out of order, a few far too late, a few
-//! malformed), runs `windowed_count` as 2 processes x 2 workers through the launcher in bounded mode, and prints
-//! the windows it counted and what it routed away. The broker is stopped at the end.
+//! Starts tansu (sqlite engine: exact offsets, which exactly-once output needs) on a free loopback port, creates
+//! the topics, produces a sample stream of customers (a changelog with updates and deletions as tombstones) and
+//! orders (out of order by up to 4 s, a few far too late, a few malformed), runs `enrich_join` as 2 processes x 2
+//! workers through the launcher in bounded mode with its output to Kafka, then reads what landed in the output,
+//! totals and dead-letter topics, prints it, and fails unless every order is accounted for. The broker is
+//! stopped at the end.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tributary_testkit::{Broker, Storage};
 
-const TOPIC: &str = "demo-events";
-const EVENTS: u64 = 20_000;
+const ORDERS: &str = "demo-orders";
+const CUSTOMERS: &str = "demo-customers";
+const OUTPUT: &str = "demo-enriched";
+const DEAD_LETTERS: &str = "demo-dead-letters";
+const ORDER_COUNT: u64 = 20_000;
+const CUSTOMER_COUNT: u64 = 300;
+const BASE_TS: u64 = 1_700_000_000_000;
 
 pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
     crate::broker::install()?;
-    crate::run(root, cargo, &["build", "--release", "--bin", "tributary", "--example", "windowed_count"], &[])?;
+    crate::run(root, cargo, &["build", "--release", "--bin", "tributary", "--example", "enrich_join"], &[])?;
     let dir = root.join("target").join("tributary-demo");
     let _ = std::fs::remove_dir_all(&dir);
     let broker = Broker::start(Storage::Sqlite("demo.db".into()), &dir)?;
-    eprintln!("xtask: broker (tansu, sqlite) at {}", broker.bootstrap());
-    broker.create_topic(TOPIC, 4, &[])?;
-    let (late, malformed) = produce(&broker.bootstrap())?;
-    eprintln!("xtask: produced {EVENTS} events to {TOPIC} ({late} far behind their partition, {malformed} malformed)");
+    let bootstrap = broker.bootstrap();
+    eprintln!("xtask: broker (tansu, sqlite) at {bootstrap}");
+    broker.create_topic(ORDERS, 4, &[])?;
+    broker.create_topic(CUSTOMERS, 2, &[("cleanup.policy", "compact")])?;
+    let produced = produce(&bootstrap)?;
+    eprintln!(
+        "xtask: produced {} customer changes ({} deletions) to {CUSTOMERS} and {ORDER_COUNT} orders to {ORDERS} ({} far behind their partition, {} malformed)",
+        produced.customer_changes, produced.deletions, produced.far_behind, produced.malformed
+    );
 
     let release = root.join("target").join("release");
-    eprintln!("xtask: windowed_count, 2 processes x 2 workers, 10 s windows, 5 s out-of-orderness, 2 s allowed lateness");
+    eprintln!("xtask: enrich_join, 2 processes x 2 workers, 10 s windows, 5 s out-of-orderness, 2 s allowed lateness");
+    let started = Instant::now();
     let output = Command::new(release.join("tributary"))
         .args(["launch", "--processes", "2", "--workers", "2", "--"])
-        .arg(release.join("examples").join("windowed_count"))
-        .args(["--brokers", &broker.bootstrap(), "--topic", TOPIC, "--until-end"])
+        .arg(release.join("examples").join("enrich_join"))
+        .args(["--brokers", &bootstrap, "--topic", ORDERS, "--customers-topic", CUSTOMERS, "--until-end"])
+        .args(["--output-topic", OUTPUT, "--dead-letter-topic", DEAD_LETTERS])
         .args(["--window", "10s", "--max-out-of-orderness", "5s", "--allowed-lateness", "2s"])
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "error")
         .output()
         .context("cannot run the launcher")?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
-        bail!("the demo job failed ({}):\n{stderr}", output.status);
+        bail!("the demo job failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr));
     }
-    let text = String::from_utf8(output.stdout).context("windowed_count printed non-UTF-8")?;
-    let windows: Vec<(&str, u64, u64)> = text
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.split(',');
-            Some((parts.next()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-        })
-        .collect();
-    let counted: u64 = windows.iter().map(|w| w.2).sum();
-    println!("{} windows, {counted} events counted; the first windows per key:", windows.len());
-    println!("{:<8} {:>16} {:>6}", "key", "window start ms", "count");
-    let mut shown = std::collections::BTreeMap::new();
-    for (key, start, count) in &windows {
-        let n = shown.entry(*key).or_insert(0);
-        if *n < 3 {
-            println!("{key:<8} {start:>16} {count:>6}");
-            *n += 1;
+    eprintln!("xtask: the job finished in {:.1} s", started.elapsed().as_secs_f64());
+
+    // The enriched orders, as a table by order id.
+    let enriched = read_topic(&bootstrap, OUTPUT, 4)?;
+    let mut orders: BTreeMap<u64, serde_json::Value> = BTreeMap::new();
+    for (_, value) in &enriched {
+        let row: serde_json::Value = serde_json::from_slice(value.as_deref().context("an enriched order without a value")?)?;
+        orders.insert(row["order_id"].as_u64().context("order_id")?, row);
+    }
+    let unmatched = orders.values().filter(|o| o["name"].is_null()).count();
+    println!(
+        "{OUTPUT}: {} records, {} orders ({unmatched} without a known customer at their time); the first ones:",
+        enriched.len(),
+        orders.len()
+    );
+    for row in orders.values().take(5) {
+        println!("  {row}");
+    }
+    let totals = read_topic(&bootstrap, &format!("{OUTPUT}.totals"), 4)?;
+    let mut windows: BTreeMap<(u64, u64), i64> = BTreeMap::new();
+    for (key, value) in &totals {
+        let (customer, start): (u64, u64) = serde_json::from_slice(key.as_deref().context("a total without a key")?)?;
+        windows.insert((customer, start), serde_json::from_slice(value.as_deref().context("a total without a value")?)?);
+    }
+    println!("{OUTPUT}.totals: {} records, {} (customer, 10 s window) totals; the first ones:", totals.len(), windows.len());
+    for ((customer, start), cents) in windows.iter().take(5) {
+        println!("  customer {customer}, window {start}: {cents} cents");
+    }
+    let dead = read_topic(&bootstrap, DEAD_LETTERS, 1)?;
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut late_amounts = 0i64;
+    for (_, value) in &dead {
+        let letter: serde_json::Value = serde_json::from_slice(value.as_deref().context("a dead letter without a value")?)?;
+        let reason = letter["reason"].as_str().unwrap_or_default();
+        let kind = reason.split(':').next().unwrap_or_default().to_owned();
+        if kind == "too late for its window" {
+            let (_, amount): (u64, i64) = serde_json::from_str(letter["payload"].as_str().context("late payload")?)?;
+            late_amounts += amount;
         }
+        *reasons.entry(kind).or_default() += 1;
     }
-    let mut routed_away = 0u64;
-    for line in stderr.lines().filter(|l| l.contains("routed away")) {
-        let process = line.split(']').next().unwrap_or("").trim_start_matches('[');
-        let summary = line.split("windowed_count: ").last().unwrap_or(line);
-        println!("{process}: {summary}");
-        // "this process routed away N record(s) later than the allowed lateness and M dead letter(s)"
-        routed_away += summary.split_whitespace().filter_map(|w| w.parse::<u64>().ok()).sum::<u64>();
+    println!("{DEAD_LETTERS}: {} records: {reasons:?}; the first one:", dead.len());
+    if let Some((_, value)) = dead.first() {
+        println!("  {}", String::from_utf8_lossy(value.as_deref().unwrap_or_default()));
     }
-    if counted + routed_away != EVENTS {
-        bail!("{counted} counted + {routed_away} routed away != {EVENTS} produced: events went missing");
+
+    // Every order is accounted for: enriched, or dead-lettered as malformed; every cent is in a total or late.
+    let malformed_orders = reasons.get("malformed").copied().unwrap_or(0) as u64 - produced.malformed_customers;
+    if orders.len() as u64 + malformed_orders != ORDER_COUNT {
+        bail!("{} enriched + {malformed_orders} malformed != {ORDER_COUNT} orders produced", orders.len());
     }
-    println!("every event accounted for: {counted} counted + {routed_away} routed away = {EVENTS}");
+    let counted: i64 = windows.values().sum();
+    if counted + late_amounts != produced.valid_amount {
+        bail!("{counted} cents in totals + {late_amounts} late != {} cents ordered", produced.valid_amount);
+    }
+    println!(
+        "every order accounted for: {} enriched + {malformed_orders} malformed = {ORDER_COUNT}; {counted} cents in totals + {late_amounts} in late orders = {}",
+        orders.len(),
+        produced.valid_amount
+    );
     Ok(())
 }
 
-/// Produces the sample stream; returns (events far behind, malformed events).
-fn produce(bootstrap: &str) -> anyhow::Result<(u64, u64)> {
+/// What the sample stream holds.
+struct Produced {
+    customer_changes: u64,
+    deletions: u64,
+    malformed_customers: u64,
+    far_behind: u64,
+    malformed: u64,
+    valid_amount: i64,
+}
+
+fn send(producer: &BaseProducer, mut record: BaseRecord<'_, str, str>) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                producer.poll(Duration::from_millis(10));
+                record = back;
+            }
+        }
+    }
+}
+
+/// Produces the sample customers and orders.
+fn produce(bootstrap: &str) -> anyhow::Result<Produced> {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()
         .context("cannot create a producer")?;
-    let keys = ["apple", "pear", "fig", "kiwi", "plum", "quince"];
-    let (mut late, mut malformed) = (0, 0);
     let mut state = 1u64;
-    for i in 0..EVENTS {
+    let mut next = move || {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let r = state >> 33;
-        let key = keys[(r % keys.len() as u64) as usize];
-        // Event time advances 25 ms per event with up to 4 s of disorder; every 500th is 60 s behind.
-        let mut ts = 1_700_000_000_000 + i * 25 - (r >> 8) % 4_000;
-        if i % 500 == 499 {
-            ts -= 60_000;
-            late += 1;
-        }
-        let value = if i % 997 == 996 {
-            malformed += 1;
-            format!("{{\"key\":\"{key}\",\"ts_ms\":\"yesterday\"}}")
-        } else {
-            format!("{{\"key\":\"{key}\",\"ts_ms\":{ts}}}")
-        };
-        let mut record = BaseRecord::to(TOPIC).key(key).payload(&value).partition((i % 4) as i32);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    producer.poll(Duration::from_millis(10));
-                    record = back;
-                }
+        state >> 33
+    };
+    let regions = ["EU", "US", "APAC"];
+    let mut produced = Produced { customer_changes: 0, deletions: 0, malformed_customers: 0, far_behind: 0, malformed: 0, valid_amount: 0 };
+    // Customers: everyone once at the start, then moves between regions and a few deletions over the run; each
+    // customer keyed by id, so its changes stay in order on one partition.
+    let span = ORDER_COUNT * 25;
+    let mut changes: Vec<(u64, u64, Option<String>)> = (0..CUSTOMER_COUNT)
+        .map(|id| {
+            (
+                BASE_TS - 1_000,
+                id,
+                Some(format!(
+                    "{{\"customer_id\":{id},\"name\":\"customer-{id}\",\"region\":\"{}\",\"ts_ms\":{}}}",
+                    regions[(id % 3) as usize],
+                    BASE_TS - 1_000
+                )),
+            )
+        })
+        .collect();
+    for i in 0..400u64 {
+        let (id, ts) = (next() % CUSTOMER_COUNT, BASE_TS + i * span / 400);
+        let value = (i % 40 != 39).then(|| {
+            format!("{{\"customer_id\":{id},\"name\":\"customer-{id}\",\"region\":\"{}\",\"ts_ms\":{ts}}}", regions[(next() % 3) as usize])
+        });
+        changes.push((ts, id, value));
+    }
+    changes.push((BASE_TS, 0, Some("{\"customer_id\": \"not a number\"}".to_owned())));
+    for (ts, id, value) in &changes {
+        let key = id.to_string();
+        let record = BaseRecord::to(CUSTOMERS).key(key.as_str()).partition((id % 2) as i32).timestamp(*ts as i64);
+        match value {
+            Some(value) => send(&producer, record.payload(value.as_str())),
+            None => {
+                produced.deletions += 1;
+                send(&producer, record);
             }
         }
+        produced.customer_changes += 1;
     }
-    producer.flush(Duration::from_secs(60)).context("flushing the sample events")?;
-    Ok((late, malformed))
+    produced.malformed_customers = 1;
+    // Orders: event time advances 25 ms per order with up to 4 s of disorder; every 500th is 60 s behind.
+    for i in 0..ORDER_COUNT {
+        let r = next();
+        let customer = r % (CUSTOMER_COUNT + 20); // a few unknown customers
+        let amount = (100 + (r >> 10) % 10_000) as i64;
+        let mut ts = BASE_TS + i * 25 - (r >> 20) % 4_000;
+        if i % 500 == 499 {
+            ts -= 60_000;
+            produced.far_behind += 1;
+        }
+        let value = if i % 997 == 996 {
+            produced.malformed += 1;
+            format!("{{\"order_id\":{i},\"customer_id\":{customer},\"amount_cents\":\"lots\",\"ts_ms\":{ts}}}")
+        } else {
+            produced.valid_amount += amount;
+            format!("{{\"order_id\":{i},\"customer_id\":{customer},\"amount_cents\":{amount},\"ts_ms\":{ts}}}")
+        };
+        send(&producer, BaseRecord::to(ORDERS).payload(value.as_str()).partition((i % 4) as i32));
+    }
+    producer.flush(Duration::from_secs(60)).context("flushing the sample stream")?;
+    Ok(produced)
+}
+
+/// Every record of `topic` as `(key, value)`, partition by partition in offset order.
+fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "xtask-demo")
+        .create()
+        .context("cannot create a consumer")?;
+    let mut out = Vec::new();
+    for partition in 0..partitions {
+        let (low, high) =
+            consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).with_context(|| format!("end of {topic}/{partition}"))?;
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        consumer.assign(&assignment)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut next = low;
+        while next < high {
+            if Instant::now() > deadline {
+                bail!("reading {topic}/{partition}: stuck at offset {next} of {high}");
+            }
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
+            let message = message.with_context(|| format!("reading {topic}/{partition}"))?;
+            next = message.offset() + 1;
+            out.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec)));
+        }
+    }
+    Ok(out)
 }
