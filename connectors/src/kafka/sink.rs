@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use differential_dataflow::{AsCollection, VecCollection};
 use rdkafka::config::RDKafkaLogLevel;
@@ -94,6 +94,9 @@ pub enum SinkError {
         progress_topic: String,
     },
 }
+
+/// How long the sink waits for acknowledgements before it gives up.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
 
 type Encode<T> = Arc<dyn Fn(&T) -> Vec<u8> + Send + Sync>;
 
@@ -606,12 +609,21 @@ impl Writer {
         self.held.clear();
     }
 
+    /// Waits until every record handed to the producer is acknowledged (or failed).
     fn flush(&self) {
-        if let Err(error) = self.producer.flush(Duration::from_secs(120)) {
-            panic!(
-                "Kafka sink {}: writing to {} was not acknowledged: {error}; restart the job (exactly-once output resumes where it ends)",
-                self.name, self.shared.topic
-            );
+        // rdkafka's `flush` polls in steps of up to 100 ms and often sleeps the whole step; polling here returns
+        // as soon as the last delivery report is in.
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        // A zero-timeout flush sends what is queued now instead of waiting out `linger.ms`.
+        let _ = self.producer.flush(Duration::ZERO);
+        while self.producer.in_flight_count() > 0 {
+            if Instant::now() > deadline {
+                panic!(
+                    "Kafka sink {}: writing to {} was not acknowledged within {FLUSH_TIMEOUT:?}; check the brokers, then restart the job (exactly-once output resumes where it ends)",
+                    self.name, self.shared.topic
+                );
+            }
+            self.producer.poll(Duration::from_millis(1));
         }
         if let Some(failure) = self.producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner()).failure.take() {
             panic!(
