@@ -247,8 +247,8 @@ fn main() -> anyhow::Result<()> {
                 Input::Files { orders, customers } => (orders.build(scope, options.clone()), customers.build(scope, options)),
                 Input::Kafka { orders, customers } => (orders.build(scope, options.clone()), customers.build(scope, options)),
             };
-            let SourceStreams { records: orders, dead_letters: bad_orders, .. } = orders;
-            let SourceStreams { records: customers, dead_letters: bad_customers, .. } = customers;
+            let SourceStreams { records: orders, dead_letters: bad_orders, commits: order_commits, .. } = orders;
+            let SourceStreams { records: customers, dead_letters: bad_customers, commits: customer_commits, .. } = customers;
             let bad = bad_orders.concat(bad_customers);
             let mut probes = Vec::new();
             bad.clone().inspect(move |letter: &DeadLetter| {
@@ -305,6 +305,11 @@ fn main() -> anyhow::Result<()> {
                 probes.push(totals.results.as_collection().sink_kafka("CustomerTotals", &sinks.totals));
                 let late = totals.late.map(|late| DeadLetter::late("CustomerTotals", &late));
                 probes.push(bad.concat(late).sink_dead_letters("DeadLetters", &sinks.dead_letters));
+                // Source positions count as committed once every sink has written what came before them.
+                for probe in &probes {
+                    order_commits.after(probe);
+                    customer_commits.after(probe);
+                }
                 return probes;
             }
             let enriched = enriched.map(|(joined, time, diff)| (Line::Order(joined.value.1.0, joined.value.1.1), time, diff));

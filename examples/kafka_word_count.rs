@@ -6,6 +6,8 @@
 //! across crashes and restarts (restart with the same flags: the sink skips what the previous run wrote).
 //! Without it, the final counts are printed as `word count` lines (with `--until-end`). Records that are not
 //! UTF-8 go to the dead-letter topic (`--dead-letter-topic`, default `<topic>.dead-letters`) with their origin.
+//! With `--lag-group`, positions are committed to that group for lag tools, only up to the records whose counts
+//! (and dead letters) are written.
 //!
 //! ```sh
 //! cargo run --release --example kafka_word_count -- --brokers 127.0.0.1:9092 --topic lines --until-end
@@ -55,6 +57,9 @@ struct Args {
     /// Write at least once instead of exactly once (faster; a restart writes everything again).
     #[arg(long)]
     at_least_once: bool,
+    /// Also commit positions to this consumer group for lag tools: only up to records whose counts are written.
+    #[arg(long)]
+    lag_group: Option<String>,
     /// Read up to the end offsets seen at start, then exit.
     #[arg(long)]
     until_end: bool,
@@ -70,8 +75,11 @@ fn words(line: &str) -> impl Iterator<Item = String> + '_ {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = KafkaConfig::new(args.brokers.clone())?;
-    let source =
+    let mut source =
         KafkaSource::new(config.clone(), &[args.topic.as_str()], Decoder::utf8(), EventTime::KafkaTimestamp)?.until_end(args.until_end);
+    if let Some(group) = &args.lag_group {
+        source = source.commit_positions_to(group);
+    }
     let delivery = if args.at_least_once { Delivery::AtLeastOnce } else { Delivery::ExactlyOnce };
     let sink = match &args.output_topic {
         Some(topic) => Some(
@@ -95,7 +103,7 @@ fn main() -> anyhow::Result<()> {
         let collected = Rc::clone(&printed);
         let options = SourceOptions { policy, shutdown: Some(ctx.shutdown.clone()), ..Default::default() };
         let probes = worker.dataflow::<u64, _, _>(|scope| {
-            let SourceStreams { records, dead_letters: bad, .. } = source.build(scope, options);
+            let SourceStreams { records, dead_letters: bad, commits, .. } = source.build(scope, options);
             let dead = bad.sink_dead_letters("DeadLetters", &dead_letters);
             let counts = records
                 .flat_map(|(line, time, diff)| words(&line.value).map(move |word| (word, time, diff)).collect::<Vec<_>>())
@@ -106,6 +114,9 @@ fn main() -> anyhow::Result<()> {
                 Some(sink) => counts.sink_kafka("WordCounts", sink),
                 None => counts.inner.exchange(|_| 0).inspect(move |update| collected.borrow_mut().push(update.clone())).probe().0,
             };
+            // Positions count as committed once both sinks have written what came before them.
+            commits.after(&dead);
+            commits.after(&out);
             [dead, out]
         });
         worker.step_or_park_while(None, || probes.iter().any(|p| !p.done()));

@@ -142,7 +142,7 @@ fn main() -> anyhow::Result<()> {
         let (sink, late_count, dead_count) = (Rc::clone(&collected), Rc::clone(&too_late), Rc::clone(&dead_letters));
         let options = SourceOptions { policy, shutdown: Some(ctx.shutdown.clone()), ..Default::default() };
         let probes = worker.dataflow::<u64, _, _>(|scope| {
-            let SourceStreams { records, dead_letters, .. } = match &input {
+            let SourceStreams { records, dead_letters, commits, .. } = match &input {
                 Input::Files(source) => source.build(scope, options),
                 Input::Kafka(source) => source.build(scope, options),
             };
@@ -171,10 +171,14 @@ fn main() -> anyhow::Result<()> {
             });
             if let Some((counts, dead)) = &sinks {
                 let late = windows.late.map(|late| DeadLetter::late("WindowedCount", &late));
-                return vec![
+                let probes = vec![
                     windows.results.as_collection().sink_kafka("Counts", counts),
                     bad.concat(late).sink_dead_letters("DeadLetters", dead),
                 ];
+                for probe in &probes {
+                    commits.after(probe);
+                }
+                return probes;
             }
             let printed = windows
                 .results

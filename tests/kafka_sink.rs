@@ -81,6 +81,10 @@ fn reference(lines: &[(i32, i64, Vec<u8>)]) -> BTreeMap<String, i64> {
 
 /// Runs `kafka_word_count` into `output` through the launcher; `Err(stderr)` if it failed.
 fn run(bootstrap: &str, layout: (usize, usize), output: &str, failpoint: Option<&str>) -> Result<(), String> {
+    run_with(bootstrap, layout, output, failpoint, &[])
+}
+
+fn run_with(bootstrap: &str, layout: (usize, usize), output: &str, failpoint: Option<&str>, extra: &[&str]) -> Result<(), String> {
     let mut command = Command::new(launcher());
     command
         .args(["launch", "--processes", &layout.0.to_string(), "--workers", &layout.1.to_string(), "--"])
@@ -96,12 +100,16 @@ fn run(bootstrap: &str, layout: (usize, usize), output: &str, failpoint: Option<
             OUTPUT_PARTITIONS,
             "--until-end",
         ])
-        .args(["--dead-letter-topic", &format!("{output}.dead")]);
+        .args(["--dead-letter-topic", &format!("{output}.dead")])
+        .args(extra);
     match failpoint {
         Some(failpoint) => command.env("TRIBUTARY_FAILPOINT", failpoint),
         None => command.env_remove("TRIBUTARY_FAILPOINT"),
     };
     let output = command.output().expect("run launcher");
+    if std::env::var("DEBUG_SINK").is_ok() {
+        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    }
     if output.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&output.stderr).into_owned()) }
 }
 
@@ -122,7 +130,17 @@ fn word_counts_reach_the_topic_exactly_once_across_crashes() {
     let partitions: i32 = OUTPUT_PARTITIONS.parse().unwrap();
 
     // A clean run: the topic read as a table is the word counts.
-    run(&bootstrap, (1, 1), "counts", None).expect("clean run");
+    run_with(&bootstrap, (1, 1), "counts", None, &["--lag-group", "word-count-lag"]).expect("clean run");
+    // Positions are committed for lag tools once the counts are written: at the end, all of them.
+    let lag: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("group.id", "word-count-lag").create().unwrap();
+    let mut positions = TopicPartitionList::new();
+    positions.add_partition("lines", 0);
+    positions.add_partition("lines", 1);
+    let committed = lag.committed_offsets(positions, Duration::from_secs(10)).expect("committed offsets");
+    for element in committed.elements() {
+        let (_, end) = lag.fetch_watermarks("lines", element.partition(), Duration::from_secs(10)).unwrap();
+        assert_eq!(element.offset(), Offset::Offset(end), "lines/{} committed to its end", element.partition());
+    }
     let clean = read_topic(&bootstrap, "counts", partitions);
     let mut table = BTreeMap::new();
     for (key, value) in clean.iter().flatten() {

@@ -11,4 +11,4 @@ pub mod kafka;
 pub mod source;
 
 pub use dead_letter::{DeadLetter, Reason};
-pub use source::{Backpressure, PartitionMetrics, SourceMetrics, SourceOptions, SourceStreams, Timed};
+pub use source::{Backpressure, CommitAfter, PartitionMetrics, SourceMetrics, SourceOptions, SourceStreams, Timed};

@@ -18,7 +18,9 @@
 //! heartbeat it receives and moves its own capabilities up to it, so it follows the others instead of stalling
 //! them; its partitions rejoin at that watermark when they produce again.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,8 @@ use crate::dead_letter::{DeadLetter, Reason};
 
 /// The least time between two heartbeats of one worker.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(50);
+/// How often a finished source looks whether the sinks have written its last records.
+const COMMIT_CHECK_EVERY: Duration = Duration::from_millis(10);
 
 /// What a reader hands the source operator.
 #[derive(Debug)]
@@ -143,6 +147,10 @@ pub struct PartitionMetrics {
     pub partition: i32,
     /// The next position to read (last offset read + 1).
     pub position: u64,
+    /// The position up to which every record's output is complete: all records before it have dataflow times
+    /// that the sinks registered with [`CommitAfter::after`] have written. Without sinks, the position read.
+    /// This is what a restart may resume from, and what lag reporting commits.
+    pub committed: u64,
     /// The end of the partition as last seen (Kafka high watermark), if known: `end - position` is the lag.
     pub end: Option<u64>,
     /// The partition's event-time watermark.
@@ -185,6 +193,108 @@ pub struct SourceStreams<'scope, T> {
     pub dead_letters: Stream<'scope, u64, Vec<DeadLetter>>,
     /// Counters of this worker's partitions.
     pub metrics: SourceMetrics,
+    /// Registers the sinks whose progress decides which positions count as committed.
+    pub commits: CommitAfter,
+}
+
+/// The sinks a source's committed positions wait for (see [`PartitionMetrics::committed`]).
+#[derive(Clone, Default)]
+pub struct CommitAfter {
+    probes: Rc<RefCell<Vec<ProbeHandle<u64>>>>,
+}
+
+impl CommitAfter {
+    /// Positions count as committed only once `written` (a sink's probe, e.g. from `sink_kafka`) has passed the
+    /// times of every record before them. Register every sink the source feeds.
+    pub fn after(&self, written: &ProbeHandle<u64>) {
+        self.probes.borrow_mut().push(written.clone());
+    }
+
+    /// The earliest time some registered sink has not written yet; `None` without sinks.
+    fn frontier(&self) -> Option<u64> {
+        let probes = self.probes.borrow();
+        (!probes.is_empty()).then(|| probes.iter().filter_map(|p| p.with_frontier(|f| f.first().copied())).min().unwrap_or(u64::MAX))
+    }
+}
+
+/// A source's reader with its commit bookkeeping: when the operator goes away, committed positions are brought
+/// up to date before the reader is dropped (a Kafka reader's last commit for lag tools happens on drop).
+struct Closing<R> {
+    reader: R,
+    commits: Commits,
+    after: CommitAfter,
+    metrics: SourceMetrics,
+}
+
+impl<R> Closing<R> {
+    fn advance_commits(&mut self) -> bool {
+        self.commits.advance(&self.after, &self.metrics)
+    }
+}
+
+impl<R> std::ops::Deref for Closing<R> {
+    type Target = R;
+    fn deref(&self) -> &R {
+        &self.reader
+    }
+}
+
+impl<R> std::ops::DerefMut for Closing<R> {
+    fn deref_mut(&mut self) -> &mut R {
+        &mut self.reader
+    }
+}
+
+impl<R> Drop for Closing<R> {
+    fn drop(&mut self) {
+        self.advance_commits();
+    }
+}
+
+/// Per partition, positions with the greatest dataflow time of the records before them (non-decreasing), until
+/// the sinks have written those times.
+#[derive(Default)]
+struct Commits {
+    marks: Vec<VecDeque<(u64, u64)>>,
+    greatest: Vec<u64>,
+}
+
+impl Commits {
+    /// Records that everything before `position` of `partition` has times up to the greatest seen so far.
+    fn mark(&mut self, partition: usize, position: u64, time: u64) {
+        if self.marks.len() <= partition {
+            self.marks.resize_with(partition + 1, VecDeque::new);
+            self.greatest.resize(partition + 1, 0);
+        }
+        let greatest = &mut self.greatest[partition];
+        *greatest = (*greatest).max(time);
+        match self.marks[partition].back_mut() {
+            Some((last, at)) if *at == *greatest => *last = position,
+            _ => self.marks[partition].push_back((position, *greatest)),
+        }
+    }
+
+    /// Moves each partition's committed position up to what the sinks have written (or to the position read,
+    /// without sinks). Returns whether marks are still waiting.
+    fn advance(&mut self, after: &CommitAfter, metrics: &SourceMetrics) -> bool {
+        self.advance_to(after.frontier(), metrics)
+    }
+
+    /// As [`Commits::advance`], with the sinks' frontier given: `None` when no sink is registered.
+    fn advance_to(&mut self, written: Option<u64>, metrics: &SourceMetrics) -> bool {
+        let mut metrics = metrics.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        for (partition, m) in metrics.iter_mut().enumerate() {
+            let Some(marks) = self.marks.get_mut(partition) else { continue };
+            while let Some(&(position, greatest)) = marks.front() {
+                if written.is_some_and(|w| greatest >= w) {
+                    break;
+                }
+                m.committed = m.committed.max(position);
+                marks.pop_front();
+            }
+        }
+        self.marks.iter().any(|m| !m.is_empty())
+    }
 }
 
 /// Builds a source operator that reads through the reader `make_reader(worker index, peers)` builds.
@@ -208,20 +318,31 @@ where
     let (records_output, records) = builder.new_output::<Vec<(Timed<R::Item>, u64, isize)>>();
     let (dead_output, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
     let (heartbeat_output, heartbeats_out) = builder.new_output::<Vec<u64>>();
+    // Connected to nothing: its capability keeps the operator (and its reader) alive after the input is done,
+    // until the sinks have written everything read, so the last committed positions reach the reader.
+    let (_linger_output, _linger) = builder.new_output::<Vec<()>>();
     let mut records_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(records_output);
     let mut dead_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(dead_output);
     let mut heartbeat_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(heartbeat_output);
     heartbeats_out.broadcast().connect_loop(loop_handle);
     let metrics = SourceMetrics::default();
     let shared = metrics.clone();
-    let mut reader = make_reader(scope.index(), scope.peers());
+    let commits_after = CommitAfter::default();
+    let after = commits_after.clone();
+    let mut reader = Closing {
+        reader: make_reader(scope.index(), scope.peers()),
+        commits: Commits::default(),
+        after: after.clone(),
+        metrics: shared.clone(),
+    };
     let name = name.to_owned();
     let mut options = options;
     if options.shutdown.is_none() {
         options.shutdown = Shutdown::of(scope.worker());
     }
 
-    builder.build(move |capabilities| {
+    builder.build(move |mut capabilities| {
+        let mut linger = capabilities.pop();
         let mut capabilities = Some(capabilities);
         let mut clock = SourceClock::new(0, options.policy, Instant::now());
         let mut polled = Vec::with_capacity(options.batch);
@@ -234,6 +355,15 @@ where
         let mut paused: Vec<bool> = Vec::new();
         move |_frontiers| {
             let now = Instant::now();
+            // Positions whose records' outputs the sinks have written; once the source is done, keep looking
+            // until they all are.
+            if reader.advance_commits() {
+                if capabilities.is_none() {
+                    activator.activate_after(COMMIT_CHECK_EVERY);
+                }
+            } else if capabilities.is_none() {
+                drop(linger.take());
+            }
             // Heartbeats of the other workers: keep capabilities at the latest one, and follow it once all our
             // partitions are idle. (A kept capability ahead of our own holds nothing back.)
             heartbeats.for_each(|cap, _beats| {
@@ -255,6 +385,7 @@ where
                 tracing::info!(source = %name, "shutdown requested: closing the source");
                 capabilities = None;
                 follow = None;
+                activator.activate();
                 return;
             }
             if let Some(bp) = &options.backpressure {
@@ -276,12 +407,14 @@ where
                 }
             }
             let status = reader.poll(options.batch, &mut polled);
-            sync_partitions(&reader, &mut clock, &shared, now);
+            sync_partitions(&*reader, &mut clock, &shared, now);
 
             let mut records_handle = records_output.activate();
             let mut dead_handle = dead_output.activate();
             let mut records_session = records_handle.session(&caps[0]);
-            let mut dead_session = dead_handle.session(&caps[1]);
+            // Dead letters leave at their partition's watermark when they arrived (a function of the partition's
+            // history, so the same on a replay), not at the source's current capability.
+            let mut letters: Vec<(u64, DeadLetter)> = Vec::new();
             let mut metrics = shared.partitions.lock().unwrap_or_else(|e| e.into_inner());
             for event in polled.drain(..) {
                 match event {
@@ -298,20 +431,25 @@ where
                                 if count_outstanding {
                                     outstanding.add(time);
                                 }
+                                reader.commits.mark(partition, offset + 1, time);
                                 records_session.give((Timed { event_time, value }, time, 1));
                             }
                             Arrival::TooLate { watermark, .. } => {
                                 m.too_late += 1;
+                                reader.commits.mark(partition, offset + 1, watermark.max(*caps[1].time()));
                                 let (source, kafka_partition) = reader.origin(partition);
                                 let max_lateness_ms = options.policy.max_lateness_ms.unwrap_or_default();
-                                dead_session.give(DeadLetter {
-                                    source: source.to_owned(),
-                                    partition: kafka_partition,
-                                    offset,
-                                    reason: Reason::TooLate { event_time, watermark, max_lateness_ms },
-                                    key: None,
-                                    payload: None,
-                                });
+                                letters.push((
+                                    watermark,
+                                    DeadLetter {
+                                        source: source.to_owned(),
+                                        partition: kafka_partition,
+                                        offset,
+                                        reason: Reason::TooLate { event_time, watermark, max_lateness_ms },
+                                        key: None,
+                                        payload: None,
+                                    },
+                                ));
                             }
                         }
                         m.watermark = clock.partition_watermark(partition);
@@ -320,28 +458,38 @@ where
                         let m = &mut metrics[partition];
                         m.position = offset + 1;
                         m.malformed += 1;
+                        reader.commits.mark(partition, offset + 1, clock.partition_watermark(partition).max(*caps[1].time()));
                         let (source, kafka_partition) = reader.origin(partition);
                         tracing::debug!(source, partition = kafka_partition, offset, "malformed record: {error}");
-                        dead_session.give(DeadLetter {
-                            source: source.to_owned(),
-                            partition: kafka_partition,
-                            offset,
-                            reason: Reason::Malformed { error },
-                            key,
-                            payload,
-                        });
+                        letters.push((
+                            clock.partition_watermark(partition),
+                            DeadLetter {
+                                source: source.to_owned(),
+                                partition: kafka_partition,
+                                offset,
+                                reason: Reason::Malformed { error },
+                                key,
+                                payload,
+                            },
+                        ));
                     }
                     Polled::End { partition } => clock.finish(partition),
                 }
             }
             drop(metrics);
             drop(records_session);
-            drop(dead_session);
+            reader.advance_commits();
+            letters.sort_by_key(|(time, _)| *time);
+            for (time, letter) in letters {
+                let time = time.max(*caps[1].time());
+                dead_handle.session(&caps[1].delayed(&time)).give(letter);
+            }
 
             if status == ReadStatus::Finished {
                 tracing::debug!(source = %name, "source finished");
                 capabilities = None;
                 follow = None;
+                activator.activate();
                 return;
             }
             match clock.watermark(now) {
@@ -380,7 +528,7 @@ where
         }
     });
 
-    SourceStreams { records, dead_letters, metrics }
+    SourceStreams { records, dead_letters, metrics, commits: commits_after }
 }
 
 /// Adds clocks and metrics for partitions the reader discovered.
@@ -431,4 +579,39 @@ fn throttled(bp: &Backpressure, outstanding: &mut Outstanding, watermark: u64) -
         return true;
     }
     bp.max_records.is_some_and(|max| outstanding.total >= max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed(metrics: &SourceMetrics) -> Vec<u64> {
+        metrics.snapshot().iter().map(|m| m.committed).collect()
+    }
+
+    #[test]
+    fn positions_commit_once_the_sinks_have_written_every_record_before_them() {
+        let metrics = SourceMetrics::default();
+        metrics.partitions.lock().unwrap().resize(2, PartitionMetrics::default());
+        let mut commits = Commits::default();
+        // Partition 0: times 5, 3 (late, behind 5), 9; partition 1: time 4.
+        commits.mark(0, 1, 5);
+        commits.mark(0, 2, 3);
+        commits.mark(0, 3, 9);
+        commits.mark(1, 1, 4);
+        assert!(commits.advance_to(Some(0), &metrics));
+        assert_eq!(committed(&metrics), vec![0, 0]);
+        // Written up to 5 (exclusive): nothing on partition 0 (its first record is at 5), partition 1 done.
+        commits.advance_to(Some(5), &metrics);
+        assert_eq!(committed(&metrics), vec![0, 1]);
+        // Up to 6: the records at 5 and 3 are written, the one at 9 is not.
+        commits.advance_to(Some(6), &metrics);
+        assert_eq!(committed(&metrics), vec![2, 1]);
+        assert!(!commits.advance_to(Some(u64::MAX), &metrics));
+        assert_eq!(committed(&metrics), vec![3, 1]);
+        // Without sinks, what is read is committed.
+        commits.mark(1, 7, 100);
+        commits.advance_to(None, &metrics);
+        assert_eq!(committed(&metrics), vec![3, 7]);
+    }
 }

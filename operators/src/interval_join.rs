@@ -18,9 +18,9 @@ use std::hash::Hash;
 
 use timely::ExchangeData;
 use timely::dataflow::Stream;
-use timely::dataflow::operators::core::OkErr;
 
 use crate::event_time::Timed;
+use crate::ordered::split_late;
 use crate::timed_join::{Joinable, timed_join};
 use crate::window::LateRecord;
 
@@ -75,17 +75,18 @@ fn admit<'scope, K, V>(
     allowed_lateness_ms: u64,
 ) -> (Stream<'scope, u64, Vec<(Joinable<K, V>, u64, isize)>>, Stream<'scope, u64, Vec<LateRecord<(K, V)>>>)
 where
-    K: ExchangeData,
-    V: ExchangeData,
+    K: ExchangeData + Clone,
+    V: ExchangeData + Clone,
 {
-    stream.ok_err(move |(record, time, diff)| {
+    split_late(stream, "Admit", move |(record, time, diff), out| {
         let event_time = record.event_time;
         let (key, value) = record.value;
         if event_time + allowed_lateness_ms >= time {
             let expires = event_time + keep_ms + allowed_lateness_ms;
-            Ok((Joinable { key, event_time, expires, emit_from: 0, value }, time, diff))
+            out.push((Joinable { key, event_time, expires, emit_from: 0, value }, time, diff));
+            None
         } else {
-            Err(LateRecord { record: (key, value), event_time, arrived_at: time, diff, window_end: event_time + 1, allowed_lateness_ms })
+            Some(LateRecord { record: (key, value), event_time, arrived_at: time, diff, window_end: event_time + 1, allowed_lateness_ms })
         }
     })
 }

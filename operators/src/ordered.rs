@@ -7,7 +7,14 @@
 
 use std::collections::BTreeMap;
 
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+
+use crate::window::LateRecord;
 
 /// Items grouped by time, each group with a capability for its time.
 pub(crate) struct ByTime<D> {
@@ -43,4 +50,44 @@ impl<D> ByTime<D> {
             (a, b) => a.or(b),
         }
     }
+}
+
+/// Splits a stream of `(record, time, diff)` updates with `route`: each update becomes any number of updates on
+/// the first output, or a late record on the second. Late records leave at their own dataflow time (`arrived_at`),
+/// not at the time of the message that carried them, so the late stream is the same on every replay.
+pub(crate) fn split_late<'scope, D, O, L>(
+    stream: Stream<'scope, u64, Vec<D>>,
+    name: &str,
+    mut route: impl FnMut(D, &mut Vec<O>) -> Option<LateRecord<L>> + 'static,
+) -> (Stream<'scope, u64, Vec<O>>, Stream<'scope, u64, Vec<LateRecord<L>>>)
+where
+    D: 'static,
+    O: Clone + 'static,
+    L: Clone + 'static,
+{
+    let mut builder = OperatorBuilder::new(name.to_owned(), stream.scope());
+    let mut input = builder.new_input(stream, Pipeline);
+    let (ok_output, ok) = builder.new_output::<Vec<O>>();
+    let (late_output, late) = builder.new_output::<Vec<LateRecord<L>>>();
+    let mut ok_output = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(ok_output);
+    let mut late_output = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(late_output);
+    builder.build(move |_capabilities| {
+        let mut routed = Vec::new();
+        move |_frontiers| {
+            let mut ok_handle = ok_output.activate();
+            let mut late_handle = late_output.activate();
+            input.for_each(|cap, data| {
+                let Some(&least) = cap.least() else { return };
+                let ok_cap = cap.delayed(&least, 0);
+                let mut session = ok_handle.session(&ok_cap);
+                for item in data.drain(..) {
+                    if let Some(late) = route(item, &mut routed) {
+                        late_handle.session(&cap.delayed(&late.arrived_at.max(least), 1)).give(late);
+                    }
+                    session.give_iterator(routed.drain(..));
+                }
+            });
+        }
+    });
+    (ok, late)
 }

@@ -18,10 +18,10 @@ use std::hash::Hash;
 
 use timely::ExchangeData;
 use timely::dataflow::Stream;
-use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::vec::Map;
 
 use crate::event_time::Timed;
+use crate::ordered::split_late;
 use crate::timed_join::{Joinable, timed_join};
 use crate::window::{LateRecord, Windows};
 
@@ -81,31 +81,25 @@ where
     V: ExchangeData + Clone,
 {
     let size = windows.size().max(1);
-    stream
-        .flat_map(move |(record, time, diff)| {
-            let event_time = record.event_time;
-            let (key, value) = record.value;
-            let mut out: Vec<Result<_, _>> = windows
-                .starts(event_time)
-                .filter(|start| start + size + allowed_lateness_ms > time)
-                .map(|start| {
-                    let joinable = Joinable {
-                        key: (key.clone(), start),
-                        event_time,
-                        expires: start + size + allowed_lateness_ms - 1,
-                        emit_from: start + size - 1,
-                        value: value.clone(),
-                    };
-                    Ok((joinable, time, diff))
-                })
-                .collect();
-            if out.is_empty() {
-                let window_end = windows.starts(event_time).last().map_or(event_time, |start| start + size);
-                out.push(Err(LateRecord { record: (key, value), event_time, arrived_at: time, diff, window_end, allowed_lateness_ms }));
-            }
-            out
-        })
-        .ok_err(|x| x)
+    split_late(stream, "WindowsOf", move |(record, time, diff), out| {
+        let event_time = record.event_time;
+        let (key, value) = record.value;
+        for start in windows.starts(event_time).filter(|start| start + size + allowed_lateness_ms > time) {
+            let joinable = Joinable {
+                key: (key.clone(), start),
+                event_time,
+                expires: start + size + allowed_lateness_ms - 1,
+                emit_from: start + size - 1,
+                value: value.clone(),
+            };
+            out.push((joinable, time, diff));
+        }
+        if !out.is_empty() {
+            return None;
+        }
+        let window_end = windows.starts(event_time).last().map_or(event_time, |start| start + size);
+        Some(LateRecord { record: (key, value), event_time, arrived_at: time, diff, window_end, allowed_lateness_ms })
+    })
 }
 
 impl<'scope, K, V> WindowJoin<'scope, K, V> for Stream<'scope, u64, Vec<(Timed<(K, V)>, u64, isize)>>

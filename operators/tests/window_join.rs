@@ -85,8 +85,23 @@ fn run(left: Vec<Update>, right: Vec<Update>, join: Join, workers: usize) -> (BT
                     (streams.late_left, streams.late_right)
                 }
             };
-            late_left.inspect(move |x| l.lock().unwrap().push(late_record(true, x)));
-            late_right.inspect(move |x| l2.lock().unwrap().push(late_record(false, x)));
+            // Late records leave at their own dataflow time, whatever message carried them.
+            late_left.inspect_core(move |event| {
+                if let Ok((stamp, xs)) = event {
+                    for x in xs {
+                        assert_eq!(stamp.elements(), [x.arrived_at], "a late record at its arrival time");
+                        l.lock().unwrap().push(late_record(true, x));
+                    }
+                }
+            });
+            late_right.inspect_core(move |event| {
+                if let Ok((stamp, xs)) = event {
+                    for x in xs {
+                        assert_eq!(stamp.elements(), [x.arrived_at], "a late record at its arrival time");
+                        l2.lock().unwrap().push(late_record(false, x));
+                    }
+                }
+            });
             (left_in, right_in)
         });
         if worker.index() == 0 {

@@ -172,10 +172,11 @@ impl<T: Clone + 'static> KafkaSource<T> {
         self
     }
 
-    /// Also commits the positions read to consumer group `group` (every 5 s and when the source closes), purely
-    /// so that standard lag tools (`kafka-consumer-groups --describe`) show progress. The group is never joined
-    /// and its offsets are never read back: resuming uses [`StartFrom::Resume`]. The positions are those *read*;
-    /// tying them to output that sinks have completed comes with the Kafka sink.
+    /// Also commits positions to consumer group `group` (every 5 s and when the source closes), purely so that
+    /// standard lag tools (`kafka-consumer-groups --describe`) show progress. The group is never joined and its
+    /// offsets are never read back: resuming uses [`StartFrom::Resume`]. The positions committed are the
+    /// committed ones ([`PartitionMetrics::committed`](crate::PartitionMetrics)): with sinks registered through
+    /// [`SourceStreams::commits`](crate::SourceStreams), only up to records whose output the sinks have written.
     pub fn commit_positions_to(mut self, group: impl Into<String>) -> Self {
         self.commit_group = Some(group.into());
         self
@@ -320,20 +321,22 @@ struct KafkaReader<T> {
     metrics: Arc<Mutex<Option<SourceMetrics>>>,
     next_stats: Instant,
     headers: Vec<(String, Option<Vec<u8>>)>,
-    /// The next offset to read per partition, once something was read.
-    positions: Vec<Option<i64>>,
     /// Commit positions to the configured group (for lag tools), next at this time.
     next_commit: Option<Instant>,
 }
 
 impl<T> KafkaReader<T> {
-    /// Commits the positions read so far to the lag-reporting group.
+    /// Commits the committed positions (see [`PartitionMetrics::committed`](crate::PartitionMetrics)) to the
+    /// lag-reporting group: with sinks registered, only positions whose records' output is written.
     fn commit_positions(&self, mode: CommitMode) {
+        let committed: Vec<u64> = match self.metrics.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(metrics) => metrics.snapshot().iter().map(|m| m.committed).collect(),
+            None => return,
+        };
         let mut list = TopicPartitionList::new();
         for (i, (topic, p)) in self.partitions.iter().enumerate() {
-            if let Some(offset) = self.positions[i]
-                && let Err(e) = list.add_partition_offset(topic, *p, Offset::Offset(offset))
-            {
+            let Some(&offset) = committed.get(i).filter(|c| **c > 0) else { continue };
+            if let Err(e) = list.add_partition_offset(topic, *p, Offset::Offset(offset as i64)) {
                 tracing::warn!(topic, partition = p, "cannot list a position to commit: {e}");
             }
         }
@@ -391,7 +394,6 @@ impl<T: Clone + 'static> KafkaReader<T> {
             metrics,
             next_stats: Instant::now(),
             headers: Vec::new(),
-            positions: Vec::new(),
             next_commit: source.commit_group.as_ref().map(|_| Instant::now() + COMMIT_EVERY),
         };
         let mine: Vec<(String, i32)> = source
@@ -470,7 +472,6 @@ impl<T: Clone + 'static> KafkaReader<T> {
             self.ends.push(end);
             self.ended.push(done);
             self.paused.push(false);
-            self.positions.push(None);
             if done {
                 self.pending_ends.push(index);
             } else {
@@ -531,7 +532,6 @@ impl<T: Clone + 'static> KafkaReader<T> {
         if self.ended[partition] {
             return false;
         }
-        self.positions[partition] = Some(offset + 1);
         self.headers.clear();
         if let Some(headers) = message.headers() {
             for header in headers.iter() {
