@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 
 use differential_dataflow::lattice::Lattice;
+use differential_dataflow::operators::CountTotal;
 use differential_dataflow::{ExchangeData, Hashable, VecCollection};
+use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 
 /// An aggregate over a multiset of values (a window's, or a key's in a collection) that accepts retractions
@@ -23,6 +25,21 @@ pub trait Aggregator<V>: Clone + 'static {
     fn update(&self, state: &mut Self::State, value: &V, diff: isize);
     /// The group's result; `None` when the group holds nothing (all retracted) or the aggregate has no value.
     fn output(&self, state: &Self::State) -> Option<Self::Output>;
+    /// Whether the aggregate is a running total (see [`linear`](Self::linear)).
+    fn is_linear(&self) -> bool {
+        false
+    }
+    /// For aggregates that are running totals (count, sum, average): the value's contribution `(sum, count)`.
+    /// Whole-collection aggregation then keeps one total per key instead of rescanning the key's values on
+    /// every change. `None` (the default): not a running total.
+    fn linear(&self, _value: &V) -> Option<(isize, isize)> {
+        None
+    }
+    /// The output for a key's running totals `(sum, count)`, for aggregates whose [`linear`](Self::linear) is
+    /// `Some`.
+    fn linear_output(&self, _totals: (isize, isize)) -> Option<Self::Output> {
+        None
+    }
 }
 
 /// Counts records.
@@ -37,6 +54,15 @@ impl<V> Aggregator<V> for Count {
     }
     fn output(&self, state: &isize) -> Option<isize> {
         (*state != 0).then_some(*state)
+    }
+    fn is_linear(&self) -> bool {
+        true
+    }
+    fn linear(&self, _value: &V) -> Option<(isize, isize)> {
+        Some((0, 1))
+    }
+    fn linear_output(&self, (_, count): (isize, isize)) -> Option<isize> {
+        (count != 0).then_some(count)
     }
 }
 
@@ -55,6 +81,15 @@ impl<V: Copy + Into<i64>> Aggregator<V> for Sum {
     fn output(&self, state: &(i64, isize)) -> Option<i64> {
         (state.1 != 0).then_some(state.0)
     }
+    fn is_linear(&self) -> bool {
+        true
+    }
+    fn linear(&self, value: &V) -> Option<(isize, isize)> {
+        Some(((*value).into() as isize, 1))
+    }
+    fn linear_output(&self, (sum, count): (isize, isize)) -> Option<i64> {
+        (count != 0).then_some(sum as i64)
+    }
 }
 
 /// The average of the values, emitted as `(sum, count)` so it stays exact and comparable (an `f64` is neither
@@ -71,6 +106,15 @@ impl<V: Copy + Into<i64>> Aggregator<V> for Average {
     }
     fn output(&self, state: &(i64, isize)) -> Option<(i64, isize)> {
         (state.1 != 0).then_some(*state)
+    }
+    fn is_linear(&self) -> bool {
+        true
+    }
+    fn linear(&self, value: &V) -> Option<(isize, isize)> {
+        Some(((*value).into() as isize, 1))
+    }
+    fn linear_output(&self, (sum, count): (isize, isize)) -> Option<(i64, isize)> {
+        (count != 0).then_some((sum as i64, count))
     }
 }
 
@@ -215,7 +259,7 @@ pub trait Aggregate<'scope, T: Timestamp, K, V> {
 
 impl<'scope, T, K, V> Aggregate<'scope, T, K, V> for VecCollection<'scope, T, (K, V), isize>
 where
-    T: Timestamp + Lattice + Ord,
+    T: Timestamp + Lattice + TotalOrder + Ord,
     K: ExchangeData + Hashable,
     V: ExchangeData,
 {
@@ -224,6 +268,15 @@ where
         A: Aggregator<V>,
         A::Output: ExchangeData,
     {
+        // Running totals: one `(sum, count)` per key as the update's weight, accumulated by `count_total`,
+        // whose changelog retracts a key's old totals and adds the new ones.
+        if aggregator.is_linear() {
+            let (contribute, finish) = (aggregator.clone(), aggregator);
+            return self
+                .explode(move |(key, value)| contribute.linear(&value).map(|totals| (key, totals)))
+                .count_total()
+                .flat_map(move |(key, totals)| finish.linear_output(totals).map(|output| (key, output)));
+        }
         // `reduce` hands the key's whole consolidated input and diffs the outputs against the previous ones,
         // which is the changelog the aggregators' retractions need.
         self.reduce_named(name, move |_key, values, output| {

@@ -100,6 +100,12 @@ pub(crate) fn ensure_topic(
     }
 }
 
+/// Creates `topic` with `partitions` (replication 1) if it does not exist; an existing topic with another
+/// partition count is an error. For loaders and tests; sinks create their own topics.
+pub fn create_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<(), AdminError> {
+    ensure_topic(config, topic, partitions, 1, &[])
+}
+
 /// The end (high watermark) of each partition of `topic`.
 pub(crate) fn partition_ends(config: &KafkaConfig, consumer: &BaseConsumer, topic: &str, partitions: i32) -> Result<Vec<i64>, AdminError> {
     (0..partitions)

@@ -11,7 +11,7 @@ mod record;
 mod sink;
 mod source;
 
-pub use admin::AdminError;
+pub use admin::{AdminError, create_topic};
 pub use config::{ConfigError, KafkaConfig};
 pub use partitioner::partition_for;
 pub use record::{Decoder, EventTime, KafkaRecord, Message};

@@ -1,0 +1,287 @@
+//! Nexmark q0-q8: in memory from the generator, or from Kafka topics; prints throughput, a checksum of the
+//! result (the same for any number of workers and processes) and peak memory.
+//!
+//! In memory, each worker generates the logical partitions it owns (`--partitions`, 8 by default; partition
+//! `p` holds the events `n` with `n % partitions == p`) and feeds them with the sources' time model (watermark =
+//! event time - 4 s per partition). From Kafka, a topic loaded with `--load` holds the same partitions, so the
+//! checksum is the same. Output: one line on stdout from process 0,
+//! `query=q5 events=1000000 seconds=0.61 events/s=1639344 rows=1234 checksum=<hex> late=0 peak_rss_mib=41.2`.
+//!
+//! ```sh
+//! cargo run --release --example nexmark -- --query q5 --events 10000000 --workers 2
+//! cargo run --release --example nexmark -- --load --brokers 127.0.0.1:9092 --topic nexmark --events 1000000
+//! cargo run --release --example nexmark -- --query q1 --brokers 127.0.0.1:9092 --topic nexmark --output-topic q1-out
+//! cargo run --release --example nexmark -- --dump events.jsonl --events 1000000     # for the Python peers
+//! cargo build --release --example nexmark --bin tributary
+//! target/release/tributary launch --processes 2 --workers 2 -- target/release/examples/nexmark --query q8
+//! ```
+//!
+//! Across machines: the same binary and host file on every host, process `I` started with
+//! `nexmark --query q8 --workers 2 --processes 2 --process I --hostfile hosts.txt`.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use tributary::connectors::kafka::{Decoder, EventTime, KafkaConfig, KafkaSink, KafkaSource, SinkFormat, SinkKafka, create_topic};
+use tributary::connectors::{SourceOptions, SourceStreams};
+use tributary::operators::{Timed, WatermarkPolicy};
+use tributary::timely::dataflow::operators::vec::Map;
+use tributary::timely::dataflow::operators::{Exchange, Input, Inspect, Probe};
+use tributary_nexmark::{Checksum, Config, Event, PartitionClock, Query, Row};
+
+/// Runs a Nexmark query.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    cluster: tributary::ClusterArgs,
+    /// The query: q0 .. q8.
+    #[arg(long, default_value = "q0")]
+    query: Query,
+    /// Events to generate (in memory, --load, --dump).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Logical partitions of the event stream (Kafka partitions with --load).
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// The generator's disorder: events shuffled in groups of this size (1000: up to ~100 ms out of order).
+    #[arg(long, default_value_t = 1_000)]
+    out_of_order_group_size: usize,
+    /// Event time of the first event (epoch ms).
+    #[arg(long, default_value_t = 1_700_000_000_000)]
+    base_time: u64,
+    /// Read the events from Kafka instead of generating them (to the end offsets seen at start).
+    #[arg(long, requires = "topic")]
+    brokers: Option<String>,
+    /// The events topic.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Write the generated events to --topic (created with --partitions partitions) and exit.
+    #[arg(long, requires = "brokers")]
+    load: bool,
+    /// Write the generated events to this JSON-lines file and exit.
+    #[arg(long, value_name = "FILE")]
+    dump: Option<PathBuf>,
+    /// Write the result's changelog to this topic (exactly once).
+    #[arg(long, requires = "brokers")]
+    output_topic: Option<String>,
+}
+
+/// What each worker hands back: its part of the checksum, late records, and events it fed.
+#[derive(Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+struct Part {
+    sum: u64,
+    rows: i64,
+    late: u64,
+    events: u64,
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = Config {
+        events: args.events,
+        partitions: args.partitions.max(1),
+        base_time: args.base_time,
+        out_of_order_group_size: args.out_of_order_group_size.max(1),
+        ..Config::default()
+    };
+    if let Some(path) = &args.dump {
+        return dump(&config, path);
+    }
+    if args.load {
+        let (brokers, topic) = (args.brokers.as_deref().unwrap_or_default(), args.topic.as_deref().context("--load needs --topic")?);
+        return load(&config, brokers, topic);
+    }
+    let query = args.query;
+    let source = match (&args.brokers, &args.topic) {
+        (Some(brokers), Some(topic)) => Some(
+            KafkaSource::new(
+                KafkaConfig::new(brokers.clone())?,
+                &[topic.as_str()],
+                Decoder::json(),
+                EventTime::extract(|e: &Event| Ok(e.date_time())),
+            )?
+            .until_end(true),
+        ),
+        _ => None,
+    };
+    let sink = match (&args.output_topic, &args.brokers) {
+        (Some(topic), Some(brokers)) => Some(
+            KafkaSink::<String, Row>::json(KafkaConfig::new(brokers.clone())?, topic)
+                .partitions(4)
+                .format(SinkFormat::Changelog)
+                .open()
+                .with_context(|| format!("opening {topic}"))?,
+        ),
+        _ => None,
+    };
+
+    let started = Instant::now();
+    let parts = tributary::execute(&args.cluster, move |worker, ctx| {
+        let part = Rc::new(RefCell::new(Part::default()));
+        let (digest, late_count) = (Rc::clone(&part), Rc::clone(&part));
+        let (index, peers) = (worker.index() as u32, worker.peers() as u32);
+        let (mut input, probes) = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, events) = match &source {
+                Some(source) => {
+                    let policy = WatermarkPolicy {
+                        max_out_of_orderness_ms: tributary_nexmark::MAX_OUT_OF_ORDERNESS_MS,
+                        idle_timeout: None,
+                        max_lateness_ms: None,
+                    };
+                    let options = SourceOptions { policy, shutdown: Some(ctx.shutdown.clone()), ..Default::default() };
+                    let SourceStreams { records, .. } = source.build(scope, options);
+                    let counted = Rc::clone(&part);
+                    (None, records.inspect(move |_| counted.borrow_mut().events += 1))
+                }
+                None => {
+                    let (input, events) = scope.new_input::<Vec<(Timed<Event>, u64, isize)>>();
+                    (Some(input), events)
+                }
+            };
+            let result = tributary_nexmark::build(query, events);
+            result.late.inspect(move |_| late_count.borrow_mut().late += 1);
+            let rows = result.rows.inner.inspect(move |(row, _time, diff)| {
+                let mut part = digest.borrow_mut();
+                let mut checksum = Checksum { sum: part.sum, rows: part.rows };
+                checksum.add(row, *diff);
+                (part.sum, part.rows) = (checksum.sum, checksum.rows);
+            });
+            let mut probes = vec![rows.clone().probe().0];
+            if let Some(sink) = &sink {
+                let keyed = rows.map(|(row, time, diff)| ((format!("{:016x}", row_hash(&row)), row), time, diff));
+                probes.push(tributary::differential_dataflow::AsCollection::as_collection(keyed).sink_kafka("NexmarkOutput", sink));
+            }
+            (input, probes)
+        });
+        if let Some(input) = input.as_mut() {
+            // Generate the partitions this worker owns, round robin, with their clocks.
+            let mut partitions: Vec<_> = (0..config.partitions)
+                .filter(|p| p % peers == index)
+                .map(|p| (config.partition(p).peekable(), PartitionClock::default()))
+                .collect();
+            let mut fed = 0u64;
+            while !partitions.is_empty() {
+                for (events, clock) in partitions.iter_mut() {
+                    for (_, event) in events.by_ref().take(256) {
+                        let event_time = event.date_time();
+                        let time = clock.time(event_time);
+                        input.send((Timed { event_time, value: event }, time, 1));
+                        fed += 1;
+                    }
+                }
+                partitions.retain_mut(|(events, _)| events.peek().is_some());
+                if let Some(watermark) = partitions.iter().map(|(_, clock)| clock.watermark()).min()
+                    && watermark > *input.time()
+                {
+                    input.advance_to(watermark);
+                }
+                worker.step();
+            }
+            part.borrow_mut().events += fed;
+        }
+        drop(input);
+        worker.step_or_park_while(None, || probes.iter().any(|p| !p.done()));
+        let mine = *part.borrow();
+        // Worker 0 adds up every worker's part, over the network if need be.
+        let gathered = Rc::new(RefCell::new(Vec::new()));
+        let sink = Rc::clone(&gathered);
+        let (mut parts, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (parts, stream) = scope.new_input::<Vec<Part>>();
+            (parts, stream.exchange(|_| 0).inspect(move |p| sink.borrow_mut().push(*p)).probe().0)
+        });
+        parts.send(mine);
+        drop(parts);
+        worker.step_or_park_while(None, || !probe.done());
+        gathered.borrow().iter().fold(None, |acc: Option<Part>, p| {
+            let mut t = acc.unwrap_or_default();
+            t.sum = t.sum.wrapping_add(p.sum);
+            t.rows += p.rows;
+            t.late += p.late;
+            t.events += p.events;
+            Some(t)
+        })
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(total) = parts.into_iter().flatten().next() {
+        let checksum = Checksum { sum: total.sum, rows: total.rows };
+        writeln!(
+            std::io::stdout(),
+            "query={query} events={} seconds={seconds:.3} events/s={:.0} rows={} checksum={checksum} late={} peak_rss_mib={:.1}",
+            total.events,
+            total.events as f64 / seconds,
+            total.rows,
+            total.late,
+            peak_rss_mib()
+        )?;
+    }
+    Ok(())
+}
+
+fn row_hash(row: &Row) -> u64 {
+    let mut checksum = Checksum::default();
+    checksum.add(row, 1);
+    checksum.sum
+}
+
+/// Writes the events as JSON lines, in sequence order.
+fn dump(config: &Config, path: &PathBuf) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
+    for (_, event, _) in config.all() {
+        serde_json::to_writer(&mut out, &event)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    eprintln!("wrote {} events to {}", config.events, path.display());
+    Ok(())
+}
+
+/// Writes the events to `topic`, partition `n % partitions`, in sequence order per partition.
+fn load(config: &Config, brokers: &str, topic: &str) -> anyhow::Result<()> {
+    create_topic(&KafkaConfig::new(brokers)?, topic, config.partitions as i32)?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .create()
+        .context("cannot create a producer")?;
+    let started = Instant::now();
+    for (partition, event, _) in config.all() {
+        let value = serde_json::to_vec(&event)?;
+        let mut record = BaseRecord::<(), _>::to(topic).partition(partition as i32).payload(&value).timestamp(event.date_time() as i64);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    producer.poll(Duration::from_millis(5));
+                    record = back;
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(300)).context("flushing the events")?;
+    eprintln!(
+        "loaded {} events into {topic} ({} partitions) in {:.1} s",
+        config.events,
+        config.partitions,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
