@@ -23,6 +23,8 @@ use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -53,6 +55,10 @@ struct Args {
     /// The generator's disorder: events shuffled in groups of this size (1000: up to ~100 ms out of order).
     #[arg(long, default_value_t = 1_000)]
     out_of_order_group_size: usize,
+    /// In memory: feed this many events per second (wall clock), with event time advancing at the same rate, and
+    /// report the latency from the input passing a time to the result passing it (beyond the watermark delay).
+    #[arg(long)]
+    rate: Option<usize>,
     /// Event time of the first event (epoch ms).
     #[arg(long, default_value_t = 1_700_000_000_000)]
     base_time: u64,
@@ -62,12 +68,19 @@ struct Args {
     /// The events topic.
     #[arg(long)]
     topic: Option<String>,
+    /// Kafka: stop once this process has read this many events (for brokers whose end offsets are inexact;
+    /// without it, read to the end offsets seen at start).
+    #[arg(long)]
+    stop_after: Option<u64>,
     /// Write the generated events to --topic (created with --partitions partitions) and exit.
     #[arg(long, requires = "brokers")]
     load: bool,
     /// Write the generated events to this JSON-lines file and exit.
     #[arg(long, value_name = "FILE")]
     dump: Option<PathBuf>,
+    /// Run the hand-written differential-only version instead (the benchmark's peer; q1, q3, q5).
+    #[arg(long)]
+    differential: bool,
     /// Write the result's changelog to this topic (exactly once).
     #[arg(long, requires = "brokers")]
     output_topic: Option<String>,
@@ -80,6 +93,8 @@ struct Part {
     rows: i64,
     late: u64,
     events: u64,
+    /// Latency percentiles (µs) seen by this worker with --rate: p50, p99, max.
+    latency: [u64; 3],
 }
 
 fn peak_rss_mib() -> f64 {
@@ -99,8 +114,9 @@ fn main() -> anyhow::Result<()> {
         partitions: args.partitions.max(1),
         base_time: args.base_time,
         out_of_order_group_size: args.out_of_order_group_size.max(1),
-        ..Config::default()
+        rate: args.rate.unwrap_or(Config::default().rate).max(1),
     };
+    let rate = args.rate;
     if let Some(path) = &args.dump {
         return dump(&config, path);
     }
@@ -109,6 +125,8 @@ fn main() -> anyhow::Result<()> {
         return load(&config, brokers, topic);
     }
     let query = args.query;
+    let differential = args.differential;
+    anyhow::ensure!(!differential || matches!(query, Query::Q1 | Query::Q3 | Query::Q5), "--differential has q1, q3 and q5 only");
     let source = match (&args.brokers, &args.topic) {
         (Some(brokers), Some(topic)) => Some(
             KafkaSource::new(
@@ -117,10 +135,12 @@ fn main() -> anyhow::Result<()> {
                 Decoder::json(),
                 EventTime::extract(|e: &Event| Ok(e.date_time())),
             )?
-            .until_end(true),
+            .until_end(args.stop_after.is_none()),
         ),
         _ => None,
     };
+    let stop_after = args.stop_after;
+    let read = Arc::new(AtomicU64::new(0));
     let sink = match (&args.output_topic, &args.brokers) {
         (Some(topic), Some(brokers)) => Some(
             KafkaSink::<String, Row>::json(KafkaConfig::new(brokers.clone())?, topic)
@@ -148,16 +168,28 @@ fn main() -> anyhow::Result<()> {
                     let options = SourceOptions { policy, shutdown: Some(ctx.shutdown.clone()), ..Default::default() };
                     let SourceStreams { records, .. } = source.build(scope, options);
                     let counted = Rc::clone(&part);
-                    (None, records.inspect(move |_| counted.borrow_mut().events += 1))
+                    let (read, shutdown) = (Arc::clone(&read), ctx.shutdown.clone());
+                    let records = records.inspect(move |_| {
+                        counted.borrow_mut().events += 1;
+                        if stop_after.is_some_and(|n| read.fetch_add(1, Ordering::Relaxed) + 1 == n) {
+                            shutdown.request();
+                        }
+                    });
+                    (None, records)
                 }
                 None => {
                     let (input, events) = scope.new_input::<Vec<(Timed<Event>, u64, isize)>>();
                     (Some(input), events)
                 }
             };
-            let result = tributary_nexmark::build(query, events);
-            result.late.inspect(move |_| late_count.borrow_mut().late += 1);
-            let rows = result.rows.inner.inspect(move |(row, _time, diff)| {
+            let rows = if differential {
+                tributary_nexmark::differential::build(query, events).unwrap_or_else(|| panic!("no differential-only version of {query}"))
+            } else {
+                let result = tributary_nexmark::build(query, events);
+                result.late.inspect(move |_| late_count.borrow_mut().late += 1);
+                result.rows
+            };
+            let rows = rows.inner.inspect(move |(row, _time, diff)| {
                 let mut part = digest.borrow_mut();
                 let mut checksum = Checksum { sum: part.sum, rows: part.rows };
                 checksum.add(row, *diff);
@@ -177,9 +209,31 @@ fn main() -> anyhow::Result<()> {
                 .map(|p| (config.partition(p).peekable(), PartitionClock::default()))
                 .collect();
             let mut fed = 0u64;
+            let batch = if rate.is_some() { 32 } else { 256 };
+            let paced = rate.map(|r| (Instant::now(), r as f64 / peers as f64));
+            // With --rate: when the input passed each time, to measure how long the result takes to pass it.
+            let mut passed: std::collections::VecDeque<(u64, Instant)> = std::collections::VecDeque::new();
+            let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds");
+            let output = probes[0].clone();
+            let settle = |passed: &mut std::collections::VecDeque<(u64, Instant)>, latency: &mut hdrhistogram::Histogram<u64>| {
+                while let Some(&(time, at)) = passed.front() {
+                    if output.less_equal(&time) {
+                        break;
+                    }
+                    latency.saturating_record(at.elapsed().as_micros() as u64);
+                    passed.pop_front();
+                }
+            };
             while !partitions.is_empty() {
+                if let Some((start, per_second)) = paced {
+                    let due = start + Duration::from_secs_f64(fed as f64 / per_second);
+                    while Instant::now() < due {
+                        worker.step_or_park(Some(due.saturating_duration_since(Instant::now())));
+                        settle(&mut passed, &mut latency);
+                    }
+                }
                 for (events, clock) in partitions.iter_mut() {
-                    for (_, event) in events.by_ref().take(256) {
+                    for (_, event) in events.by_ref().take(batch) {
                         let event_time = event.date_time();
                         let time = clock.time(event_time);
                         input.send((Timed { event_time, value: event }, time, 1));
@@ -191,10 +245,24 @@ fn main() -> anyhow::Result<()> {
                     && watermark > *input.time()
                 {
                     input.advance_to(watermark);
+                    if paced.is_some() {
+                        passed.push_back((watermark - 1, Instant::now()));
+                    }
                 }
                 worker.step();
+                settle(&mut passed, &mut latency);
             }
             part.borrow_mut().events += fed;
+            if paced.is_some() {
+                let end = Instant::now();
+                input.advance_to(u64::MAX);
+                passed.push_back((u64::MAX - 1, end));
+                while probes[0].less_than(&u64::MAX) {
+                    worker.step();
+                    settle(&mut passed, &mut latency);
+                }
+                part.borrow_mut().latency = [latency.value_at_quantile(0.5), latency.value_at_quantile(0.99), latency.max()];
+            }
         }
         drop(input);
         worker.step_or_park_while(None, || probes.iter().any(|p| !p.done()));
@@ -215,15 +283,30 @@ fn main() -> anyhow::Result<()> {
             t.rows += p.rows;
             t.late += p.late;
             t.events += p.events;
+            for (mine, theirs) in t.latency.iter_mut().zip(p.latency) {
+                *mine = (*mine).max(theirs);
+            }
             Some(t)
         })
     })?;
     let seconds = started.elapsed().as_secs_f64();
     if let Some(total) = parts.into_iter().flatten().next() {
         let checksum = Checksum { sum: total.sum, rows: total.rows };
+        let latency = match rate {
+            Some(_) => {
+                let ms = |us: u64| us as f64 / 1000.0;
+                format!(
+                    " latency_p50_ms={:.2} latency_p99_ms={:.2} latency_max_ms={:.2}",
+                    ms(total.latency[0]),
+                    ms(total.latency[1]),
+                    ms(total.latency[2])
+                )
+            }
+            None => String::new(),
+        };
         writeln!(
             std::io::stdout(),
-            "query={query} events={} seconds={seconds:.3} events/s={:.0} rows={} checksum={checksum} late={} peak_rss_mib={:.1}",
+            "query={query} events={} seconds={seconds:.3} events/s={:.0} rows={} checksum={checksum} late={} peak_rss_mib={:.1}{latency}",
             total.events,
             total.events as f64 / seconds,
             total.rows,

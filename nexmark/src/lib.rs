@@ -6,11 +6,13 @@
 //!   model with the standard watermark delay of 4 s.
 //! - [`queries`]: q0-q8 as dataflows over the event stream.
 //! - [`reference`]: the same queries in plain Rust over the whole event vector, for tests.
+//! - [`differential`]: q1, q3 and q5 written with differential dataflow alone: the benchmark's peer.
 //! - [`Checksum`]: an order-independent digest of a result, the same however the result was computed.
 //!
 //! `examples/nexmark` runs a query in memory or from Kafka; `cargo xtask bench` measures them.
 #![deny(missing_docs)]
 
+pub mod differential;
 pub mod event;
 pub mod generator;
 pub mod queries;

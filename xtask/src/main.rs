@@ -4,7 +4,9 @@
 //! - `cargo xtask broker start|stop|status`: a tansu broker on a free loopback port, for development.
 //! - `cargo xtask test`: setup, then `cargo fmt --check`, clippy with `-D warnings`, and every test.
 //! - `cargo xtask demo`: the main job, on this machine, over a broker it starts on loopback.
+//! - `cargo xtask bench`: Nexmark q0-q8 with the peers, in memory and through a broker.
 
+mod bench;
 mod broker;
 mod demo;
 
@@ -36,8 +38,17 @@ enum Task {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
-    /// Run the main job on this machine: a broker on loopback, sample events, windowed_count as 2x2 processes.
+    /// Run the main job on this machine: a broker on loopback, orders and customers, enrich_join as 2x2 processes.
     Demo,
+    /// Nexmark q0-q8 in memory and through a broker, with the peers (see benches/peers for Bytewax and Flink).
+    Bench {
+        /// Events per run.
+        #[arg(long, default_value_t = 5_000_000)]
+        events: u64,
+        /// Events per run of the Python peers (Flink runs at ~20k events/s here).
+        #[arg(long, default_value_t = 1_000_000)]
+        peer_events: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -75,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         },
         Task::Test { cargo_test_args } => test(&root, &cargo_test_args)?,
         Task::Demo => demo::run(&root, &cargo())?,
+        Task::Bench { events, peer_events } => bench::run(&root, &cargo(), events, peer_events)?,
     }
     Ok(())
 }
