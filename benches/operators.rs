@@ -37,6 +37,7 @@ use tributary::operators::window_join::WindowJoin;
 use tributary::timely::dataflow::operators::vec::Map;
 use tributary::timely::dataflow::operators::{Input, Inspect, Probe};
 use tributary::timely::dataflow::{InputHandle, ProbeHandle};
+use tributary_testkit::{flag as arg, peak_rss_mib};
 
 const PER_EPOCH: u64 = 1_000;
 const WINDOW_MS: u64 = 1_000;
@@ -54,21 +55,6 @@ fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
     x ^ (x >> 31)
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
 fn main() -> anyhow::Result<()> {

@@ -26,26 +26,11 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tributary::connectors::kafka::{Delivery, KafkaConfig, KafkaSink, SinkKafka, partition_for};
 use tributary::differential_dataflow::input::Input;
-use tributary_testkit::{Broker, Storage};
+use tributary_testkit::{Broker, Storage, flag as arg, peak_rss_mib};
 
 const PARTITIONS: i32 = 4;
 const KEYS: u64 = 1_000;
 const PER_TIME: u64 = 1_000;
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
 
 /// The `i`-th update: key `i % KEYS`, a value that differs from the key's previous one.
 fn update(i: u64) -> (u64, String) {

@@ -39,7 +39,7 @@ use tributary::operators::{Timed, WatermarkPolicy};
 use tributary::timely::dataflow::ProbeHandle;
 use tributary::timely::dataflow::operators::vec::Map;
 use tributary::timely::dataflow::operators::{Inspect, Probe};
-use tributary_testkit::{Broker, Storage};
+use tributary_testkit::{Broker, Storage, flag as arg, peak_rss_mib};
 
 const TOPIC: &str = "backlog";
 const PARTITIONS: i32 = 4;
@@ -48,21 +48,6 @@ const PARTITIONS: i32 = 4;
 struct Event {
     key: String,
     ts_ms: u64,
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
 fn main() -> anyhow::Result<()> {

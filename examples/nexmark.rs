@@ -37,6 +37,7 @@ use tributary::operators::{Timed, WatermarkPolicy};
 use tributary::timely::dataflow::operators::vec::Map;
 use tributary::timely::dataflow::operators::{Exchange, Input, Inspect, Probe};
 use tributary_nexmark::{Checksum, Config, Event, PartitionClock, Query, Row};
+use tributary_testkit::peak_rss_mib;
 
 /// Runs a Nexmark query.
 #[derive(Parser)]
@@ -95,16 +96,6 @@ struct Part {
     events: u64,
     /// Latency percentiles (µs) seen by this worker with --rate: p50, p99, max.
     latency: [u64; 3],
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
 }
 
 fn main() -> anyhow::Result<()> {
