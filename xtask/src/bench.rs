@@ -5,7 +5,7 @@
 //!   harness), peak RSS, and the checksum (which must agree between the runs);
 //! - the hand-written differential-only pipeline for q1, q3 and q5, same input, same checksum;
 //! - through a tansu broker (memory engine) on loopback: the raw rdkafka consume rate of the events topic (the
-//!   ingest limit) and q0-q2 read from it;
+//!   ingest limit) and the queries read from it (q0-q2 by default, the ones with a target; `--broker-queries`);
 //! - the Python peers (Bytewax, PyFlink), when `benches/peers/setup.sh` has installed them, fed the same events
 //!   from a JSON-lines file.
 //!
@@ -59,7 +59,7 @@ fn nexmark(exe: &Path, args: &[&str]) -> anyhow::Result<Measured> {
     })
 }
 
-pub fn run(root: &Path, cargo: &str, events: u64, peer_events: u64) -> anyhow::Result<()> {
+pub fn run(root: &Path, cargo: &str, events: u64, peer_events: u64, broker_queries: &[String]) -> anyhow::Result<()> {
     crate::broker::install()?;
     crate::run(root, cargo, &["build", "--release", "--example", "nexmark"], &[])?;
     let exe = root.join("target").join("release").join("examples").join("nexmark");
@@ -137,7 +137,7 @@ pub fn run(root: &Path, cargo: &str, events: u64, peer_events: u64) -> anyhow::R
     ));
     say(format!("raw rdkafka consume (the ingest limit): {raw:.0} events/s"));
     say(format!("{:<6} {:>12} {:>12} {:>12} {:>12}", "query", "1 worker", "2 workers", "1w of raw", "2w of raw"));
-    for query in ["q0", "q1", "q2"] {
+    for query in broker_queries.iter().map(String::as_str) {
         let kafka = ["--query", query, "--brokers", &bootstrap, "--topic", TOPIC, "--stop-after", &events_arg];
         let one = nexmark(&exe, &[&kafka[..], &["--workers", "1"]].concat())?;
         let two = nexmark(&exe, &[&kafka[..], &["--workers", "2"]].concat())?;

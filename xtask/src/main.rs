@@ -45,9 +45,12 @@ enum Task {
         /// Events per run.
         #[arg(long, default_value_t = 5_000_000)]
         events: u64,
-        /// Events per run of the Python peers (Flink runs at ~20k events/s here).
+        /// Events per run of the Python peers (they run at 80k-300k events/s here).
         #[arg(long, default_value_t = 1_000_000)]
         peer_events: u64,
+        /// Queries to run through the broker too (each is bound by the broker's ~70k events/s here).
+        #[arg(long, value_delimiter = ',', default_value = "q0,q1,q2")]
+        broker_queries: Vec<String>,
     },
 }
 
@@ -86,7 +89,7 @@ fn main() -> anyhow::Result<()> {
         },
         Task::Test { cargo_test_args } => test(&root, &cargo_test_args)?,
         Task::Demo => demo::run(&root, &cargo())?,
-        Task::Bench { events, peer_events } => bench::run(&root, &cargo(), events, peer_events)?,
+        Task::Bench { events, peer_events, broker_queries } => bench::run(&root, &cargo(), events, peer_events, &broker_queries)?,
     }
     Ok(())
 }
