@@ -16,7 +16,12 @@ records, worker layout) go to stderr.
 --workers N > 1 runs N single-worker processes as one Bytewax cluster on
 localhost (what `python -m bytewax.testing -p N` does); worker i parses every
 N-th line of the file. Threads would not help: Bytewax runs the Python logic
-under the GIL.
+under the GIL. Only q0-q4 and q6 run with several workers: Bytewax has no
+watermark across workers, and the windows of q5, q7, q8 would drop the records
+of a worker that falls behind as late.
+
+--results-out FILE writes the results as JSON lines instead of counting them
+(for check_results.py; not for timing).
 
 Query definitions follow the Nexmark Flink SQL (see README.md for the exact
 mapping and the deviations). Event time is `date_time` with the standard
@@ -189,14 +194,6 @@ def event_clock(ts_getter):
 
 def _is_bid(e):
     return e["type"] == "bid"
-
-
-def _is_person(e):
-    return e["type"] == "person"
-
-
-def _is_auction(e):
-    return e["type"] == "auction"
 
 
 def bids(flow_stream):
