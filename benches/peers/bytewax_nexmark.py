@@ -512,7 +512,9 @@ def run_cluster(args):
                 reports.append(json.loads(line[6:]))
     if len(reports) != args.workers:
         raise SystemExit("a worker process did not report")
-    start = min(r["start"] for r in reports)
+    # The cluster runs once the last process has joined (cluster_main waits for
+    # the others), so the run starts at the latest start, not the earliest.
+    start = max(r["start"] for r in reports)
     end = max(r["end"] for r in reports)
     return end - start, {k: sum(r[k] for r in reports) for k in COUNTS}
 
