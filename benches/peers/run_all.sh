@@ -11,7 +11,7 @@
 # A run's stderr is kept in /tmp/nexmark-peer-PEER-QUERY.err.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="${TRIBUTARY_PEERS_DIR:-$HOME/.cache/tributary/peers}"
+root="${TRIBUTARY_PEERS_DIR:-${TRIBUTARY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tributary}/peers}"
 peer="${1:?usage: run_all.sh bytewax|flink FILE [args]}"; file="${2:?events file}"; shift 2
 case "$peer" in
   bytewax) py="$root/bytewax-venv/bin/python"; script="$here/bytewax_nexmark.py"

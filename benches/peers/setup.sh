@@ -7,7 +7,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="${TRIBUTARY_PEERS_DIR:-$HOME/.cache/tributary/peers}"
+root="${TRIBUTARY_PEERS_DIR:-${TRIBUTARY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tributary}/peers}"
 python="${PYTHON:-python3}"
 
 die() { echo "setup.sh: $*" >&2; exit 1; }

@@ -152,7 +152,7 @@ pub fn run(root: &Path, cargo: &str, events: u64, peer_events: u64, broker_queri
     drop(broker);
 
     // The Python peers, if installed.
-    let peers = dirs_cache().join("peers");
+    let peers = tributary_testkit::cache_dir().join("peers");
     let dump = root.join("target").join("nexmark-events.jsonl");
     let venvs = [("bytewax", "bytewax_nexmark.py"), ("flink", "flink_nexmark.py")];
     if venvs.iter().any(|(name, _)| peers.join(format!("{name}-venv")).exists()) {
@@ -191,13 +191,6 @@ pub fn run(root: &Path, cargo: &str, events: u64, peer_events: u64, broker_queri
     }
     std::fs::write(root.join("target").join("nexmark-bench.txt"), report)?;
     Ok(())
-}
-
-fn dirs_cache() -> std::path::PathBuf {
-    match std::env::var_os("TRIBUTARY_CACHE") {
-        Some(dir) => dir.into(),
-        None => Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache").join("tributary"),
-    }
 }
 
 /// Reads every partition of the events topic through its own queue, round robin, until `events` are read.

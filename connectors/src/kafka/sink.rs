@@ -525,6 +525,8 @@ impl Writer {
             }
             i = j;
         }
+        // Serve delivery reports once per time, not per record (a full queue is served in `send`).
+        self.producer.poll(Duration::ZERO);
     }
 
     /// Hands one record to the producer, unless the previous run already wrote it.
@@ -552,7 +554,6 @@ impl Writer {
                 Err((error, _)) => panic!("Kafka sink {}: cannot write to {}/{partition}: {error}", self.name, self.shared.topic),
             }
         }
-        self.producer.poll(Duration::ZERO);
         self.dirty.insert(partition, time);
         self.sent += 1;
         if self.failpoints.after_records == Some(self.sent) {
