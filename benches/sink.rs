@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use tributary::connectors::kafka::{Delivery, KafkaConfig, KafkaSink, SinkKafka, partition_for};
+use tributary::connectors::kafka::{CommitLog, Delivery, KafkaConfig, KafkaSink, SinkKafka, partition_for};
 use tributary::differential_dataflow::input::Input;
 use tributary_testkit::{Broker, Storage, flag as arg, peak_rss_mib};
 
@@ -117,11 +117,15 @@ fn bare(brokers: &str, topic: &str, records: u64) -> anyhow::Result<()> {
 }
 
 fn sink(brokers: &str, topic: &str, records: u64, delivery: Delivery) -> anyhow::Result<()> {
-    let sink = KafkaSink::<u64, String>::json(KafkaConfig::new(brokers)?, topic).partitions(PARTITIONS).delivery(delivery).open()?;
+    let config = KafkaConfig::new(brokers)?;
+    let log = CommitLog::open(config.clone(), format!("{topic}.commits"))?;
+    let sink = KafkaSink::<u64, String>::json(config, topic).partitions(PARTITIONS).delivery(delivery).open(&log)?;
     tributary::timely::execute_directly(move |worker| {
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let job = log.job(scope);
             let (input, updates) = scope.new_collection::<(u64, String), isize>();
-            (input, updates.sink_kafka("Bench", &sink))
+            updates.sink_kafka("Bench", &sink, &job);
+            (input, job.finish())
         });
         let mut previous: Vec<Option<String>> = vec![None; KEYS as usize];
         for i in 0..records {

@@ -45,8 +45,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tributary::connectors::file::FileSource;
-use tributary::connectors::kafka::{Decoder, EventTime, KafkaConfig, KafkaSink, KafkaSource, SinkDeadLetters, SinkKafka};
-use tributary::connectors::{DeadLetter, SourceOptions, SourceStreams};
+use tributary::connectors::kafka::{CommitLog, Decoder, EventTime, KafkaConfig, KafkaSink, KafkaSource, SinkDeadLetters, SinkKafka};
+use tributary::connectors::{DeadLetter, Job, Source, SourceOptions, SourceStreams};
 use tributary::differential_dataflow::AsCollection;
 use tributary::operators::aggregate::Sum;
 use tributary::operators::window::{LateRecord, WindowAggregate, Windows};
@@ -83,6 +83,9 @@ struct Args {
     /// Dead-letter topic, with --output-topic (default `<topic>.dead-letters`).
     #[arg(long)]
     dead_letter_topic: Option<String>,
+    /// The job's commit log topic, with --output-topic (default `<output topic>.commits`).
+    #[arg(long)]
+    commit_log: Option<String>,
     /// Kafka: read up to the end offsets seen at start, print the results, and exit.
     #[arg(long)]
     until_end: bool,
@@ -132,9 +135,10 @@ struct Enriched {
     region: Option<String>,
 }
 
-/// The job's Kafka outputs.
+/// The job's Kafka outputs, and its commit log.
 #[derive(Clone)]
 struct Sinks {
+    log: CommitLog,
     enriched: KafkaSink<u64, Enriched>,
     totals: KafkaSink<(u64, u64), i64>,
     dead_letters: KafkaSink<String, DeadLetter>,
@@ -160,6 +164,19 @@ fn customer_decoder() -> Decoder<CustomerChange> {
             Ok(CustomerChange { customer_id, ts_ms, name: String::new(), region: String::new(), deleted: true })
         }
     })
+}
+
+/// Builds `source` in the job when there is one (its commits then carry the source's positions).
+fn build<'scope, S: Source>(
+    job: Option<&Job<'scope>>,
+    scope: tributary::timely::dataflow::Scope<'scope, u64>,
+    source: &S,
+    options: SourceOptions,
+) -> SourceStreams<'scope, S::Item> {
+    match job {
+        Some(job) => job.source(source, options),
+        None => source.build(scope, options),
+    }
 }
 
 /// One output line, ordered as printed for bounded runs: orders by id, then totals by customer and window.
@@ -216,16 +233,19 @@ fn main() -> anyhow::Result<()> {
             let dead =
                 args.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dead-letters", args.topic.as_deref().unwrap_or("orders")));
             let open = |what: &str| format!("opening the {what} topic");
+            let commit_log = args.commit_log.clone().unwrap_or_else(|| format!("{topic}.commits"));
+            let log = CommitLog::open(config.clone(), &commit_log).with_context(|| format!("opening the commit log {commit_log}"))?;
             Some(Sinks {
                 enriched: KafkaSink::json(config.clone(), topic)
                     .partitions(args.output_partitions)
-                    .open()
+                    .open(&log)
                     .with_context(|| open("output"))?,
                 totals: KafkaSink::json(config.clone(), format!("{topic}.totals"))
                     .partitions(args.output_partitions)
-                    .open()
+                    .open(&log)
                     .with_context(|| open("totals"))?,
-                dead_letters: KafkaSink::dead_letters(config, dead).open().with_context(|| open("dead-letter"))?,
+                dead_letters: KafkaSink::dead_letters(config, dead).open(&log).with_context(|| open("dead-letter"))?,
+                log,
             })
         }
         _ => None,
@@ -233,22 +253,27 @@ fn main() -> anyhow::Result<()> {
     let policy = WatermarkPolicy {
         max_out_of_orderness_ms: args.max_out_of_orderness.as_millis() as u64,
         idle_timeout: Some(args.idle_timeout),
-        max_lateness_ms: None,
+        ..Default::default()
     };
 
-    let outcomes = tributary::execute(&args.cluster, move |worker, ctx| {
+    let outcomes = tributary::execute(&args.cluster, move |worker, _ctx| {
         let collected = Rc::new(RefCell::new(Vec::new()));
         let too_late = Rc::new(RefCell::new(0usize));
         let dead_letters = Rc::new(RefCell::new(0usize));
         let (sink, late_count, dead_count) = (Rc::clone(&collected), Rc::clone(&too_late), Rc::clone(&dead_letters));
-        let options = SourceOptions { policy, shutdown: Some(ctx.shutdown.clone()), ..Default::default() };
+        let options = SourceOptions { policy, ..Default::default() };
         let probes = worker.dataflow::<u64, _, _>(|scope| {
+            let job = sinks.as_ref().map(|sinks| sinks.log.job(scope));
             let (orders, customers) = match &input {
-                Input::Files { orders, customers } => (orders.build(scope, options.clone()), customers.build(scope, options)),
-                Input::Kafka { orders, customers } => (orders.build(scope, options.clone()), customers.build(scope, options)),
+                Input::Files { orders, customers } => {
+                    (build(job.as_ref(), scope, orders, options.clone()), build(job.as_ref(), scope, customers, options))
+                }
+                Input::Kafka { orders, customers } => {
+                    (build(job.as_ref(), scope, &**orders, options.clone()), build(job.as_ref(), scope, &**customers, options))
+                }
             };
-            let SourceStreams { records: orders, dead_letters: bad_orders, commits: order_commits, .. } = orders;
-            let SourceStreams { records: customers, dead_letters: bad_customers, commits: customer_commits, .. } = customers;
+            let SourceStreams { records: orders, dead_letters: bad_orders, .. } = orders;
+            let SourceStreams { records: customers, dead_letters: bad_customers, .. } = customers;
             let bad = bad_orders.concat(bad_customers);
             let mut probes = Vec::new();
             bad.clone().inspect(move |letter: &DeadLetter| {
@@ -287,7 +312,7 @@ fn main() -> anyhow::Result<()> {
                     "order later than the allowed lateness"
                 );
             });
-            if let Some(sinks) = &sinks {
+            if let (Some(sinks), Some(job)) = (&sinks, &job) {
                 let enriched = enriched.map(|(joined, time, diff)| {
                     let (order, customer) = joined.value.1;
                     let (name, region) = customer.map_or((None, None), |(n, r)| (Some(n), Some(r)));
@@ -301,15 +326,12 @@ fn main() -> anyhow::Result<()> {
                     };
                     ((order.order_id, row), time, diff)
                 });
-                probes.push(enriched.as_collection().sink_kafka("EnrichedOrders", &sinks.enriched));
-                probes.push(totals.results.as_collection().sink_kafka("CustomerTotals", &sinks.totals));
+                let enriched = enriched.as_collection().sink_kafka("EnrichedOrders", &sinks.enriched, job);
+                let totals_written = totals.results.as_collection().sink_kafka("CustomerTotals", &sinks.totals, job);
                 let late = totals.late.map(|late| DeadLetter::late("CustomerTotals", &late));
-                probes.push(bad.concat(late).sink_dead_letters("DeadLetters", &sinks.dead_letters));
-                // Source positions count as committed once every sink has written what came before them.
-                for probe in &probes {
-                    order_commits.after(probe);
-                    customer_commits.after(probe);
-                }
+                let refused = enriched.refused.concat(totals_written.refused);
+                bad.concat(late).concat(refused).sink_dead_letters("DeadLetters", &sinks.dead_letters, job);
+                probes.push(job.finish());
                 return probes;
             }
             let enriched = enriched.map(|(joined, time, diff)| (Line::Order(joined.value.1.0, joined.value.1.1), time, diff));

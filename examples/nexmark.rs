@@ -31,7 +31,9 @@ use anyhow::Context;
 use clap::Parser;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use tributary::connectors::kafka::{Decoder, EventTime, KafkaConfig, KafkaSink, KafkaSource, SinkFormat, SinkKafka, create_topic};
+use tributary::connectors::kafka::{
+    CommitLog, Decoder, EventTime, KafkaConfig, KafkaSink, KafkaSource, SinkFormat, SinkKafka, create_topic,
+};
 use tributary::connectors::{SourceOptions, SourceStreams};
 use tributary::operators::{Timed, WatermarkPolicy};
 use tributary::timely::dataflow::operators::vec::Map;
@@ -133,13 +135,16 @@ fn main() -> anyhow::Result<()> {
     let stop_after = args.stop_after;
     let read = Arc::new(AtomicU64::new(0));
     let sink = match (&args.output_topic, &args.brokers) {
-        (Some(topic), Some(brokers)) => Some(
-            KafkaSink::<String, Row>::json(KafkaConfig::new(brokers.clone())?, topic)
+        (Some(topic), Some(brokers)) => {
+            let config = KafkaConfig::new(brokers.clone())?;
+            let log = CommitLog::open(config.clone(), format!("{topic}.commits")).with_context(|| format!("opening {topic}.commits"))?;
+            let sink = KafkaSink::<String, Row>::json(config, topic)
                 .partitions(4)
                 .format(SinkFormat::Changelog)
-                .open()
-                .with_context(|| format!("opening {topic}"))?,
-        ),
+                .open(&log)
+                .with_context(|| format!("opening {topic}"))?;
+            Some((log, sink))
+        }
         _ => None,
     };
 
@@ -149,15 +154,20 @@ fn main() -> anyhow::Result<()> {
         let (digest, late_count) = (Rc::clone(&part), Rc::clone(&part));
         let (index, peers) = (worker.index() as u32, worker.peers() as u32);
         let (mut input, probes) = worker.dataflow::<u64, _, _>(|scope| {
+            let job = sink.as_ref().map(|(log, _)| log.job(scope));
             let (input, events) = match &source {
                 Some(source) => {
+                    // Generated event times may run ahead of the wall clock (a fixed base time): no far-ahead limit.
                     let policy = WatermarkPolicy {
                         max_out_of_orderness_ms: tributary_nexmark::MAX_OUT_OF_ORDERNESS_MS,
-                        idle_timeout: None,
-                        max_lateness_ms: None,
+                        max_ahead_ms: None,
+                        ..Default::default()
                     };
                     let options = SourceOptions { policy, shutdown: Some(ctx.shutdown.clone()), ..Default::default() };
-                    let SourceStreams { records, .. } = source.build(scope, options);
+                    let SourceStreams { records, .. } = match &job {
+                        Some(job) => job.source(source, options),
+                        None => source.build(scope, options),
+                    };
                     let counted = Rc::clone(&part);
                     let (read, shutdown) = (Arc::clone(&read), ctx.shutdown.clone());
                     let records = records.inspect(move |_| {
@@ -187,9 +197,11 @@ fn main() -> anyhow::Result<()> {
                 (part.sum, part.rows) = (checksum.sum, checksum.rows);
             });
             let mut probes = vec![rows.clone().probe().0];
-            if let Some(sink) = &sink {
+            if let (Some((_, sink)), Some(job)) = (&sink, &job) {
                 let keyed = rows.map(|(row, time, diff)| ((format!("{:016x}", row_hash(&row)), row), time, diff));
-                probes.push(tributary::differential_dataflow::AsCollection::as_collection(keyed).sink_kafka("NexmarkOutput", sink));
+                let written = tributary::differential_dataflow::AsCollection::as_collection(keyed).sink_kafka("NexmarkOutput", sink, job);
+                written.refused.inspect(|letter| tracing::warn!("{}", letter.reason));
+                probes.push(job.finish());
             }
             (input, probes)
         });

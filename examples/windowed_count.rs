@@ -35,8 +35,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tributary::connectors::file::FileSource;
-use tributary::connectors::kafka::{Decoder, EventTime, KafkaConfig, KafkaSink, KafkaSource, SinkDeadLetters, SinkKafka};
-use tributary::connectors::{DeadLetter, SourceOptions, SourceStreams};
+use tributary::connectors::kafka::{CommitLog, Decoder, EventTime, KafkaConfig, KafkaSink, KafkaSource, SinkDeadLetters, SinkKafka};
+use tributary::connectors::{DeadLetter, Job, Source, SourceOptions, SourceStreams};
 use tributary::differential_dataflow::AsCollection;
 use tributary::operators::aggregate::Count;
 use tributary::operators::window::{LateRecord, WindowAggregate, Windows};
@@ -67,6 +67,9 @@ struct Args {
     /// Dead-letter topic, with --output-topic (default `<first topic>.dead-letters`).
     #[arg(long)]
     dead_letter_topic: Option<String>,
+    /// The job's commit log topic, with --output-topic (default `<output topic>.commits`).
+    #[arg(long)]
+    commit_log: Option<String>,
     /// Kafka: read up to the end offsets seen at start, print final counts, and exit.
     #[arg(long)]
     until_end: bool,
@@ -79,9 +82,13 @@ struct Args {
     /// How long after a window's end a late record may still correct it.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     allowed_lateness: Duration,
-    /// A partition without records for this long stops holding the watermark back.
+    /// A partition with nothing to read for this long stops holding the watermark back.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
+    /// Records stamped further ahead of the wall clock than this go to the dead letters instead of moving the
+    /// watermark into the future.
+    #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+    max_ahead: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
@@ -93,6 +100,30 @@ struct Event {
 enum Input {
     Files(FileSource<Event>),
     Kafka(KafkaSource<Event>),
+}
+
+impl Input {
+    /// The source, built in the job when there is one (its commits then carry the source's positions).
+    fn build<'scope>(
+        &self,
+        job: Option<&Job<'scope>>,
+        scope: tributary::timely::dataflow::Scope<'scope, u64>,
+        options: SourceOptions,
+    ) -> SourceStreams<'scope, Event> {
+        match (self, job) {
+            (Input::Files(source), Some(job)) => job.source(source, options),
+            (Input::Kafka(source), Some(job)) => job.source(source, options),
+            (Input::Files(source), None) => source.build(scope, options),
+            (Input::Kafka(source), None) => Source::build(source, scope, options),
+        }
+    }
+}
+
+/// The Kafka outputs: counts, dead letters, and the job's commit log.
+struct Sinks {
+    log: CommitLog,
+    counts: KafkaSink<(String, u64), isize>,
+    dead: KafkaSink<String, DeadLetter>,
 }
 
 /// What a worker hands back: final counts (bounded runs, worker 0 only) and what it routed away.
@@ -123,9 +154,12 @@ fn main() -> anyhow::Result<()> {
             let config = KafkaConfig::new(brokers.clone())?;
             let first = args.topic.first().map_or("events", String::as_str);
             let dead = args.dead_letter_topic.clone().unwrap_or_else(|| format!("{first}.dead-letters"));
-            let counts: KafkaSink<(String, u64), isize> =
-                KafkaSink::json(config.clone(), topic).partitions(args.output_partitions).open().context("opening the output topic")?;
-            Some((counts, KafkaSink::dead_letters(config, dead).open().context("opening the dead-letter topic")?))
+            let commit_log = args.commit_log.clone().unwrap_or_else(|| format!("{topic}.commits"));
+            let log = CommitLog::open(config.clone(), &commit_log).with_context(|| format!("opening the commit log {commit_log}"))?;
+            let counts =
+                KafkaSink::json(config.clone(), topic).partitions(args.output_partitions).open(&log).context("opening the output topic")?;
+            let dead = KafkaSink::dead_letters(config, dead).open(&log).context("opening the dead-letter topic")?;
+            Some(Sinks { log, counts, dead })
         }
         _ => None,
     };
@@ -133,19 +167,18 @@ fn main() -> anyhow::Result<()> {
         max_out_of_orderness_ms: args.max_out_of_orderness.as_millis() as u64,
         idle_timeout: Some(args.idle_timeout),
         max_lateness_ms: None,
+        max_ahead_ms: Some(args.max_ahead.as_millis() as u64),
     };
 
-    let outcomes = tributary::execute(&args.cluster, move |worker, ctx| {
+    let outcomes = tributary::execute(&args.cluster, move |worker, _ctx| {
         let collected = Rc::new(RefCell::new(Vec::new()));
         let too_late = Rc::new(RefCell::new(0usize));
         let dead_letters = Rc::new(RefCell::new(0usize));
         let (sink, late_count, dead_count) = (Rc::clone(&collected), Rc::clone(&too_late), Rc::clone(&dead_letters));
-        let options = SourceOptions { policy, shutdown: Some(ctx.shutdown.clone()), ..Default::default() };
+        let options = SourceOptions { policy, ..Default::default() };
         let probes = worker.dataflow::<u64, _, _>(|scope| {
-            let SourceStreams { records, dead_letters, commits, .. } = match &input {
-                Input::Files(source) => source.build(scope, options),
-                Input::Kafka(source) => source.build(scope, options),
-            };
+            let job = sinks.as_ref().map(|sinks| sinks.log.job(scope));
+            let SourceStreams { records, dead_letters, .. } = input.build(job.as_ref(), scope, options);
             let bad = dead_letters.clone();
             dead_letters.inspect(move |letter: &DeadLetter| {
                 *dead_count.borrow_mut() += 1;
@@ -169,16 +202,11 @@ fn main() -> anyhow::Result<()> {
                     "record later than the allowed lateness"
                 );
             });
-            if let Some((counts, dead)) = &sinks {
+            if let (Some(sinks), Some(job)) = (&sinks, &job) {
                 let late = windows.late.map(|late| DeadLetter::late("WindowedCount", &late));
-                let probes = vec![
-                    windows.results.as_collection().sink_kafka("Counts", counts),
-                    bad.concat(late).sink_dead_letters("DeadLetters", dead),
-                ];
-                for probe in &probes {
-                    commits.after(probe);
-                }
-                return probes;
+                let counts = windows.results.as_collection().sink_kafka("Counts", &sinks.counts, job);
+                bad.concat(late).concat(counts.refused).sink_dead_letters("DeadLetters", &sinks.dead, job);
+                return vec![job.finish()];
             }
             let printed = windows
                 .results

@@ -53,6 +53,19 @@ pub enum Reason {
         /// The source's maximum lateness (ms).
         max_lateness_ms: u64,
     },
+    /// The record was stamped further ahead of the wall clock than the source allows
+    /// ([`WatermarkPolicy::max_ahead_ms`](tributary_operators::WatermarkPolicy)).
+    TooFarAhead {
+        /// The record's event time (ms).
+        event_time: u64,
+        /// The source's limit (ms).
+        max_ahead_ms: u64,
+    },
+    /// An output record the sink's topic cannot take (too large for it); `source` names the output topic.
+    Refused {
+        /// Why, as the sink or the broker says it.
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Reason {
@@ -68,6 +81,11 @@ impl std::fmt::Display for Reason {
                 "too late: event time {event_time} is {} ms behind the watermark {watermark} (maximum lateness {max_lateness_ms} ms)",
                 watermark - event_time
             ),
+            Reason::TooFarAhead { event_time, max_ahead_ms } => write!(
+                f,
+                "too far ahead: event time {event_time} is more than {max_ahead_ms} ms ahead of the wall clock (a producer's clock or timestamp is wrong?)"
+            ),
+            Reason::Refused { reason } => write!(f, "refused by the output topic: {reason}"),
         }
     }
 }
@@ -107,10 +125,16 @@ impl DeadLetter {
 
     /// The JSON a dead-letter topic holds: origin, reason, and the original key and payload bytes (base64, plus
     /// the text when they are UTF-8).
+    ///
+    /// Key and payload bytes beyond [`DeadLetter::MAX_BYTES`] each are cut off (a dead letter must fit in a
+    /// topic); `key_len` and `payload_len` then give their full length.
     pub fn to_json(&self) -> Vec<u8> {
-        let bytes = |b: &Option<Vec<u8>>| b.as_ref().map(|b| base64::engine::general_purpose::STANDARD.encode(b));
-        let text = |b: &Option<Vec<u8>>| b.as_ref().and_then(|b| std::str::from_utf8(b).ok().map(str::to_owned));
-        let value = serde_json::json!({
+        fn cut(b: &Option<Vec<u8>>) -> Option<&[u8]> {
+            b.as_ref().map(|b| &b[..b.len().min(DeadLetter::MAX_BYTES)])
+        }
+        let bytes = |b: &Option<Vec<u8>>| cut(b).map(|b| base64::engine::general_purpose::STANDARD.encode(b));
+        let text = |b: &Option<Vec<u8>>| cut(b).and_then(|b| std::str::from_utf8(b).ok().map(str::to_owned));
+        let mut value = serde_json::json!({
             "source": self.source,
             "partition": self.partition,
             "offset": self.offset,
@@ -120,6 +144,14 @@ impl DeadLetter {
             "key_base64": bytes(&self.key),
             "payload_base64": bytes(&self.payload),
         });
+        for (field, b) in [("key_len", &self.key), ("payload_len", &self.payload)] {
+            if let Some(b) = b.as_ref().filter(|b| b.len() > Self::MAX_BYTES) {
+                value[field] = serde_json::json!(b.len());
+            }
+        }
         serde_json::to_vec(&value).expect("JSON values serialize")
     }
+
+    /// How many bytes of a key or payload a dead letter's JSON keeps (128 KiB).
+    pub const MAX_BYTES: usize = 128 * 1024;
 }

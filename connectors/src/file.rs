@@ -37,7 +37,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use timely::dataflow::Scope;
 
-use crate::source::{PartitionReader, Polled, ReadStatus, SourceOptions, SourceStreams, partitioned_source};
+use crate::source::{Arrivals, PartitionReader, Polled, ReadStatus, Source, SourceOptions, SourceStreams, partitioned_source};
 
 /// The line format of a file, chosen by its extension: `.csv` is CSV with a header line, anything else JSON lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,12 +132,20 @@ impl<T: DeserializeOwned + Clone + 'static> FileSource<T> {
     pub fn build<'scope>(&self, scope: Scope<'scope, u64>, options: SourceOptions) -> SourceStreams<'scope, T> {
         let files = self.files.clone();
         let event_time = Arc::clone(&self.event_time);
-        partitioned_source(scope, "FileSource", options, move |index, peers| FileReader {
+        partitioned_source(scope, "FileSource", options, move |index, peers, _resume| FileReader {
             files: files.into_iter().enumerate().filter(|(i, _)| i % peers == index).map(|(_, f)| (f.display().to_string(), f)).collect(),
             current: 0,
             open: None,
             event_time,
+            line: String::new(),
         })
+    }
+}
+
+impl<T: DeserializeOwned + Clone + 'static> Source for FileSource<T> {
+    type Item = T;
+    fn build<'scope>(&self, scope: Scope<'scope, u64>, options: SourceOptions) -> SourceStreams<'scope, T> {
+        FileSource::build(self, scope, options)
     }
 }
 
@@ -147,24 +155,13 @@ struct FileReader<T> {
     current: usize,
     open: Option<OpenFile>,
     event_time: EventTimeFn<T>,
+    /// The line being read (JSON lines), reused.
+    line: String,
 }
 
 enum OpenFile {
     Json { lines: BufReader<File>, line: u64 },
-    Csv { reader: csv::Reader<File> },
-}
-
-impl<T: DeserializeOwned + 'static> FileReader<T> {
-    fn record(&self, partition: usize, offset: u64, bytes: &[u8], decoded: Result<T, String>) -> Polled<T> {
-        let malformed = |error: String| Polled::Malformed { partition, offset, error, key: None, payload: Some(bytes.to_vec()) };
-        match decoded {
-            Ok(value) => match (self.event_time)(&value) {
-                Ok(event_time) => Polled::Record { partition, offset, event_time, value },
-                Err(error) => malformed(format!("no event time: {error}")),
-            },
-            Err(error) => malformed(error),
-        }
-    }
+    Csv { reader: csv::Reader<File>, headers: csv::ByteRecord, row: csv::ByteRecord },
 }
 
 impl<T: DeserializeOwned + 'static> PartitionReader for FileReader<T> {
@@ -178,71 +175,68 @@ impl<T: DeserializeOwned + 'static> PartitionReader for FileReader<T> {
         (&self.files[partition].0, 0)
     }
 
-    fn poll(&mut self, budget: usize, out: &mut Vec<Polled<T>>) -> ReadStatus {
+    fn poll(&mut self, budget: usize, out: &mut Vec<Polled<T>>, arrivals: &mut Arrivals<'_>) -> ReadStatus {
         let mut read = 0;
         while read < budget {
             let partition = self.current;
             let Some((_, path)) = self.files.get(partition) else { return ReadStatus::Finished };
             if self.open.is_none() {
-                let opened = File::open(path).map(|file| match Format::of(path) {
-                    Format::JsonLines => OpenFile::Json { lines: BufReader::new(file), line: 0 },
-                    Format::Csv => OpenFile::Csv { reader: csv::ReaderBuilder::new().has_headers(true).from_reader(file) },
+                let opened = File::open(path).and_then(|file| {
+                    Ok(match Format::of(path) {
+                        Format::JsonLines => OpenFile::Json { lines: BufReader::new(file), line: 0 },
+                        Format::Csv => {
+                            let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(file);
+                            let headers = reader.byte_headers().map_err(std::io::Error::other)?.clone();
+                            OpenFile::Csv { reader, headers, row: csv::ByteRecord::new() }
+                        }
+                    })
                 });
                 match opened {
                     Ok(open) => self.open = Some(open),
                     Err(e) => {
-                        out.push(Polled::Malformed {
-                            partition,
-                            offset: 0,
-                            error: format!("cannot open the file: {e}"),
-                            key: None,
-                            payload: None,
-                        });
+                        let error = format!("cannot open the file: {e}");
+                        out.push(arrivals.decoded(partition, 0, Err(error), || (None, None)));
                         out.push(Polled::End { partition });
                         self.current += 1;
                         continue;
                     }
                 }
             }
+            let event_time = &self.event_time;
+            let with_time = |decoded: Result<T, String>| {
+                decoded.and_then(|value| match event_time(&value) {
+                    Ok(time) => Ok((value, time)),
+                    Err(error) => Err(format!("no event time: {error}")),
+                })
+            };
             let event = match self.open.as_mut().expect("opened above") {
                 OpenFile::Json { lines, line } => {
-                    let mut text = String::new();
+                    self.line.clear();
                     *line += 1;
-                    match lines.read_line(&mut text) {
+                    match lines.read_line(&mut self.line) {
                         Ok(0) => None,
-                        Ok(_) if text.trim().is_empty() => continue,
+                        Ok(_) if self.line.trim().is_empty() => continue,
                         Ok(_) => {
                             let offset = *line;
-                            let trimmed = text.trim_end_matches(['\n', '\r']);
-                            let decoded = serde_json::from_str::<T>(trimmed).map_err(|e| e.to_string());
-                            Some(self.record(partition, offset, trimmed.as_bytes(), decoded))
+                            let trimmed = self.line.trim_end_matches(['\n', '\r']);
+                            let decoded = with_time(serde_json::from_str::<T>(trimmed).map_err(|e| e.to_string()));
+                            Some(arrivals.decoded(partition, offset, decoded, || (None, Some(trimmed.as_bytes().to_vec()))))
                         }
-                        Err(e) => Some(Polled::Malformed {
-                            partition,
-                            offset: *line,
-                            error: format!("read error: {e}"),
-                            key: None,
-                            payload: None,
-                        }),
+                        Err(e) => Some(arrivals.decoded(partition, *line, Err(format!("read error: {e}")), || (None, None))),
                     }
                 }
-                OpenFile::Csv { reader } => {
-                    let mut row = csv::ByteRecord::new();
-                    match reader.read_byte_record(&mut row) {
-                        Ok(false) => None,
-                        Ok(true) => {
-                            let offset = row.position().map_or(0, csv::Position::line);
-                            let headers = reader.byte_headers().cloned().unwrap_or_default();
-                            let decoded = row.deserialize::<T>(Some(&headers)).map_err(|e| e.to_string());
-                            let bytes = row.as_slice().to_vec();
-                            Some(self.record(partition, offset, &bytes, decoded))
-                        }
-                        Err(e) => {
-                            let offset = e.position().map_or(0, csv::Position::line);
-                            Some(Polled::Malformed { partition, offset, error: e.to_string(), key: None, payload: None })
-                        }
+                OpenFile::Csv { reader, headers, row } => match reader.read_byte_record(row) {
+                    Ok(false) => None,
+                    Ok(true) => {
+                        let offset = row.position().map_or(0, csv::Position::line);
+                        let decoded = with_time(row.deserialize::<T>(Some(headers)).map_err(|e| e.to_string()));
+                        Some(arrivals.decoded(partition, offset, decoded, || (None, Some(row.iter().collect::<Vec<_>>().join(&b',')))))
                     }
-                }
+                    Err(e) => {
+                        let offset = e.position().map_or(0, csv::Position::line);
+                        Some(arrivals.decoded(partition, offset, Err(e.to_string()), || (None, None)))
+                    }
+                },
             };
             match event {
                 Some(event) => {

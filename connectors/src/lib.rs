@@ -2,13 +2,15 @@
 //!
 //! Every source is built on [`source::partitioned_source`], which applies the event-time model of
 //! [`tributary_operators::event_time`] and routes malformed and too-late records to a [`DeadLetter`] output.
-//! [`file`] reads JSON-lines and CSV files.
+//! [`file`] reads JSON-lines and CSV files. [`job`] ties sources and sinks into exactly-once commits.
 #![deny(missing_docs)]
 
 pub mod dead_letter;
 pub mod file;
+pub mod job;
 pub mod kafka;
 pub mod source;
 
 pub use dead_letter::{DeadLetter, Reason};
-pub use source::{Backpressure, CommitAfter, PartitionMetrics, SourceMetrics, SourceOptions, SourceStreams, Timed};
+pub use job::Job;
+pub use source::{Backpressure, CommitAfter, PartitionMetrics, Source, SourceMetrics, SourceOptions, SourceStreams, Timed};

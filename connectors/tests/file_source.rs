@@ -107,7 +107,7 @@ proptest! {
     fn file_source_matches_the_model(files in arb_files(), ooo in 0u64..50, lateness in prop::option::of(0u64..60)) {
         let dir = std::env::temp_dir().join(format!("tributary-file-prop-{}", std::process::id()));
         write_files(&dir, &files);
-        let policy = WatermarkPolicy { max_out_of_orderness_ms: ooo, idle_timeout: None, max_lateness_ms: lateness };
+        let policy = WatermarkPolicy { max_out_of_orderness_ms: ooo, idle_timeout: None, max_lateness_ms: lateness, max_ahead_ms: None };
         let named: Vec<_> = files.iter().map(|(n, rows)| (dir.join(n).display().to_string(), rows.clone())).collect();
         let expected = reference(&named, &policy);
         let source = FileSource::<Row>::new(vec![dir.clone()], |r: &Row| Ok(r.ts_ms)).unwrap();

@@ -11,7 +11,7 @@ use differential_dataflow::input::Input;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use tributary_connectors::kafka::{Delivery, KafkaConfig, KafkaSink, SinkFormat, SinkKafka, partition_for};
+use tributary_connectors::kafka::{CommitLog, Delivery, KafkaConfig, KafkaSink, SinkFormat, SinkKafka, partition_for};
 use tributary_testkit::{Broker, Storage};
 
 fn broker(name: &str, storage: Storage) -> Broker {
@@ -84,28 +84,28 @@ fn upsert_and_changelog_topics_hold_the_collection() {
     let broker = broker("formats", Storage::Sqlite(PathBuf::from("tansu.db")));
     let bootstrap = broker.bootstrap();
     let config = KafkaConfig::new(bootstrap.clone()).unwrap();
-    let upsert = KafkaSink::<u32, String>::json(config.clone(), "table").partitions(3).open().expect("open upsert sink");
+    let log = CommitLog::open(config.clone(), "formats.commits").expect("open the commit log");
+    let upsert = KafkaSink::<u32, String>::json(config.clone(), "table").partitions(3).open(&log).expect("open upsert sink");
     let changelog = KafkaSink::<u32, String>::json(config.clone(), "changes")
         .partitions(2)
         .format(SinkFormat::Changelog)
-        .open()
+        .open(&log)
         .expect("open changelog sink");
     let loose = KafkaSink::<u32, String>::json(config, "loose")
         .partitions(2)
         .delivery(Delivery::AtLeastOnce)
-        .open()
+        .open(&log)
         .expect("open at-least-once sink");
     let changes = changes();
     let feed = changes.clone();
     timely::execute(timely::Config::process(2), move |worker| {
         let (mut input, probes) = worker.dataflow::<u64, _, _>(|scope| {
+            let job = log.job(scope);
             let (input, table) = scope.new_collection::<(u32, String), isize>();
-            let probes = [
-                table.clone().sink_kafka("Upsert", &upsert),
-                table.clone().sink_kafka("Changelog", &changelog),
-                table.sink_kafka("Loose", &loose),
-            ];
-            (input, probes)
+            table.clone().sink_kafka("Upsert", &upsert, &job);
+            table.clone().sink_kafka("Changelog", &changelog, &job);
+            table.sink_kafka("Loose", &loose, &job);
+            (input, [job.finish()])
         });
         if worker.index() == 0 {
             for (time, row, diff) in &feed {
@@ -184,7 +184,8 @@ fn a_topic_with_another_partition_count_is_refused() {
     let broker = broker("mismatch", Storage::Memory);
     broker.create_topic("narrow", 2, &[]).unwrap();
     let config = KafkaConfig::new(broker.bootstrap()).unwrap();
-    let error = KafkaSink::<u32, u32>::json(config, "narrow").partitions(3).open().err().expect("refused");
+    let log = CommitLog::open(config.clone(), "mismatch.commits").expect("open the commit log");
+    let error = KafkaSink::<u32, u32>::json(config, "narrow").partitions(3).open(&log).err().expect("refused");
     let message = error.to_string();
     assert!(message.contains("`narrow` has 2 partition(s) but the sink is configured for 3"), "{message}");
 }

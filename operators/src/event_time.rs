@@ -7,13 +7,22 @@
 //!
 //! A record whose event time is behind its partition's watermark is *late*: it keeps its event time as data and
 //! travels at the watermark. If the source has a maximum lateness and the record is further behind than that, it
-//! is *too late* and goes to the late output instead of the main stream.
+//! is *too late* and goes to the late output instead of the main stream. A record stamped further ahead of the
+//! wall clock than [`WatermarkPolicy::max_ahead_ms`] would move its partition's watermark for good; it goes to
+//! the late output too, as *too far ahead*.
 //!
 //! A [`SourceClock`] holds the clocks of the partitions one worker reads. Its watermark, where the worker holds its
-//! capability, is the minimum over live partitions; a partition that has been idle (no record) for longer than the
-//! idle timeout stops holding it back. When an idle partition produces again it rejoins at no less than the
-//! watermark the worker has reached, so its records are never behind the worker's capability. Idleness is the one
-//! wall-clock input to the time model: a replay that sees different idle periods may assign different times.
+//! capability, is the minimum over live partitions; a partition that has had nothing to read for longer than the
+//! idle timeout stops holding it back (a partition with known records still to read is never idle). When an
+//! idle partition produces again it rejoins at no less than the watermark the worker has reached: a [`Lift`]
+//! of its watermark from that offset on.
+//!
+//! **Decisions the wall clock makes are recorded.** Lifts and far-ahead rejections depend on when records
+//! arrive, not only on the partition's history. The clock keeps them per partition ([`PartitionHistory`]), a
+//! source hands them to whoever stores its positions (the exactly-once commit), and a restart gives them back
+//! ([`SourceClock::restore`]): a replay then applies the same lifts and rejections at the same offsets and
+//! assigns every record the time it had. A restart also lifts every partition, from the position the stored
+//! commit had reached, above the commit's time: records not read before a commit come after it.
 
 use std::time::{Duration, Instant};
 
@@ -29,17 +38,31 @@ pub struct Timed<T> {
     pub value: T,
 }
 
-/// How a source turns event times into watermarks. The default: no out-of-orderness, no idleness, no maximum
-/// lateness.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How far ahead of the wall clock a record may be stamped by default: one day.
+pub const DEFAULT_MAX_AHEAD_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// How a source turns event times into watermarks.
+///
+/// The default: no out-of-orderness, no idleness, no maximum lateness, and records stamped more than a day ahead
+/// of the wall clock rejected ([`DEFAULT_MAX_AHEAD_MS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WatermarkPolicy {
     /// How far behind the largest event time seen a record may be and still be on time, in ms.
     pub max_out_of_orderness_ms: u64,
-    /// A partition without records for this long stops holding back the watermark. `None`: never.
+    /// A partition with nothing to read for this long stops holding back the watermark. `None`: never.
     pub idle_timeout: Option<Duration>,
     /// Records further behind the watermark than this (in ms) go to the late output. `None`: late records stay in
     /// the main stream, at the watermark, and the operators decide (e.g. a window's allowed lateness).
     pub max_lateness_ms: Option<u64>,
+    /// Records whose event time is more than this (in ms) ahead of the wall clock (ms since the Unix epoch) go to
+    /// the late output instead of moving their partition's watermark into the future. `None`: no limit.
+    pub max_ahead_ms: Option<u64>,
+}
+
+impl Default for WatermarkPolicy {
+    fn default() -> Self {
+        WatermarkPolicy { max_out_of_orderness_ms: 0, idle_timeout: None, max_lateness_ms: None, max_ahead_ms: Some(DEFAULT_MAX_AHEAD_MS) }
+    }
 }
 
 /// Where a record lands in time, as decided by its partition's clock.
@@ -63,6 +86,13 @@ pub enum Arrival {
         watermark: u64,
         /// How far behind the watermark the event time is, in ms.
         behind_ms: u64,
+    },
+    /// Stamped further ahead of the wall clock than the policy allows: the record goes to the late output.
+    TooFarAhead {
+        /// The partition's watermark when the record arrived.
+        watermark: u64,
+        /// The policy's limit, in ms.
+        max_ahead_ms: u64,
     },
 }
 
@@ -113,9 +143,66 @@ impl PartitionClock {
     }
 }
 
+/// A raise of a partition's watermark to `floor` from `offset` on: every record at that offset or later travels
+/// at `floor` or later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Lift {
+    /// The first offset the lift applies to.
+    pub offset: u64,
+    /// The watermark from there on (ms).
+    pub floor: u64,
+}
+
+/// The decisions about a partition's records that were not a function of its records alone, in offset order:
+/// what a replay must apply again to assign the same times.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PartitionHistory {
+    /// Watermark lifts (idle partitions rejoining, restarts), by offset.
+    #[serde(default)]
+    pub lifts: Vec<Lift>,
+    /// Offsets rejected as too far ahead of the wall clock, as `[from, to)` ranges.
+    #[serde(default)]
+    pub rejected: Vec<(u64, u64)>,
+}
+
+impl PartitionHistory {
+    /// Whether nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.lifts.is_empty() && self.rejected.is_empty()
+    }
+
+    fn is_rejected(&self, offset: u64) -> bool {
+        let i = self.rejected.partition_point(|(_, to)| *to <= offset);
+        self.rejected.get(i).is_some_and(|(from, _)| *from <= offset)
+    }
+
+    fn reject(&mut self, offset: u64) {
+        if self.is_rejected(offset) {
+            return;
+        }
+        // Ranges before `i` end before `offset`; usually `offset` extends the last one (offsets grow).
+        let i = self.rejected.partition_point(|(_, to)| *to < offset);
+        let (extends, precedes) = match self.rejected.get(i) {
+            Some(&(from, to)) => (to == offset, from == offset + 1),
+            None => (false, false),
+        };
+        if extends {
+            self.rejected[i].1 += 1;
+            if self.rejected.get(i + 1).is_some_and(|(next, _)| *next == self.rejected[i].1) {
+                self.rejected[i].1 = self.rejected.remove(i + 1).1;
+            }
+        } else if precedes {
+            self.rejected[i].0 = offset;
+        } else {
+            self.rejected.insert(i, (offset, offset + 1));
+        }
+    }
+}
+
 /// The clocks of the partitions one worker reads, and the watermark the worker holds its capability at.
 ///
-/// Partitions are identified by an index the source chooses (e.g. its position in the assignment).
+/// Partitions are identified by an index the source chooses (e.g. its position in the assignment); offsets are
+/// their positions (Kafka offsets, line numbers).
 ///
 /// ```
 /// use std::time::{Duration, Instant};
@@ -123,13 +210,17 @@ impl PartitionClock {
 /// let policy = WatermarkPolicy { idle_timeout: Some(Duration::from_secs(1)), ..Default::default() };
 /// let start = Instant::now();
 /// let mut clock = SourceClock::new(2, policy, start);
-/// clock.observe(0, 100, start);
-/// clock.observe(1, 50, start);
+/// clock.observe(0, 0, 100, 0, start);
+/// clock.observe(1, 0, 50, 0, start);
 /// assert_eq!(clock.watermark(start), Some(50));
-/// // Partition 1 says nothing for longer than the idle timeout: it stops holding the watermark back.
+/// // Partition 1 has nothing to read for longer than the idle timeout: it stops holding the watermark back.
 /// let later = start + Duration::from_secs(2);
-/// clock.observe(0, 200, later);
+/// clock.observe(0, 1, 200, 0, later);
 /// assert_eq!(clock.watermark(later), Some(200));
+/// // When it produces again it rejoins at the watermark reached, and the clock records that lift.
+/// clock.observe(1, 1, 60, 0, later);
+/// assert_eq!(clock.partition_watermark(1), 200);
+/// assert_eq!(clock.history(1).lifts[0].floor, 200);
 /// ```
 #[derive(Clone, Debug)]
 pub struct SourceClock {
@@ -142,15 +233,50 @@ pub struct SourceClock {
 #[derive(Clone, Debug)]
 struct PartitionState {
     clock: PartitionClock,
-    last_record: Instant,
+    /// The last time the partition had a record, or was known to have records to read.
+    last_activity: Instant,
     finished: bool,
+    /// The next offset to read, as far as the clock has seen.
+    position: u64,
+    /// Recorded decisions: lifts applied, rejections made (and restored ones).
+    history: PartitionHistory,
+    /// Restored lifts not reached yet, in offset order.
+    pending: Vec<Lift>,
+}
+
+impl PartitionState {
+    fn new(watermark: u64, now: Instant) -> Self {
+        PartitionState {
+            clock: PartitionClock::starting_at(watermark),
+            last_activity: now,
+            finished: false,
+            position: 0,
+            history: PartitionHistory::default(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Raises the watermark to `floor` from `offset` on, recording the lift if it changes anything.
+    fn lift(&mut self, offset: u64, floor: u64) {
+        if floor > self.clock.watermark() {
+            self.clock.lift(floor);
+            self.history.lifts.push(Lift { offset, floor });
+        }
+    }
+
+    /// Applies the restored lifts that `position` has reached.
+    fn apply_pending(&mut self) {
+        while let Some(lift) = self.pending.first().copied().filter(|l| l.offset <= self.position) {
+            self.pending.remove(0);
+            self.lift(lift.offset, lift.floor);
+        }
+    }
 }
 
 impl SourceClock {
     /// Clocks for `partitions` partitions, all starting at watermark 0 and active at `now`.
     pub fn new(partitions: usize, policy: WatermarkPolicy, now: Instant) -> Self {
-        let fresh = PartitionState { clock: PartitionClock::default(), last_record: now, finished: false };
-        SourceClock { policy, partitions: vec![fresh; partitions], reached: 0 }
+        SourceClock { policy, partitions: (0..partitions).map(|_| PartitionState::new(0, now)).collect(), reached: 0 }
     }
 
     /// The policy in force.
@@ -158,34 +284,112 @@ impl SourceClock {
         &self.policy
     }
 
-    /// Adds a partition (discovered while running), active from `now` and starting at the watermark reached.
-    /// Returns its index.
+    /// Adds a partition (discovered while running), active from `now` and starting at the watermark reached
+    /// (recorded as a lift from offset 0). Returns its index.
     pub fn add_partition(&mut self, now: Instant) -> usize {
-        let clock = PartitionClock::starting_at(self.reached);
-        self.partitions.push(PartitionState { clock, last_record: now, finished: false });
+        let mut state = PartitionState::new(0, now);
+        state.lift(0, self.reached);
+        self.partitions.push(state);
         self.partitions.len() - 1
     }
 
     /// Sets the watermark of `partition` (e.g. restored from stored positions).
-    pub fn restore(&mut self, partition: usize, watermark: u64) {
+    pub fn set_watermark(&mut self, partition: usize, watermark: u64) {
         self.partitions[partition].clock = PartitionClock::starting_at(watermark);
     }
 
-    /// Decides where a record of `partition` with `event_time` lands, at wall-clock time `now`.
-    pub fn observe(&mut self, partition: usize, event_time: u64, now: Instant) -> Arrival {
-        let idle_timeout = self.policy.idle_timeout;
+    /// Restores what a previous run recorded for `partition` (its lifts and rejections, applied again at their
+    /// offsets), plus `floor`: records from that offset on travel at that time or later. Call before reading.
+    pub fn restore(&mut self, partition: usize, history: &PartitionHistory, floor: Option<Lift>) {
         let state = &mut self.partitions[partition];
-        if idle_timeout.is_some_and(|t| now.duration_since(state.last_record) > t) {
-            // Rejoining after idleness: the worker may have moved on without this partition.
-            state.clock.lift(self.reached);
+        let mut pending: Vec<Lift> = history.lifts.clone();
+        pending.extend(floor);
+        pending.sort();
+        state.pending = pending;
+        state.history.rejected = history.rejected.clone();
+        state.apply_pending();
+    }
+
+    /// Sets where reading of `partition` starts (its first offset): restored lifts before it apply at once.
+    pub fn start_at(&mut self, partition: usize, position: u64) {
+        let state = &mut self.partitions[partition];
+        state.position = state.position.max(position);
+        state.apply_pending();
+    }
+
+    /// What has been recorded for `partition`, restored lifts not reached yet included.
+    pub fn history(&self, partition: usize) -> PartitionHistory {
+        let state = &self.partitions[partition];
+        let mut lifts = state.history.lifts.clone();
+        lifts.extend(state.pending.iter().copied());
+        PartitionHistory { lifts, rejected: state.history.rejected.clone() }
+    }
+
+    fn idle(&self, state: &PartitionState, now: Instant) -> bool {
+        !state.finished && self.policy.idle_timeout.is_some_and(|t| now.saturating_duration_since(state.last_activity) > t)
+    }
+
+    /// Notes that `partition` is active at `now` with `position` the next offset to read: an idle partition
+    /// rejoins at the watermark reached, from `position` on.
+    fn touch(&mut self, partition: usize, position: u64, now: Instant) {
+        let idle = self.idle(&self.partitions[partition], now);
+        let reached = self.reached;
+        let state = &mut self.partitions[partition];
+        state.position = state.position.max(position);
+        state.apply_pending();
+        if idle {
+            state.lift(position, reached);
         }
-        state.last_record = now;
-        state.clock.observe(event_time, &self.policy)
+        state.last_activity = now;
+    }
+
+    /// Notes that `partition` has records waiting to be read (a backlog the reader knows of), so it is not idle.
+    pub fn backlog(&mut self, partition: usize, position: u64, now: Instant) {
+        self.touch(partition, position, now);
+    }
+
+    /// Decides where a record of `partition` at `offset` with `event_time` lands; `wall_ms` is the wall clock
+    /// (ms since the Unix epoch) and `now` the monotonic clock.
+    pub fn observe(&mut self, partition: usize, offset: u64, event_time: u64, wall_ms: u64, now: Instant) -> Arrival {
+        self.touch(partition, offset, now);
+        let policy = self.policy;
+        let state = &mut self.partitions[partition];
+        let ahead = |max: u64| event_time > wall_ms.saturating_add(max);
+        let arrival = match policy.max_ahead_ms {
+            // A recorded rejection holds whatever the wall clock says now (and whatever the policy is).
+            max if state.history.is_rejected(offset) => {
+                Arrival::TooFarAhead { watermark: state.clock.watermark(), max_ahead_ms: max.unwrap_or_default() }
+            }
+            Some(max) if ahead(max) => {
+                state.history.reject(offset);
+                Arrival::TooFarAhead { watermark: state.clock.watermark(), max_ahead_ms: max }
+            }
+            _ => state.clock.observe(event_time, &policy),
+        };
+        state.position = state.position.max(offset + 1);
+        state.apply_pending();
+        arrival
+    }
+
+    /// Notes a record of `partition` at `offset` that has no event time (malformed); returns the partition's
+    /// watermark, where such a record's dead letter travels.
+    pub fn malformed(&mut self, partition: usize, offset: u64, now: Instant) -> u64 {
+        self.touch(partition, offset, now);
+        let state = &mut self.partitions[partition];
+        let watermark = state.clock.watermark();
+        state.position = state.position.max(offset + 1);
+        state.apply_pending();
+        watermark
     }
 
     /// Marks `partition` as finished (bounded input read to its end): it no longer holds the watermark back.
     pub fn finish(&mut self, partition: usize) {
         self.partitions[partition].finished = true;
+    }
+
+    /// Whether `partition` is finished.
+    pub fn is_finished(&self, partition: usize) -> bool {
+        self.partitions[partition].finished
     }
 
     /// Whether every partition is finished.
@@ -203,6 +407,11 @@ impl SourceClock {
         self.partitions[partition].clock.watermark()
     }
 
+    /// The next offset of `partition` the clock expects.
+    pub fn position(&self, partition: usize) -> u64 {
+        self.partitions[partition].position
+    }
+
     /// The worker's watermark at `now`: the minimum over partitions that are neither finished nor idle.
     ///
     /// `None` when every partition is finished. When all unfinished partitions are idle, the watermark stays
@@ -211,13 +420,7 @@ impl SourceClock {
         if self.all_finished() {
             return None;
         }
-        let idle_timeout = self.policy.idle_timeout;
-        let live = self
-            .partitions
-            .iter()
-            .filter(|p| !p.finished && idle_timeout.is_none_or(|t| now.duration_since(p.last_record) <= t))
-            .map(|p| p.clock.watermark())
-            .min();
+        let live = self.partitions.iter().filter(|p| !p.finished && !self.idle(p, now)).map(|p| p.clock.watermark()).min();
         if let Some(live) = live {
             self.reached = self.reached.max(live);
         }
@@ -227,9 +430,8 @@ impl SourceClock {
     /// Whether every unfinished partition is idle at `now` (and there is at least one): the worker then holds
     /// nothing back itself and may follow the other workers' progress (see [`SourceClock::follow`]).
     pub fn all_idle(&self, now: Instant) -> bool {
-        let Some(timeout) = self.policy.idle_timeout else { return false };
         let mut unfinished = self.partitions.iter().filter(|p| !p.finished).peekable();
-        unfinished.peek().is_some() && unfinished.all(|p| now.duration_since(p.last_record) > timeout)
+        unfinished.peek().is_some() && unfinished.all(|p| self.idle(p, now))
     }
 
     /// Raises the watermark reached to `watermark`, when every partition is idle and the rest of the cluster has
@@ -241,7 +443,7 @@ impl SourceClock {
     /// When the next partition would turn idle, if any may: the source should look again then.
     pub fn next_idle_check(&self) -> Option<Instant> {
         let timeout = self.policy.idle_timeout?;
-        self.partitions.iter().filter(|p| !p.finished).map(|p| p.last_record + timeout).min()
+        self.partitions.iter().filter(|p| !p.finished).map(|p| p.last_activity + timeout).min()
     }
 }
 
@@ -249,9 +451,13 @@ impl SourceClock {
 mod tests {
     use super::*;
 
+    fn policy(idle_ms: Option<u64>) -> WatermarkPolicy {
+        WatermarkPolicy { idle_timeout: idle_ms.map(Duration::from_millis), max_ahead_ms: None, ..Default::default() }
+    }
+
     #[test]
     fn too_late_needs_a_maximum_lateness() {
-        let policy = WatermarkPolicy { max_out_of_orderness_ms: 0, idle_timeout: None, max_lateness_ms: Some(10) };
+        let policy = WatermarkPolicy { max_lateness_ms: Some(10), ..policy(None) };
         let mut clock = PartitionClock::default();
         clock.observe(100, &policy);
         assert_eq!(clock.observe(95, &policy), Arrival::Late { time: 100, behind_ms: 5 });
@@ -261,26 +467,86 @@ mod tests {
     }
 
     #[test]
-    fn idle_partition_rejoins_at_the_reached_watermark() {
-        let policy = WatermarkPolicy { idle_timeout: Some(Duration::from_millis(10)), ..Default::default() };
+    fn idle_partition_rejoins_at_the_reached_watermark_and_the_lift_is_recorded() {
         let t0 = Instant::now();
-        let mut clock = SourceClock::new(2, policy, t0);
-        clock.observe(0, 10, t0);
-        clock.observe(1, 5, t0);
+        let mut clock = SourceClock::new(2, policy(Some(10)), t0);
+        clock.observe(0, 0, 10, 0, t0);
+        clock.observe(1, 0, 5, 0, t0);
         assert_eq!(clock.watermark(t0), Some(5));
         let t1 = t0 + Duration::from_millis(50);
-        clock.observe(0, 1000, t1);
+        clock.observe(0, 1, 1000, 0, t1);
         assert_eq!(clock.watermark(t1), Some(1000));
         // Partition 1 comes back with an old record: it is late relative to where the worker got to.
-        assert_eq!(clock.observe(1, 6, t1), Arrival::Late { time: 1000, behind_ms: 994 });
+        assert_eq!(clock.observe(1, 1, 6, 0, t1), Arrival::Late { time: 1000, behind_ms: 994 });
         assert_eq!(clock.watermark(t1), Some(1000));
+        assert_eq!(clock.history(1).lifts, vec![Lift { offset: 1, floor: 1000 }]);
+        assert!(clock.history(0).is_empty(), "partition 0 was never lifted");
+    }
+
+    #[test]
+    fn a_replay_with_the_recorded_history_assigns_the_same_times_whatever_the_wall_clock() {
+        let t0 = Instant::now();
+        let mut first = SourceClock::new(2, policy(Some(10)), t0);
+        first.observe(0, 0, 100, 0, t0);
+        let t1 = t0 + Duration::from_millis(50);
+        first.observe(0, 1, 900, 0, t1);
+        first.watermark(t1);
+        let times: Vec<Arrival> = (0..3).map(|o| first.observe(1, o, 50 + o, 0, t1)).collect();
+        // The replay reads partition 1 first, with no idleness at all: the recorded lift gives the same times.
+        let mut replay = SourceClock::new(2, policy(None), t0);
+        replay.restore(1, &first.history(1), None);
+        let again: Vec<Arrival> = (0..3).map(|o| replay.observe(1, o, 50 + o, 0, t0)).collect();
+        assert_eq!(again, times);
+    }
+
+    #[test]
+    fn a_restart_floor_lifts_records_not_read_before_the_commit() {
+        let t0 = Instant::now();
+        let mut clock = SourceClock::new(1, policy(None), t0);
+        clock.restore(0, &PartitionHistory::default(), Some(Lift { offset: 2, floor: 500 }));
+        assert_eq!(clock.observe(0, 0, 10, 0, t0), Arrival::OnTime { time: 10 });
+        assert_eq!(clock.partition_watermark(0), 10);
+        // Reading offset 1 brings the position to 2: the floor applies before the next record arrives.
+        clock.observe(0, 1, 20, 0, t0);
+        assert_eq!(clock.partition_watermark(0), 500);
+        assert_eq!(clock.observe(0, 2, 30, 0, t0), Arrival::Late { time: 500, behind_ms: 470 });
+        assert_eq!(clock.history(0).lifts, vec![Lift { offset: 2, floor: 500 }]);
+    }
+
+    #[test]
+    fn far_future_records_are_rejected_and_the_rejection_is_recorded() {
+        let t0 = Instant::now();
+        let policy = WatermarkPolicy { max_ahead_ms: Some(1_000), ..policy(None) };
+        let mut clock = SourceClock::new(1, policy, t0);
+        assert_eq!(clock.observe(0, 0, 10_000, 10_000, t0), Arrival::OnTime { time: 10_000 });
+        assert_eq!(clock.observe(0, 1, 32_503_680_000_000, 10_000, t0), Arrival::TooFarAhead { watermark: 10_000, max_ahead_ms: 1_000 });
+        assert_eq!(clock.observe(0, 2, 10_500, 10_000, t0), Arrival::OnTime { time: 10_500 }, "the watermark did not move");
+        assert_eq!(clock.history(0).rejected, vec![(1, 2)]);
+        // A replay much later (the wall clock has passed the record) rejects it again.
+        let mut replay = SourceClock::new(1, policy, t0);
+        replay.restore(0, &clock.history(0), None);
+        replay.observe(0, 0, 10_000, u64::MAX / 2, t0);
+        assert!(matches!(replay.observe(0, 1, 32_503_680_000_000, u64::MAX / 2, t0), Arrival::TooFarAhead { .. }));
+    }
+
+    #[test]
+    fn a_partition_with_a_backlog_is_not_idle() {
+        let t0 = Instant::now();
+        let mut clock = SourceClock::new(2, policy(Some(10)), t0);
+        clock.observe(0, 0, 10, 0, t0);
+        clock.observe(1, 0, 5, 0, t0);
+        let t1 = t0 + Duration::from_millis(50);
+        clock.backlog(1, 1, t1);
+        clock.observe(0, 1, 1000, 0, t1);
+        assert_eq!(clock.watermark(t1), Some(5), "partition 1 has records waiting: it holds the watermark");
+        assert!(clock.history(1).is_empty());
     }
 
     #[test]
     fn finished_partitions_release_the_watermark() {
         let t0 = Instant::now();
-        let mut clock = SourceClock::new(2, WatermarkPolicy::default(), t0);
-        clock.observe(0, 10, t0);
+        let mut clock = SourceClock::new(2, policy(None), t0);
+        clock.observe(0, 0, 10, 0, t0);
         assert_eq!(clock.watermark(t0), Some(0));
         clock.finish(1);
         assert_eq!(clock.watermark(t0), Some(10));

@@ -1,14 +1,12 @@
-//! The few Admin and metadata calls the sink needs: create a topic if it is missing, check its partition count,
-//! read partition ends, and read a progress topic to its end.
+//! The few Admin and metadata calls the sinks and the commit log need: create a topic if it is missing, check its
+//! partition count, read partition ends and a topic's record size limit.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::config::KafkaConfig;
 
@@ -106,6 +104,15 @@ pub fn create_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Resul
     ensure_topic(config, topic, partitions, 1, &[])
 }
 
+/// The topic's `max.message.bytes`, if the brokers say (DescribeConfigs).
+pub(crate) fn max_message_bytes(config: &KafkaConfig, topic: &str) -> Option<usize> {
+    let admin: AdminClient<DefaultClientContext> = config.client_config(&[]).create().ok()?;
+    let options = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
+    let results = futures_executor::block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options)).ok()?;
+    let resource = results.into_iter().next()?.ok()?;
+    resource.get("max.message.bytes")?.value.as_deref()?.parse().ok()
+}
+
 /// The end (high watermark) of each partition of `topic`.
 pub(crate) fn partition_ends(config: &KafkaConfig, consumer: &BaseConsumer, topic: &str, partitions: i32) -> Result<Vec<i64>, AdminError> {
     (0..partitions)
@@ -116,34 +123,4 @@ pub(crate) fn partition_ends(config: &KafkaConfig, consumer: &BaseConsumer, topi
                 .map_err(|e| request(config, format!("end of {topic}/{p}"), e))
         })
         .collect()
-}
-
-/// Every record of partition 0 of `topic` from the start to its end now: the latest value per key (a tombstone
-/// removes the key).
-pub(crate) fn read_table(config: &KafkaConfig, topic: &str) -> Result<HashMap<Vec<u8>, Vec<u8>>, AdminError> {
-    let consumer = reader(config)?;
-    let (low, high) = consumer.fetch_watermarks(topic, 0, REQUEST_TIMEOUT).map_err(|e| request(config, format!("end of {topic}/0"), e))?;
-    let mut table = HashMap::new();
-    if high <= low {
-        return Ok(table);
-    }
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, 0, Offset::Beginning).map_err(|e| request(config, format!("reading {topic}"), e))?;
-    consumer.assign(&assignment).map_err(|e| request(config, format!("reading {topic}"), e))?;
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    let mut next = low;
-    while next < high {
-        if Instant::now() > deadline {
-            return Err(request(config, format!("reading {topic} to offset {high}"), format!("stuck at offset {next}")));
-        }
-        let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
-        let message = message.map_err(|e| request(config, format!("reading {topic}"), e))?;
-        next = message.offset() + 1;
-        let Some(key) = message.key() else { continue };
-        match message.payload() {
-            Some(value) => table.insert(key.to_vec(), value.to_vec()),
-            None => table.remove(key),
-        };
-    }
-    Ok(table)
 }

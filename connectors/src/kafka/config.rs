@@ -72,6 +72,11 @@ impl KafkaConfig {
         Ok(self)
     }
 
+    /// A librdkafka setting passed through, if set.
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.settings.get(key).map(String::as_str)
+    }
+
     /// The brokers.
     pub fn brokers(&self) -> &str {
         &self.brokers
@@ -96,6 +101,11 @@ pub(crate) fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
     match level {
         RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
             tracing::error!(target: "librdkafka", facility, "{message}")
+        }
+        // The sink sets `enable.gapless.guarantee` on purpose; librdkafka warns that it is experimental on every
+        // producer it creates.
+        RDKafkaLogLevel::Warning if facility == "CONFWARN" && message.contains("enable.gapless.guarantee") => {
+            tracing::debug!(target: "librdkafka", facility, "{message}")
         }
         RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
         RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", facility, "{message}"),

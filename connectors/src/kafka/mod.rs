@@ -2,9 +2,11 @@
 //!
 //! See [`KafkaSource`] for assignment, start positions and bounded mode, [`KafkaConfig`] for settings, and
 //! [`Decoder`]/[`EventTime`] for turning records into values with event times, and [`KafkaSink`] /
-//! [`SinkKafka`] for writing collections back, exactly once.
+//! [`SinkKafka`] for writing collections back, exactly once, as part of a job whose [`CommitLog`] holds its
+//! commits.
 
 mod admin;
+mod commit_log;
 mod config;
 mod partitioner;
 mod record;
@@ -12,8 +14,10 @@ mod sink;
 mod source;
 
 pub use admin::{AdminError, create_topic};
+pub(crate) use commit_log::CommitWriter;
+pub use commit_log::{CommitLog, CommitLogError};
 pub use config::{ConfigError, KafkaConfig};
 pub use partitioner::partition_for;
 pub use record::{Decoder, EventTime, KafkaRecord, Message};
-pub use sink::{Delivery, KafkaSink, KafkaSinkBuilder, SinkDeadLetters, SinkError, SinkFormat, SinkKafka};
+pub use sink::{Delivery, KafkaSink, KafkaSinkBuilder, SinkDeadLetters, SinkError, SinkFormat, SinkKafka, Written};
 pub use source::{KafkaSource, Position, SourceError, StartFrom, owner};

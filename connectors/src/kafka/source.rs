@@ -29,7 +29,10 @@ use timely::dataflow::Scope;
 
 use super::config::{ConfigError, KafkaConfig};
 use super::record::{Decoder, EventTime, KafkaRecord};
-use crate::source::{PartitionReader, Polled, ReadStatus, SourceMetrics, SourceOptions, SourceStreams, partitioned_source};
+use crate::source::{
+    Arrivals, PartitionKey, PartitionReader, Polled, ReadStatus, Source, SourceMetrics, SourceOptions, SourceResume, SourceStreams,
+    partitioned_source,
+};
 
 /// Where a source starts reading.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -87,6 +90,34 @@ pub enum SourceError {
     /// No topics were given.
     #[error("no topics given")]
     NoTopics,
+    /// The records a restart must replay are gone.
+    #[error(
+        "partition {topic}/{partition} now starts at offset {log_start}, but the job's commit says it read from offset {start}: retention deleted records the job replays to rebuild its state; raise the topic's retention, or start the job afresh (new output topics and commit log)"
+    )]
+    Retention {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// Where the job's reading started.
+        start: u64,
+        /// Where the partition's log starts now.
+        log_start: i64,
+    },
+    /// A partition holds fewer records than the job had read: the topic was recreated or truncated.
+    #[error(
+        "partition {topic}/{partition} ends at offset {end}, but the job's commit says it had read up to offset {position}: the topic was recreated or truncated; start the job afresh (new output topics and commit log)"
+    )]
+    Truncated {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// Where the job's reading had got to.
+        position: u64,
+        /// Where the partition ends now.
+        end: i64,
+    },
 }
 
 /// A Kafka source of records decoded to `T`.
@@ -192,11 +223,18 @@ impl<T: Clone + 'static> KafkaSource<T> {
         let source = self.clone();
         let metrics_slot: Arc<Mutex<Option<SourceMetrics>>> = Arc::default();
         let slot = Arc::clone(&metrics_slot);
-        let streams = partitioned_source(scope, "KafkaSource", options, move |index, peers| {
-            KafkaReader::new(source, index, peers, slot).unwrap_or_else(|e| panic!("Kafka source on worker {index}: {e}"))
+        let streams = partitioned_source(scope, "KafkaSource", options, move |index, peers, resume| {
+            KafkaReader::new(source, index, peers, slot, resume).unwrap_or_else(|e| panic!("Kafka source on worker {index}: {e}"))
         });
         *metrics_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(streams.metrics.clone());
         streams
+    }
+}
+
+impl<T: Clone + 'static> Source for KafkaSource<T> {
+    type Item = T;
+    fn build<'scope>(&self, scope: Scope<'scope, u64>, options: SourceOptions) -> SourceStreams<'scope, T> {
+        KafkaSource::build(self, scope, options)
     }
 }
 
@@ -272,7 +310,9 @@ const CONSUMER_SETTINGS: &[(&str, &str)] = &[
     ("group.id", "tributary-source"),
     ("enable.auto.commit", "false"),
     ("enable.auto.offset.store", "false"),
-    ("auto.offset.reset", "earliest"),
+    // Never jump silently: a position retention has overtaken (or a recreated topic) is an error that stops the
+    // job with a message, not a replay from elsewhere.
+    ("auto.offset.reset", "error"),
     ("enable.partition.eof", "false"),
 ];
 
@@ -300,6 +340,12 @@ struct KafkaReader<T> {
     partitions: Vec<(String, i32)>,
     index: HashMap<(String, i32), usize>,
     restored: Vec<Option<u64>>,
+    /// The offset reading of each partition started at, resolved.
+    starts: Vec<u64>,
+    /// The next offset to read of each partition, as far as records have come.
+    positions: Vec<u64>,
+    /// Each partition's end as last seen in librdkafka's statistics (for backlog and lag).
+    known_ends: Vec<Option<i64>>,
     /// Bounded mode: the end offset of each partition seen at start.
     ends: Vec<Option<i64>>,
     ended: Vec<bool>,
@@ -349,7 +395,13 @@ impl<T> KafkaReader<T> {
 }
 
 impl<T: Clone + 'static> KafkaReader<T> {
-    fn new(source: KafkaSource<T>, worker: usize, peers: usize, metrics: Arc<Mutex<Option<SourceMetrics>>>) -> Result<Self, SourceError> {
+    fn new(
+        source: KafkaSource<T>,
+        worker: usize,
+        peers: usize,
+        metrics: Arc<Mutex<Option<SourceMetrics>>>,
+        resume: &SourceResume,
+    ) -> Result<Self, SourceError> {
         let stats_ends = Arc::default();
         let mut config = source.config.client_config(CONSUMER_SETTINGS);
         if config.get("statistics.interval.ms").is_none() {
@@ -378,6 +430,9 @@ impl<T: Clone + 'static> KafkaReader<T> {
             partitions: Vec::new(),
             index: HashMap::new(),
             restored: Vec::new(),
+            starts: Vec::new(),
+            positions: Vec::new(),
+            known_ends: Vec::new(),
             ends: Vec::new(),
             ended: Vec::new(),
             queues: Vec::new(),
@@ -402,9 +457,10 @@ impl<T: Clone + 'static> KafkaReader<T> {
             .flat_map(|(topic, count)| (0..*count).map(move |p| (topic.clone(), p)))
             .filter(|(topic, p)| owner(topic, *p, peers) == worker)
             .collect();
-        reader
-            .add(&mine, &source.start, source.timeout)
-            .map_err(|e| SourceError::Client { brokers: source.config.brokers().to_owned(), source: e })?;
+        reader.add(&mine, &source.start, source.timeout, resume).map_err(|e| match e {
+            AddError::Kafka(e) => SourceError::Client { brokers: source.config.brokers().to_owned(), source: e },
+            AddError::Source(e) => e,
+        })?;
         if !source.until_end && !reader.partitions.is_empty() {
             reader.discovered = Some(spawn_discovery(Arc::clone(&reader.consumer), source.topics.clone(), source.discovery_interval));
         }
@@ -412,8 +468,9 @@ impl<T: Clone + 'static> KafkaReader<T> {
         Ok(reader)
     }
 
-    /// Resolves start offsets for `new` partitions and assigns them.
-    fn add(&mut self, new: &[(String, i32)], start: &StartFrom, timeout: Duration) -> Result<(), KafkaError> {
+    /// Resolves start offsets for `new` partitions and assigns them. A partition the resumed commit knows is read
+    /// from where the job first read it (a replay), after checking that its records are all still there.
+    fn add(&mut self, new: &[(String, i32)], start: &StartFrom, timeout: Duration, resume: &SourceResume) -> Result<(), AddError> {
         if new.is_empty() {
             return Ok(());
         }
@@ -455,17 +512,47 @@ impl<T: Clone + 'static> KafkaReader<T> {
         let mut assignment = TopicPartitionList::new();
         for (i, (topic, p)) in new.iter().enumerate() {
             let index = self.partitions.len();
-            let mut end = None;
-            let mut done = false;
-            if self.bounded {
-                let (low, high) = self.consumer.fetch_watermarks(topic, *p, timeout)?;
-                end = Some(high);
-                done = match starts[i] {
-                    Offset::Beginning => low >= high,
-                    Offset::Offset(o) => o >= high,
-                    _ => true,
-                };
+            let (low, high) = self.consumer.fetch_watermarks(topic, *p, timeout)?;
+            let key = PartitionKey { source: "KafkaSource".into(), origin: topic.clone(), partition: *p };
+            if let Some(stored) = resume.partition(&key) {
+                if low > stored.start as i64 {
+                    return Err(AddError::Source(SourceError::Retention {
+                        topic: topic.clone(),
+                        partition: *p,
+                        start: stored.start,
+                        log_start: low,
+                    }));
+                }
+                if high < stored.position as i64 {
+                    return Err(AddError::Source(SourceError::Truncated {
+                        topic: topic.clone(),
+                        partition: *p,
+                        position: stored.position,
+                        end: high,
+                    }));
+                }
+                starts[i] = Offset::Offset(stored.start as i64);
             }
+            let first = match starts[i] {
+                Offset::Beginning => low,
+                Offset::Offset(o) => o.max(low),
+                _ => high,
+            };
+            if let Offset::Offset(o) = starts[i]
+                && o < low
+            {
+                return Err(AddError::Source(SourceError::Retention {
+                    topic: topic.clone(),
+                    partition: *p,
+                    start: o as u64,
+                    log_start: low,
+                }));
+            }
+            let end = self.bounded.then_some(high);
+            let done = self.bounded && first >= high;
+            self.starts.push(first.max(0) as u64);
+            self.positions.push(first.max(0) as u64);
+            self.known_ends.push(Some(high));
             self.partitions.push((topic.clone(), *p));
             self.index.insert((topic.clone(), *p), index);
             self.restored.push(restored[i]);
@@ -475,7 +562,7 @@ impl<T: Clone + 'static> KafkaReader<T> {
             if done {
                 self.pending_ends.push(index);
             } else {
-                assignment.add_partition_offset(topic, *p, starts[i])?;
+                assignment.add_partition_offset(topic, *p, Offset::Offset(first))?;
             }
         }
         self.consumer.incremental_assign(&assignment)?;
@@ -487,7 +574,7 @@ impl<T: Clone + 'static> KafkaReader<T> {
         Ok(())
     }
 
-    fn discover(&mut self) {
+    fn discover_partitions(&mut self) {
         let Some(receiver) = &self.discovered else { return };
         let mut latest = None;
         while let Ok(counts) = receiver.try_recv() {
@@ -508,8 +595,10 @@ impl<T: Clone + 'static> KafkaReader<T> {
             }
         }
         // New partitions are read from their beginning.
-        if let Err(e) = self.add(&new, &StartFrom::Earliest, Duration::from_secs(5)) {
-            tracing::error!("cannot assign new partitions {new:?}: {e}");
+        match self.add(&new, &StartFrom::Earliest, Duration::from_secs(5), &SourceResume::default()) {
+            Ok(()) => {}
+            Err(AddError::Kafka(e)) => tracing::error!("cannot assign new partitions {new:?}: {e}"),
+            Err(AddError::Source(e)) => tracing::error!("cannot assign new partitions {new:?}: {e}"),
         }
     }
 
@@ -527,7 +616,7 @@ impl<T: Clone + 'static> KafkaReader<T> {
     }
 
     /// Decodes one record of `partition` into `out`; returns whether it was a record of the partition's range.
-    fn accept(&mut self, partition: usize, message: BorrowedMessage<'_>, out: &mut Vec<Polled<T>>) -> bool {
+    fn accept(&mut self, partition: usize, message: BorrowedMessage<'_>, out: &mut Vec<Polled<T>>, arrivals: &mut Arrivals<'_>) -> bool {
         let offset = message.offset();
         if self.ended[partition] {
             return false;
@@ -549,16 +638,10 @@ impl<T: Clone + 'static> KafkaReader<T> {
             headers: &headers,
         };
         let decoded = (self.decoder.0)(&record).and_then(|value| self.event_time.of(&record, &value).map(|et| (value, et)));
-        out.push(match decoded {
-            Ok((value, event_time)) => Polled::Record { partition, offset: offset as u64, event_time, value },
-            Err(error) => Polled::Malformed {
-                partition,
-                offset: offset as u64,
-                error,
-                key: record.key.map(<[u8]>::to_vec),
-                payload: record.value.map(<[u8]>::to_vec),
-            },
-        });
+        out.push(
+            arrivals.decoded(partition, offset as u64, decoded, || (record.key.map(<[u8]>::to_vec), record.value.map(<[u8]>::to_vec))),
+        );
+        self.positions[partition] = self.positions[partition].max(offset as u64 + 1);
         drop(headers);
         drop(message);
         if self.ends[partition].is_some_and(|end| offset + 1 >= end) {
@@ -577,11 +660,37 @@ impl<T: Clone + 'static> KafkaReader<T> {
         let Some(metrics) = metrics.as_ref() else { return };
         let ends = self.stats_ends.lock().unwrap_or_else(|e| e.into_inner());
         for (i, key) in self.partitions.iter().enumerate() {
-            if let Some(end) = ends.get(key).copied().or(self.ends[i]) {
+            if let Some(&end) = ends.get(key) {
+                self.known_ends[i] = Some(end);
+            }
+            if let Some(end) = self.known_ends[i].or(self.ends[i]) {
                 metrics.set_end(i, end.max(0) as u64);
             }
         }
     }
+}
+
+/// Why partitions could not be added.
+enum AddError {
+    Kafka(KafkaError),
+    Source(SourceError),
+}
+
+impl From<KafkaError> for AddError {
+    fn from(e: KafkaError) -> Self {
+        AddError::Kafka(e)
+    }
+}
+
+/// A consumer error: logged, unless it means the position is gone, which stops the job (reading on from
+/// elsewhere would lose or repeat records).
+fn consumer_error(e: &KafkaError) {
+    if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AutoOffsetReset) {
+        panic!(
+            "Kafka source: {e}: a position the job reads from no longer exists (retention deleted it, or the topic was recreated); start the job afresh (new output topics and commit log) or restore the records"
+        );
+    }
+    tracing::warn!("Kafka consumer error: {e}");
 }
 
 fn spawn_discovery(consumer: Arc<BaseConsumer<Context>>, topics: Vec<String>, interval: Duration) -> Receiver<BTreeMap<String, i32>> {
@@ -626,6 +735,18 @@ impl<T: Clone + 'static> PartitionReader for KafkaReader<T> {
         self.restored[partition]
     }
 
+    fn start_offset(&self, partition: usize) -> u64 {
+        self.starts[partition]
+    }
+
+    fn backlog(&self, partition: usize) -> bool {
+        !self.ended[partition] && self.known_ends[partition].is_some_and(|end| end > self.positions[partition] as i64)
+    }
+
+    fn discover(&mut self) {
+        self.discover_partitions();
+    }
+
     fn pause(&mut self, paused: &[bool]) {
         // A paused partition's records wait in its own queue; librdkafka stops fetching once that is full.
         for (i, flag) in self.paused.iter_mut().enumerate() {
@@ -633,14 +754,13 @@ impl<T: Clone + 'static> PartitionReader for KafkaReader<T> {
         }
     }
 
-    fn poll(&mut self, budget: usize, out: &mut Vec<Polled<T>>) -> ReadStatus {
+    fn poll(&mut self, budget: usize, out: &mut Vec<Polled<T>>, arrivals: &mut Arrivals<'_>) -> ReadStatus {
         if self.partitions.is_empty() {
             return ReadStatus::Finished;
         }
         for partition in std::mem::take(&mut self.pending_ends) {
             out.push(Polled::End { partition });
         }
-        self.discover();
         self.publish_ends();
         if let Some(at) = self.next_commit
             && Instant::now() >= at
@@ -656,11 +776,11 @@ impl<T: Clone + 'static> PartitionReader for KafkaReader<T> {
             match result {
                 Ok(message) => {
                     let Some(&partition) = self.index.get(&(message.topic().to_owned(), message.partition())) else { continue };
-                    if self.accept(partition, message, out) {
+                    if self.accept(partition, message, out, arrivals) {
                         read += 1;
                     }
                 }
-                Err(e) => tracing::warn!("Kafka consumer error: {e}"),
+                Err(e) => consumer_error(&e),
             }
         }
         // Then the partitions' own queues, round robin, skipping paused ones.
@@ -680,13 +800,13 @@ impl<T: Clone + 'static> PartitionReader for KafkaReader<T> {
             match queue.poll(Duration::ZERO) {
                 Some(Ok(message)) => {
                     empty_in_a_row = 0;
-                    if self.accept(partition, message, out) {
+                    if self.accept(partition, message, out, arrivals) {
                         read += 1;
                     }
                 }
                 Some(Err(e)) => {
                     empty_in_a_row += 1;
-                    tracing::warn!("Kafka consumer error: {e}");
+                    consumer_error(&e);
                 }
                 None => empty_in_a_row += 1,
             }

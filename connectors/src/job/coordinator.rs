@@ -1,0 +1,220 @@
+//! The commit coordinator: one operator per dataflow whose input (sources' controls, sinks' acknowledged
+//! positions) is routed to worker 0, which writes a [`Commit`] whenever the completed time has advanced and the
+//! commit interval has passed, and once more at the end.
+//!
+//! For a candidate time `T` (every input passed it, and no drain's horizon is at or before it) the commit takes,
+//! per input partition, its latest snapshot at or before `T` (sent just before its source left that time, so its
+//! records from that position on travel after `T`), and per output partition its latest acknowledged position
+//! at or before `T`; partitions this run has not reported keep what the resumed commit said. The operator's
+//! output capability sits at the last committed time + 1, so its probe shows what is committed, and is released
+//! once the input is done and the last commit acknowledged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::operator::Operator;
+
+use super::{Commit, Event, SinkPosition};
+use crate::kafka::{CommitLog, CommitWriter};
+use crate::source::{Control, PartitionKey, PartitionSnapshot};
+
+/// How often an unacknowledged commit is looked at again.
+const POLL_EVERY: Duration = Duration::from_millis(2);
+
+pub(super) fn build<'scope>(events: Stream<'scope, u64, Vec<Event>>, log: CommitLog) -> Stream<'scope, u64, Vec<()>> {
+    let scope = events.scope();
+    events.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Exchange::new(|_: &Event| 0),
+        "JobCommits",
+        move |capability, info| {
+            let activator = scope.activator_for(info.address);
+            // Only worker 0 receives anything; the others hold nothing back.
+            let mut capability = (scope.index() == 0).then_some(capability);
+            let mut state = Coordinator::new(log);
+            move |(input, frontier), _output| {
+                input.for_each(|cap, data| {
+                    let time = cap.least().copied().unwrap_or_default();
+                    for event in data.drain(..) {
+                        state.add(time, event);
+                    }
+                });
+                let Some(cap) = capability.as_mut() else { return };
+                if let Some(done) = state.poll_write() {
+                    cap.downgrade(&done.saturating_add(1));
+                }
+                let finished = frontier.is_empty();
+                let candidate = state.candidate(frontier.frontier().first().copied());
+                let due = state.in_flight.is_none() && candidate.is_some_and(|t| state.committed.is_none_or(|c| t > c));
+                if due {
+                    let wait = state.interval.saturating_sub(state.last_write.elapsed());
+                    if finished || wait.is_zero() {
+                        state.write(candidate.expect("checked above"));
+                    } else {
+                        activator.activate_after(wait);
+                    }
+                }
+                if state.in_flight.is_some() {
+                    activator.activate_after(POLL_EVERY);
+                } else if finished && !due {
+                    capability = None;
+                }
+            }
+        },
+    )
+}
+
+struct Coordinator {
+    log: CommitLog,
+    interval: Duration,
+    /// Per input partition, its snapshots by time (older ones are pruned once committed past).
+    partitions: HashMap<PartitionKey, BTreeMap<u64, PartitionSnapshot>>,
+    /// Per output partition, its acknowledged positions by time.
+    sinks: HashMap<(String, i32), BTreeMap<u64, SinkPosition>>,
+    /// The earliest time a drain left unfinished.
+    horizon: Option<u64>,
+    /// The latest time any event was at.
+    latest: u64,
+    /// The commit log offset every worker said it resumed from.
+    resumed: Option<(usize, Option<i64>)>,
+    committed: Option<u64>,
+    in_flight: Option<u64>,
+    last_write: Instant,
+    writer: Option<CommitWriter>,
+    run: u64,
+}
+
+impl Coordinator {
+    fn new(log: CommitLog) -> Self {
+        let committed = log.latest().map(|c| c.time);
+        let run = log.latest().map_or(1, |c| c.run + 1);
+        let interval = log.interval();
+        Coordinator {
+            log,
+            interval,
+            partitions: HashMap::new(),
+            sinks: HashMap::new(),
+            horizon: None,
+            latest: 0,
+            resumed: None,
+            committed,
+            in_flight: None,
+            last_write: Instant::now(),
+            writer: None,
+            run,
+        }
+    }
+
+    fn add(&mut self, time: u64, event: Event) {
+        self.latest = self.latest.max(time);
+        match event {
+            Event::Control(Control::Snapshot(snapshots)) => {
+                for snapshot in snapshots {
+                    self.partitions.entry(snapshot.key.clone()).or_default().insert(time, snapshot);
+                }
+            }
+            Event::Control(Control::Drain { horizon, .. }) => self.horizon = Some(self.horizon.map_or(horizon, |h| h.min(horizon))),
+            Event::Sink(position) => {
+                self.sinks.entry((position.topic.clone(), position.partition)).or_default().insert(time, position);
+            }
+            Event::Resumed { worker, commit } => match self.resumed {
+                None => self.resumed = Some((worker, commit)),
+                Some((first, theirs)) if theirs != commit => panic!(
+                    "worker {worker} resumed from the commit at offset {commit:?} of {}, worker {first} from the one at {theirs:?}: every process must open the commit log before any of them runs; stop all processes and start them together",
+                    self.log.topic()
+                ),
+                Some(_) => {}
+            },
+        }
+    }
+
+    /// The latest time that could be committed: every input has passed it (`frontier` is the earliest time
+    /// not passed, `None` once everything has), and no drain left it unfinished.
+    fn candidate(&self, frontier: Option<u64>) -> Option<u64> {
+        let passed = match frontier {
+            Some(0) => return None,
+            Some(f) => f - 1,
+            None => self.latest,
+        };
+        match self.horizon {
+            Some(0) => None,
+            Some(h) => Some(passed.min(h - 1)),
+            None => Some(passed),
+        }
+    }
+
+    fn commit_at(&self, time: u64) -> Commit {
+        let previous = self.log.latest();
+        let mut sources: BTreeMap<PartitionKey, PartitionSnapshot> =
+            previous.map(|c| c.sources.iter().map(|s| (s.key.clone(), s.clone())).collect()).unwrap_or_default();
+        for (key, snapshots) in &self.partitions {
+            if let Some((_, snapshot)) = snapshots.range(..=time).next_back() {
+                sources.insert(key.clone(), snapshot.clone());
+            }
+        }
+        let mut sinks: BTreeMap<(String, i32), SinkPosition> =
+            previous.map(|c| c.sinks.iter().map(|s| ((s.topic.clone(), s.partition), s.clone())).collect()).unwrap_or_default();
+        for (key, positions) in &self.sinks {
+            if let Some((_, position)) = positions.range(..=time).next_back() {
+                sinks.insert(key.clone(), position.clone());
+            }
+        }
+        Commit {
+            version: Commit::VERSION,
+            run: self.run,
+            time,
+            sources: sources.into_values().collect(),
+            sinks: sinks.into_values().collect(),
+        }
+    }
+
+    fn write(&mut self, time: u64) {
+        let commit = self.commit_at(time);
+        let writer = self.writer.get_or_insert_with(|| {
+            self.log.writer().unwrap_or_else(|e| panic!("cannot write the job's commits to {}: {e}", self.log.topic()))
+        });
+        if let Err(e) = writer.send(&commit) {
+            panic!(
+                "cannot write a commit to {}: {e}; restart the job (what was written since the last commit is reconciled)",
+                self.log.topic()
+            );
+        }
+        self.in_flight = Some(time);
+        self.last_write = Instant::now();
+    }
+
+    /// Looks whether the commit in flight is acknowledged; returns its time if it just was.
+    fn poll_write(&mut self) -> Option<u64> {
+        let time = self.in_flight?;
+        let writer = self.writer.as_mut()?;
+        match writer.poll() {
+            None => None,
+            Some(Ok(())) => {
+                self.in_flight = None;
+                self.committed = Some(time);
+                tracing::debug!(topic = self.log.topic(), time, "committed");
+                // Keep, per partition, the latest entry at or before the committed time and everything after.
+                for snapshots in self.partitions.values_mut() {
+                    prune(snapshots, time);
+                }
+                for positions in self.sinks.values_mut() {
+                    prune(positions, time);
+                }
+                Some(time)
+            }
+            Some(Err(e)) => panic!(
+                "the commit at time {time} was not written to {}: {e}; restart the job once the brokers are reachable (what was written since the last commit is reconciled)",
+                self.log.topic()
+            ),
+        }
+    }
+}
+
+fn prune<V>(entries: &mut BTreeMap<u64, V>, time: u64) {
+    if let Some(&keep) = entries.range(..=time).next_back().map(|(t, _)| t) {
+        let rest = entries.split_off(&keep);
+        *entries = rest;
+    }
+}

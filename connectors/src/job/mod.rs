@@ -1,0 +1,219 @@
+//! Exactly-once jobs: the one commit point that ties source positions, time state and sink progress together.
+//!
+//! A [`CommitLog`](crate::kafka::CommitLog) (a compacted Kafka topic, one record per commit) holds the job's
+//! latest [`Commit`]: a time `T` such that every output at times up to `T` is in the output topics; per input
+//! partition, from which offset on its records travel after `T` and what the wall clock decided about the
+//! records before (lifts, rejections: [`PartitionHistory`](tributary_operators::event_time::PartitionHistory));
+//! per output partition, the offset where the output consistent with `T` ends. Nothing else is a commit point.
+//!
+//! In each worker's dataflow a [`Job`] connects the pieces: sources built through [`Job::source`] send their
+//! control streams (snapshots, drains) to it and get the stored state back on a restart; sinks take the sources'
+//! drains (to write or withhold the times a drain left unfinished) and report what Kafka has acknowledged; and
+//! a coordinator on worker 0 ([`coordinator`]) combines both into commits, written every commit interval and
+//! once more when the dataflow ends. The protocol and what it promises: `docs/exactly-once.md`.
+
+mod coordinator;
+
+use std::cell::RefCell;
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::{Concatenate, Probe, ToStream};
+use timely::dataflow::{ProbeHandle, Scope, Stream};
+
+use crate::kafka::CommitLog;
+use crate::source::{CommitAfter, Control, PartitionSnapshot, Source, SourceOptions, SourceResume, SourceStreams};
+
+/// One commit: everything a restart needs to continue the job's output exactly once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    /// The record format (1).
+    pub version: u32,
+    /// Counts the runs that wrote commits; each run writes `previous + 1`.
+    pub run: u64,
+    /// Every output at times up to this one is in the output topics.
+    pub time: u64,
+    /// Per input partition: where its records come after `time`, and its recorded time state.
+    pub sources: Vec<PartitionSnapshot>,
+    /// Per output partition: where the output consistent with `time` ends.
+    pub sinks: Vec<SinkPosition>,
+}
+
+impl Commit {
+    /// The current record format.
+    pub const VERSION: u32 = 1;
+
+    /// The stored position of output partition `partition` of `topic`.
+    pub fn sink(&self, topic: &str, partition: i32) -> Option<&SinkPosition> {
+        self.sinks.iter().find(|s| s.topic == topic && s.partition == partition)
+    }
+}
+
+/// Where an output partition's committed content ends.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SinkPosition {
+    /// The output topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The records before this offset are the output up to time `base`; what follows was written later (by this
+    /// run or one that was interrupted) and is reconciled by the next run.
+    pub offset: i64,
+    /// The time the records before `offset` are consistent with; `None`: none (reconcile everything).
+    pub base: Option<u64>,
+}
+
+/// What a sink tells the coordinator once Kafka has acknowledged a time's records: a [`SinkPosition`].
+pub(crate) type SinkProgress = SinkPosition;
+
+/// What reaches the coordinator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Event {
+    /// A source's control message.
+    Control(Control),
+    /// A sink's acknowledged position.
+    Sink(SinkProgress),
+    /// Which commit a worker resumed from (the commit log offset), so processes that read different commits are
+    /// caught before they write anything.
+    Resumed { worker: usize, commit: Option<i64> },
+}
+
+/// A job's exactly-once plumbing in one worker's dataflow. Build sources with [`Job::source`], then sinks
+/// (`sink_kafka(name, &sink, &job)`); the coordinator is built when the `Job` is dropped at the end of the
+/// dataflow closure, or by [`Job::finish`], which returns a probe that passes a time once it is committed.
+///
+/// ```no_run
+/// use tributary_connectors::kafka::{CommitLog, Decoder, EventTime, KafkaConfig, KafkaSink, KafkaSource, SinkKafka};
+/// use tributary_connectors::SourceOptions;
+/// use differential_dataflow::AsCollection;
+///
+/// let config = KafkaConfig::new("127.0.0.1:9092")?;
+/// let log = CommitLog::open(config.clone(), "lengths.commits")?;
+/// let source = KafkaSource::new(config.clone(), &["lines"], Decoder::utf8(), EventTime::KafkaTimestamp)?;
+/// let sink = KafkaSink::<String, usize>::json(config, "lengths").open(&log)?;
+/// timely::execute_directly(move |worker| {
+///     let done = worker.dataflow::<u64, _, _>(|scope| {
+///         let job = log.job(scope);
+///         let lines = job.source(&source, SourceOptions::default());
+///         let lengths = lines.records.as_collection().map(|line| (line.value.clone(), line.value.len()));
+///         lengths.sink_kafka("Lengths", &sink, &job);
+///         job.finish()
+///     });
+///     worker.step_while(|| !done.done());
+/// });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Job<'scope> {
+    scope: Scope<'scope, u64>,
+    log: CommitLog,
+    state: RefCell<JobState<'scope>>,
+}
+
+struct JobState<'scope> {
+    controls: Vec<Stream<'scope, u64, Vec<Control>>>,
+    /// The sources' controls broadcast to every worker, once a sink asked for them.
+    broadcast: Option<Stream<'scope, u64, Vec<Control>>>,
+    progress: Vec<Stream<'scope, u64, Vec<SinkProgress>>>,
+    commits: Vec<CommitAfter>,
+    written: Vec<ProbeHandle<u64>>,
+    finished: Option<ProbeHandle<u64>>,
+}
+
+impl<'scope> Job<'scope> {
+    pub(crate) fn new(scope: Scope<'scope, u64>, log: CommitLog) -> Self {
+        let state = JobState {
+            controls: Vec::new(),
+            broadcast: None,
+            progress: Vec::new(),
+            commits: Vec::new(),
+            written: Vec::new(),
+            finished: None,
+        };
+        Job { scope, log, state: RefCell::new(state) }
+    }
+
+    /// The scope the job's dataflow is built in.
+    pub fn scope(&self) -> Scope<'scope, u64> {
+        self.scope
+    }
+
+    /// The commit log the job resumes from and writes to.
+    pub fn log(&self) -> &CommitLog {
+        &self.log
+    }
+
+    /// Builds `source` in the job's dataflow: on a restart it gets back what the last commit recorded of its
+    /// partitions, and its positions and time state go into the job's commits.
+    ///
+    /// # Panics
+    /// If a sink was built already: build every source of a job before its sinks.
+    pub fn source<S: Source>(&self, source: &S, options: SourceOptions) -> SourceStreams<'scope, S::Item> {
+        let mut options = options;
+        let commit = self.log.latest();
+        options.resume = Some(SourceResume::new(commit.map(|c| c.time), commit.map(|c| c.sources.clone()).unwrap_or_default()));
+        let streams = source.build(self.scope, options);
+        let mut state = self.state.borrow_mut();
+        assert!(state.broadcast.is_none(), "Job::source after a sink: build every source of a job before its sinks");
+        state.controls.push(streams.control.clone());
+        state.commits.push(streams.commits.clone());
+        streams
+    }
+
+    /// The sources' control messages, at every worker (for sinks).
+    pub(crate) fn controls(&self) -> Stream<'scope, u64, Vec<Control>> {
+        let mut state = self.state.borrow_mut();
+        if state.broadcast.is_none() {
+            let all = self.scope.concatenate(state.controls.clone());
+            state.broadcast = Some(all.broadcast());
+        }
+        state.broadcast.clone().expect("set above")
+    }
+
+    /// Registers a sink: its acknowledged positions, and the probe that passes the times it has written.
+    pub(crate) fn add_sink(&self, progress: Stream<'scope, u64, Vec<SinkProgress>>, written: ProbeHandle<u64>) {
+        let mut state = self.state.borrow_mut();
+        assert!(state.finished.is_none(), "a sink was added to a job after Job::finish");
+        state.progress.push(progress);
+        state.written.push(written);
+    }
+
+    /// Builds the coordinator (once): returns a probe that passes a time once it is committed, and is done once
+    /// the job's last commit is written.
+    pub fn finish(&self) -> ProbeHandle<u64> {
+        if let Some(probe) = self.state.borrow().finished.clone() {
+            return probe;
+        }
+        let mut state = self.state.borrow_mut();
+        // Committed positions (for lag tools) wait for every sink of the job.
+        for commits in &state.commits {
+            for written in &state.written {
+                commits.after(written);
+            }
+        }
+        let scope = self.scope;
+        let mut events: Vec<Stream<'scope, u64, Vec<Event>>> = Vec::new();
+        events.extend(state.controls.iter().map(|c| c.clone().map(Event::Control)));
+        events.extend(state.progress.iter().map(|p| p.clone().map(Event::Sink)));
+        let resumed = Event::Resumed { worker: scope.index(), commit: self.log.latest_offset() };
+        events.push(vec![resumed].to_stream(scope).container::<Vec<_>>());
+        let committed = coordinator::build(scope.concatenate(events), self.log.clone());
+        let (probe, _) = committed.probe();
+        state.finished = Some(probe.clone());
+        probe
+    }
+}
+
+impl Drop for Job<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() && self.state.borrow().finished.is_none() {
+            self.finish();
+        }
+    }
+}
+
+impl CommitLog {
+    /// The job's plumbing in one worker's dataflow (see [`Job`]).
+    pub fn job<'scope>(&self, scope: Scope<'scope, u64>) -> Job<'scope> {
+        Job::new(scope, self.clone())
+    }
+}

@@ -1,0 +1,425 @@
+//! The source operator: a [`PartitionReader`] driven under the time model, with heartbeats between workers,
+//! snapshots and drains on the control output, backpressure, and committed positions for lag reporting.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::Scope;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{ConnectLoop, Feedback};
+use tributary_operators::event_time::{Arrival, Lift, SourceClock};
+use tributary_runtime::Shutdown;
+
+use super::control::{Control, DrainMode, PartitionKey, PartitionSnapshot, SourceResume};
+use super::metrics::{Closing, CommitAfter, Commits, PartitionMetrics, SourceMetrics};
+use super::{Arrivals, Backpressure, PartitionReader, Polled, ReadStatus, SourceOptions, SourceStreams, Timed, wall_ms};
+use crate::dead_letter::{DeadLetter, Reason};
+
+/// The least time between two heartbeats of one worker.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(50);
+/// How often a finished source looks whether the sinks have written its last records.
+const COMMIT_CHECK_EVERY: Duration = Duration::from_millis(10);
+
+/// What the source operators of a dataflow tell each other through their feedback loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Beat {
+    /// The sender's watermark advanced (to the message's time, less the loop's 1 ms).
+    Watermark,
+    /// The sender was asked to shut down: every source stops reading.
+    Stop,
+}
+
+/// Output ports of the source operator, in creation order.
+const RECORDS: usize = 0;
+const DEAD: usize = 1;
+const BEATS: usize = 2;
+const CONTROL: usize = 3;
+
+/// Builds a source operator that reads through the reader `make_reader(worker index, peers, resume)` builds.
+///
+/// `name` names the operator and, in commits, its partitions: give two sources of one dataflow that read the
+/// same topic or file different names.
+pub fn partitioned_source<'scope, R, F>(
+    scope: Scope<'scope, u64>,
+    name: &str,
+    options: SourceOptions,
+    make_reader: F,
+) -> SourceStreams<'scope, R::Item>
+where
+    R: PartitionReader,
+    R::Item: Clone + 'static,
+    F: FnOnce(usize, usize, &SourceResume) -> R,
+{
+    let (loop_handle, heartbeats_in) = scope.feedback::<Vec<Beat>>(1);
+    let mut builder = OperatorBuilder::new(name.to_owned(), scope);
+    let info = builder.operator_info();
+    let activator = scope.activator_for(info.address);
+    // The heartbeat input is connected to every output, so its capabilities can be taken over for them.
+    let mut heartbeats = builder.new_input(heartbeats_in, Pipeline);
+    let (records_output, records) = builder.new_output::<Vec<(Timed<R::Item>, u64, isize)>>();
+    let (dead_output, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
+    let (heartbeat_output, heartbeats_out) = builder.new_output::<Vec<Beat>>();
+    let (control_output, control) = builder.new_output::<Vec<Control>>();
+    // Connected to nothing: its capability keeps the operator (and its reader) alive after the input is done,
+    // until the sinks have written everything read, so the last committed positions reach the reader.
+    let (_linger_output, _linger) = builder.new_output::<Vec<()>>();
+    let mut records_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(records_output);
+    let mut dead_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(dead_output);
+    let mut heartbeat_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(heartbeat_output);
+    let mut control_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(control_output);
+    heartbeats_out.broadcast().connect_loop(loop_handle);
+    let metrics = SourceMetrics::default();
+    let shared = metrics.clone();
+    let commits_after = CommitAfter::default();
+    let resume = options.resume.clone().unwrap_or_default();
+    let mut reader = Closing {
+        reader: make_reader(scope.index(), scope.peers(), &resume),
+        commits: Commits::default(),
+        after: commits_after.clone(),
+        metrics: shared.clone(),
+    };
+    let name = name.to_owned();
+    let mut options = options;
+    if options.shutdown.is_none() {
+        options.shutdown = Shutdown::of(scope.worker());
+    }
+
+    builder.build(move |mut capabilities| {
+        let mut linger = capabilities.pop();
+        let mut capabilities = Some(capabilities);
+        let mut clock = SourceClock::new(0, options.policy, Instant::now());
+        let mut snapshots = Snapshots::default();
+        let mut polled = Vec::with_capacity(options.batch);
+        // Records emitted per dataflow time the backpressure probe has not passed yet (only for a record limit).
+        let mut outstanding = Outstanding::default();
+        let count_outstanding = options.backpressure.as_ref().is_some_and(|bp| bp.max_records.is_some());
+        let mut next_heartbeat = Instant::now();
+        let mut heartbeat_sent = 0u64;
+        let mut follow: Option<Vec<Capability<u64>>> = None;
+        let mut stop_heard = false;
+        let mut paused: Vec<bool> = Vec::new();
+        move |_frontiers| {
+            let now = Instant::now();
+            // Positions whose records' outputs the sinks have written; once the source is done, keep looking
+            // until they all are.
+            if reader.advance_commits() {
+                if capabilities.is_none() {
+                    activator.activate_after(COMMIT_CHECK_EVERY);
+                }
+            } else if capabilities.is_none() {
+                drop(linger.take());
+            }
+            // Heartbeats of the other workers: keep capabilities at the latest one, and follow it once all our
+            // partitions are idle. (A kept capability ahead of our own holds nothing back.) A stop from any
+            // worker stops this one too.
+            heartbeats.for_each(|cap, beats| {
+                stop_heard |= beats.contains(&Beat::Stop);
+                let Some(caps) = capabilities.as_ref() else { return };
+                let Some(&time) = cap.least() else { return };
+                if time > *caps[RECORDS].time() && follow.as_ref().is_none_or(|f: &Vec<Capability<u64>>| time > *f[RECORDS].time()) {
+                    follow = Some((0..caps.len()).map(|port| cap.delayed(&time, port)).collect());
+                }
+            });
+            if let (Some(caps), Some(ahead)) = (capabilities.as_mut(), follow.as_ref())
+                && clock.all_idle(now)
+                && ahead[RECORDS].time() > caps[RECORDS].time()
+            {
+                clock.follow(*ahead[RECORDS].time());
+                snapshots.send(&name, &*reader, &clock, &mut control_output, &caps[CONTROL]);
+                *caps = follow.take().expect("checked above");
+            }
+            let Some(caps) = capabilities.as_mut() else { return };
+            let local_stop = options.shutdown.as_ref().is_some_and(Shutdown::requested);
+            if local_stop || stop_heard {
+                if local_stop {
+                    heartbeat_output.activate().session(&caps[BEATS]).give(Beat::Stop);
+                }
+                tracing::info!(source = %name, "shutdown requested: closing the source; times from {} on are left to the next run", caps[RECORDS].time());
+                snapshots.send(&name, &*reader, &clock, &mut control_output, &caps[CONTROL]);
+                let horizon = *caps[CONTROL].time();
+                control_output.activate().session(&caps[CONTROL]).give(Control::Drain { horizon, mode: DrainMode::Abandon });
+                capabilities = None;
+                follow = None;
+                activator.activate();
+                return;
+            }
+            if let Some(bp) = &options.backpressure {
+                if throttled(bp, &mut outstanding, *caps[RECORDS].time()) {
+                    // Read only from the partitions that hold the watermark back; if none can, wait.
+                    let watermark = *caps[RECORDS].time();
+                    let ahead: Vec<bool> = (0..clock.partitions()).map(|p| clock.partition_watermark(p) > watermark).collect();
+                    if ahead.iter().all(|a| *a) || ahead.is_empty() {
+                        activator.activate_after(Duration::from_millis(1));
+                        return;
+                    }
+                    if ahead != paused {
+                        reader.pause(&ahead);
+                        paused = ahead;
+                    }
+                } else if paused.iter().any(|p| *p) {
+                    paused = vec![false; paused.len()];
+                    reader.pause(&paused);
+                }
+            }
+            reader.discover();
+            sync_partitions(&name, &*reader, &mut clock, &shared, &resume, now);
+            let status = {
+                let mut arrivals = Arrivals { clock: &mut clock, wall_ms: wall_ms(), now };
+                reader.poll(options.batch, &mut polled, &mut arrivals)
+            };
+            for partition in 0..clock.partitions() {
+                if reader.backlog(partition) {
+                    let position = clock.position(partition);
+                    clock.backlog(partition, position, now);
+                }
+            }
+
+            let mut records_handle = records_output.activate();
+            let mut dead_handle = dead_output.activate();
+            let mut records_session = records_handle.session(&caps[RECORDS]);
+            // Dead letters leave at their partition's watermark when they arrived (a function of the partition's
+            // history, so the same on a replay), not at the source's current capability.
+            let mut letters: Vec<(u64, DeadLetter)> = Vec::new();
+            let mut drains: Vec<u64> = Vec::new();
+            let dead_floor = *caps[DEAD].time();
+            let mut metrics = shared.partitions.lock().unwrap_or_else(|e| e.into_inner());
+            for event in polled.drain(..) {
+                match event {
+                    Polled::Record { partition, offset, event_time, value, arrival } => {
+                        let m = &mut metrics[partition];
+                        m.position = offset + 1;
+                        let time = match arrival {
+                            Arrival::OnTime { time } => time,
+                            Arrival::Late { time, .. } => {
+                                m.late += 1;
+                                time
+                            }
+                            Arrival::TooLate { .. } | Arrival::TooFarAhead { .. } => unreachable!("Arrivals::decoded rejects these"),
+                        };
+                        m.records += 1;
+                        if count_outstanding {
+                            outstanding.add(time);
+                        }
+                        reader.commits.mark(partition, offset + 1, time);
+                        records_session.give((Timed { event_time, value }, time, 1));
+                        m.watermark = clock.partition_watermark(partition);
+                    }
+                    Polled::Rejected { partition, offset, event_time, arrival, key, payload } => {
+                        let m = &mut metrics[partition];
+                        m.position = offset + 1;
+                        let (watermark, reason) = match arrival {
+                            Arrival::TooFarAhead { watermark, max_ahead_ms } => {
+                                m.too_far_ahead += 1;
+                                (watermark, Reason::TooFarAhead { event_time, max_ahead_ms })
+                            }
+                            Arrival::TooLate { watermark, .. } => {
+                                m.too_late += 1;
+                                let max_lateness_ms = options.policy.max_lateness_ms.unwrap_or_default();
+                                (watermark, Reason::TooLate { event_time, watermark, max_lateness_ms })
+                            }
+                            Arrival::OnTime { .. } | Arrival::Late { .. } => unreachable!("Arrivals::decoded keeps these"),
+                        };
+                        let time = watermark.max(dead_floor);
+                        reader.commits.mark(partition, offset + 1, time);
+                        let (source, kafka_partition) = reader.origin(partition);
+                        let letter = DeadLetter { source: source.to_owned(), partition: kafka_partition, offset, reason, key, payload };
+                        letters.push((time, letter));
+                        m.watermark = clock.partition_watermark(partition);
+                    }
+                    Polled::Malformed { partition, offset, error, key, payload, watermark } => {
+                        let m = &mut metrics[partition];
+                        m.position = offset + 1;
+                        m.malformed += 1;
+                        let time = watermark.max(dead_floor);
+                        reader.commits.mark(partition, offset + 1, time);
+                        let (source, kafka_partition) = reader.origin(partition);
+                        tracing::debug!(source, partition = kafka_partition, offset, "malformed record: {error}");
+                        let reason = Reason::Malformed { error };
+                        letters.push((time, DeadLetter { source: source.to_owned(), partition: kafka_partition, offset, reason, key, payload }));
+                    }
+                    Polled::End { partition } => {
+                        // From here on the partition's times are complete only as far as its input went: a later
+                        // run may find more records, so what comes after its watermark is provisional.
+                        drains.push(clock.partition_watermark(partition).max(*caps[CONTROL].time()));
+                        clock.finish(partition);
+                    }
+                }
+            }
+            drop(metrics);
+            drop(records_session);
+            reader.advance_commits();
+            letters.sort_by_key(|(time, _)| *time);
+            for (time, letter) in letters {
+                dead_handle.session(&caps[DEAD].delayed(&time)).give(letter);
+            }
+            if !drains.is_empty() {
+                let mut control = control_output.activate();
+                let mut session = control.session(&caps[CONTROL]);
+                for horizon in drains {
+                    session.give(Control::Drain { horizon, mode: DrainMode::Provisional });
+                }
+            }
+
+            if status == ReadStatus::Finished {
+                tracing::debug!(source = %name, "source finished");
+                snapshots.send(&name, &*reader, &clock, &mut control_output, &caps[CONTROL]);
+                capabilities = None;
+                follow = None;
+                activator.activate();
+                return;
+            }
+            match clock.watermark(now) {
+                // Every partition ended, but the reader may still discover new ones: hold where we are.
+                None => {}
+                Some(watermark) if watermark > *caps[RECORDS].time() => {
+                    // Everything read so far is in this snapshot, at the time being left: what is read from now on
+                    // travels later.
+                    snapshots.send(&name, &*reader, &clock, &mut control_output, &caps[CONTROL]);
+                    for cap in caps.iter_mut() {
+                        cap.downgrade(&watermark);
+                    }
+                }
+                Some(_) => {}
+            }
+            // Only idleness needs heartbeats; send the latest watermark at most every 50 ms.
+            let watermark = *caps[RECORDS].time();
+            if follow.as_ref().is_some_and(|f| *f[RECORDS].time() <= watermark) {
+                follow = None;
+            }
+            if options.policy.idle_timeout.is_some() && watermark > heartbeat_sent {
+                if now >= next_heartbeat {
+                    heartbeat_output.activate().session(&caps[BEATS]).give(Beat::Watermark);
+                    heartbeat_sent = watermark;
+                    next_heartbeat = now + HEARTBEAT_EVERY;
+                } else {
+                    activator.activate_after(next_heartbeat - now);
+                }
+            }
+            match status {
+                ReadStatus::More => activator.activate(),
+                ReadStatus::Wait(delay) => {
+                    // Look again when new data may be there, or when a partition turns idle, whichever is first.
+                    let idle_in = clock.next_idle_check().map(|at| at.saturating_duration_since(now) + Duration::from_millis(1));
+                    activator.activate_after(idle_in.map_or(delay, |idle| idle.min(delay)));
+                }
+                ReadStatus::Finished => {}
+            }
+        }
+    });
+
+    SourceStreams { records, dead_letters, control, metrics, commits: commits_after }
+}
+
+/// Adds clocks and metrics for partitions the reader has and the clock does not yet, restoring what the commit
+/// being resumed recorded for them.
+fn sync_partitions<R: PartitionReader>(
+    name: &str,
+    reader: &R,
+    clock: &mut SourceClock,
+    metrics: &SourceMetrics,
+    resume: &SourceResume,
+    now: Instant,
+) {
+    let mut metrics = metrics.partitions.lock().unwrap_or_else(|e| e.into_inner());
+    while metrics.len() < reader.partitions() {
+        let index = clock.add_partition(now);
+        let (source, partition) = reader.origin(index);
+        if let Some(watermark) = reader.restored_watermark(index) {
+            clock.set_watermark(index, watermark);
+        }
+        // Records not read before the commit come after it: from the position it had reached (the start of a
+        // partition it did not know), every record travels after the commit's time.
+        if let Some(time) = resume.time() {
+            let key = PartitionKey { source: name.to_owned(), origin: source.to_owned(), partition };
+            let floor = time.saturating_add(1);
+            match resume.partition(&key) {
+                Some(stored) => clock.restore(index, &stored.history, Some(Lift { offset: stored.position, floor })),
+                None => clock.restore(index, &Default::default(), Some(Lift { offset: 0, floor })),
+            }
+        }
+        clock.start_at(index, reader.start_offset(index));
+        metrics.push(PartitionMetrics {
+            source: source.to_owned(),
+            partition,
+            watermark: clock.partition_watermark(index),
+            ..Default::default()
+        });
+    }
+}
+
+/// What the last snapshot said of each partition, so the next one carries only the partitions that changed.
+#[derive(Default)]
+struct Snapshots {
+    sent: Vec<Option<(u64, u64, usize, usize)>>,
+}
+
+impl Snapshots {
+    /// Sends, at `cap`, the state of the partitions that changed since the last snapshot.
+    fn send<R: PartitionReader>(
+        &mut self,
+        name: &str,
+        reader: &R,
+        clock: &SourceClock,
+        output: &mut OutputBuilder<u64, timely::container::CapacityContainerBuilder<Vec<Control>>>,
+        cap: &Capability<u64>,
+    ) {
+        self.sent.resize(clock.partitions(), None);
+        let mut changed = Vec::new();
+        for partition in 0..clock.partitions() {
+            let history = clock.history(partition);
+            let state = (clock.position(partition), clock.partition_watermark(partition), history.lifts.len(), history.rejected.len());
+            if self.sent[partition] == Some(state) {
+                continue;
+            }
+            self.sent[partition] = Some(state);
+            let (origin, kafka_partition) = reader.origin(partition);
+            changed.push(PartitionSnapshot {
+                key: PartitionKey { source: name.to_owned(), origin: origin.to_owned(), partition: kafka_partition },
+                start: reader.start_offset(partition),
+                position: state.0,
+                watermark: state.1,
+                history,
+            });
+        }
+        if !changed.is_empty() {
+            output.activate().session(cap).give(Control::Snapshot(changed));
+        }
+    }
+}
+
+/// Records emitted per dataflow time the backpressure probe has not passed yet, and their total.
+#[derive(Default)]
+struct Outstanding {
+    by_time: BTreeMap<u64, usize>,
+    total: usize,
+}
+
+impl Outstanding {
+    fn add(&mut self, time: u64) {
+        *self.by_time.entry(time).or_default() += 1;
+        self.total += 1;
+    }
+
+    /// Forgets the records at times before `frontier`: the dataflow has completed them.
+    fn complete_before(&mut self, frontier: u64) {
+        let pending = self.by_time.split_off(&frontier);
+        self.total -= self.by_time.values().sum::<usize>();
+        self.by_time = pending;
+    }
+}
+
+/// Whether the source must wait for the dataflow to catch up.
+fn throttled(bp: &Backpressure, outstanding: &mut Outstanding, watermark: u64) -> bool {
+    let frontier = bp.probe.with_frontier(|f| f.first().copied());
+    let Some(frontier) = frontier else { return false };
+    outstanding.complete_before(frontier);
+    if bp.max_ahead_ms.is_some_and(|ahead| watermark > frontier.saturating_add(ahead)) {
+        return true;
+    }
+    bp.max_records.is_some_and(|max| outstanding.total >= max)
+}
