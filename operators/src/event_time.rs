@@ -412,17 +412,20 @@ impl SourceClock {
         self.partitions[partition].position
     }
 
-    /// The worker's watermark at `now`: the minimum over partitions that are neither finished nor idle.
+    /// The worker's watermark at `now`: the minimum over partitions that are neither finished nor idle, or, when
+    /// every unfinished partition is idle, the largest of their watermarks. Never decreases.
     ///
-    /// `None` when every partition is finished. When all unfinished partitions are idle, the watermark stays
-    /// where it was.
+    /// `None` when every partition is finished.
     pub fn watermark(&mut self, now: Instant) -> Option<u64> {
         if self.all_finished() {
             return None;
         }
         let live = self.partitions.iter().filter(|p| !p.finished && !self.idle(p, now)).map(|p| p.clock.watermark()).min();
-        if let Some(live) = live {
-            self.reached = self.reached.max(live);
+        // With every unfinished partition idle nothing holds the watermark back: it goes as far as the most
+        // advanced of them (as Flink's watermark valve does when all its inputs are idle).
+        let held = live.or_else(|| self.partitions.iter().filter(|p| !p.finished).map(|p| p.clock.watermark()).max());
+        if let Some(held) = held {
+            self.reached = self.reached.max(held);
         }
         Some(self.reached)
     }
@@ -527,6 +530,18 @@ mod tests {
         replay.restore(0, &clock.history(0), None);
         replay.observe(0, 0, 10_000, u64::MAX / 2, t0);
         assert!(matches!(replay.observe(0, 1, 32_503_680_000_000, u64::MAX / 2, t0), Arrival::TooFarAhead { .. }));
+    }
+
+    #[test]
+    fn when_every_partition_is_idle_the_watermark_goes_to_the_most_advanced() {
+        let t0 = Instant::now();
+        let mut clock = SourceClock::new(2, policy(Some(10)), t0);
+        clock.observe(0, 0, 900, 0, t0);
+        clock.observe(1, 0, 100, 0, t0);
+        assert_eq!(clock.watermark(t0), Some(100));
+        let t1 = t0 + Duration::from_millis(50);
+        assert_eq!(clock.watermark(t1), Some(900), "nothing holds it back");
+        assert_eq!(clock.observe(1, 1, 150, 0, t1), Arrival::Late { time: 900, behind_ms: 750 }, "partition 1 rejoins at 900");
     }
 
     #[test]

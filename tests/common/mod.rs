@@ -1,6 +1,8 @@
 //! Helpers for tests that spawn the real binaries: locating them, free ports, waiting with deadlines.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

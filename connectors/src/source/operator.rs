@@ -28,8 +28,11 @@ const COMMIT_CHECK_EVERY: Duration = Duration::from_millis(10);
 /// What the source operators of a dataflow tell each other through their feedback loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Beat {
-    /// The sender's watermark advanced (to the message's time, less the loop's 1 ms).
-    Watermark,
+    /// The watermark of worker `worker` advanced (to the message's time, less the loop's 1 ms).
+    Watermark {
+        /// The sender (a worker ignores its own).
+        worker: usize,
+    },
     /// The sender was asked to shut down: every source stops reading.
     Stop,
 }
@@ -84,6 +87,7 @@ where
         metrics: shared.clone(),
     };
     let name = name.to_owned();
+    let me = scope.index();
     let mut options = options;
     if options.shutdown.is_none() {
         options.shutdown = Shutdown::of(scope.worker());
@@ -119,6 +123,10 @@ where
             // worker stops this one too.
             heartbeats.for_each(|cap, beats| {
                 stop_heard |= beats.contains(&Beat::Stop);
+                // Following its own heartbeat would move a worker on by the loop's 1 ms without evidence.
+                if !beats.iter().any(|b| matches!(b, Beat::Watermark { worker } if *worker != me)) {
+                    return;
+                }
                 let Some(caps) = capabilities.as_ref() else { return };
                 let Some(&time) = cap.least() else { return };
                 if time > *caps[RECORDS].time() && follow.as_ref().is_none_or(|f: &Vec<Capability<u64>>| time > *f[RECORDS].time()) {
@@ -132,6 +140,8 @@ where
                 clock.follow(*ahead[RECORDS].time());
                 snapshots.send(&name, &*reader, &clock, &mut control_output, &caps[CONTROL]);
                 *caps = follow.take().expect("checked above");
+                // Not echoed: the others know this time already, and echoes would move all-idle workers on.
+                heartbeat_sent = heartbeat_sent.max(*caps[RECORDS].time());
             }
             let Some(caps) = capabilities.as_mut() else { return };
             let local_stop = options.shutdown.as_ref().is_some_and(Shutdown::requested);
@@ -293,7 +303,7 @@ where
             }
             if options.policy.idle_timeout.is_some() && watermark > heartbeat_sent {
                 if now >= next_heartbeat {
-                    heartbeat_output.activate().session(&caps[BEATS]).give(Beat::Watermark);
+                    heartbeat_output.activate().session(&caps[BEATS]).give(Beat::Watermark { worker: me });
                     heartbeat_sent = watermark;
                     next_heartbeat = now + HEARTBEAT_EVERY;
                 } else {

@@ -1,0 +1,194 @@
+//! Helpers for tests that run jobs against a real broker: producing with explicit partitions and timestamps,
+//! reading topics back, reading them as tables and changelogs, and running example jobs as 1 or more processes
+//! that can be signalled.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Timestamp;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tributary_testkit::{Broker, Storage};
+
+use super::{Running, example, free_addresses, write_hostfile};
+
+/// A record read back: key, value (`None`: a tombstone), timestamp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub timestamp: Option<i64>,
+}
+
+/// A broker on the sqlite engine (exact offsets and ends), in `dir`.
+pub fn sqlite_broker(dir: &Path) -> Broker {
+    Broker::start(Storage::Sqlite("broker.db".into()), &dir.join("broker"))
+        .unwrap_or_else(|e| panic!("cannot start the test broker: {e:#}"))
+}
+
+/// Produces `(partition, timestamp, bytes)` records to `topic` and waits until all are acknowledged.
+pub fn produce(bootstrap: &str, topic: &str, records: &[(i32, i64, Vec<u8>)]) {
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("producer");
+    for (partition, timestamp, bytes) in records {
+        let mut record = BaseRecord::<(), _>::to(topic).partition(*partition).timestamp(*timestamp).payload(bytes);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    producer.poll(Duration::from_millis(5));
+                    record = back;
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// The number of partitions of `topic` (0 if it does not exist).
+pub fn partitions(bootstrap: &str, topic: &str) -> i32 {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "reader").create().expect("consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len() as i32)
+}
+
+/// The number of records in `topic` (sum of partition ends).
+pub fn size(bootstrap: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "reader").create().expect("consumer");
+    (0..partitions(bootstrap, topic)).map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1).sum()
+}
+
+/// Waits until `topic` holds at least `at_least` records.
+pub fn wait_for_records(bootstrap: &str, topic: &str, at_least: i64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if partitions(bootstrap, topic) > 0 && size(bootstrap, topic) >= at_least {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{topic} did not reach {at_least} records within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every record of every partition of `topic`, in offset order per partition.
+pub fn read(bootstrap: &str, topic: &str) -> Vec<Vec<Record>> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "reader").create().expect("consumer");
+    let count = partitions(bootstrap, topic);
+    let mut out = vec![Vec::new(); count as usize];
+    for partition in 0..count {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks");
+        if high <= low {
+            continue;
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
+        consumer.assign(&assignment).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut next = low;
+        while next < high {
+            assert!(Instant::now() < deadline, "reading {topic}/{partition}: stuck at {next} of {high}");
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
+            let message = message.expect("read");
+            next = message.offset() + 1;
+            let timestamp = match message.timestamp() {
+                Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
+                Timestamp::NotAvailable => None,
+            };
+            out[partition as usize].push(Record {
+                key: message.key().map(<[u8]>::to_vec),
+                value: message.payload().map(<[u8]>::to_vec),
+                timestamp,
+            });
+        }
+    }
+    out
+}
+
+/// An upsert topic read as a table: the latest value per key, keys whose latest record is a tombstone removed.
+pub fn table(bootstrap: &str, topic: &str) -> BTreeMap<String, String> {
+    let mut table = BTreeMap::new();
+    for record in read(bootstrap, topic).into_iter().flatten() {
+        let key = String::from_utf8(record.key.expect("upserts are keyed")).expect("utf-8 key");
+        match record.value {
+            Some(value) => table.insert(key, String::from_utf8(value).expect("utf-8 value")),
+            None => table.remove(&key),
+        };
+    }
+    table
+}
+
+/// A changelog topic summed: per key and value (as JSON text), the sum of the diffs, zeros removed.
+pub fn changelog(bootstrap: &str, topic: &str) -> BTreeMap<(String, String), i64> {
+    let mut sums: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for record in read(bootstrap, topic).into_iter().flatten() {
+        let key = String::from_utf8(record.key.expect("changes are keyed")).expect("utf-8 key");
+        let envelope: serde_json::Value = serde_json::from_slice(&record.value.expect("a changelog has no tombstones")).expect("JSON");
+        *sums.entry((key, envelope["value"].to_string())).or_default() += envelope["diff"].as_i64().expect("diff");
+    }
+    sums.retain(|_, n| *n != 0);
+    sums
+}
+
+/// An example job running as `processes` processes of `workers` workers each (a host file with free ports).
+pub struct Job {
+    pub processes: Vec<Running>,
+}
+
+impl Job {
+    /// Starts `name` with `args` as `processes` x `workers`; `env` is set for every process.
+    pub fn start(dir: &Path, name: &str, (processes, workers): (usize, usize), args: &[String], env: &[(&str, &str)]) -> Job {
+        let hostfile = write_hostfile(dir, &free_addresses(processes));
+        let running = (0..processes)
+            .map(|process| {
+                let mut command = Command::new(example(name));
+                command.args(args).args(["--workers", &workers.to_string()]);
+                if processes > 1 {
+                    command
+                        .args(["--processes", &processes.to_string(), "--process", &process.to_string()])
+                        .arg("--hostfile")
+                        .arg(&hostfile);
+                }
+                command.env_remove("TRIBUTARY_FAILPOINT").envs(env.iter().copied());
+                Running::new(
+                    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn a job process"),
+                )
+            })
+            .collect();
+        Job { processes: running }
+    }
+
+    /// Sends `signal` to every process.
+    pub fn signal(&self, signal: Signal) {
+        for process in &self.processes {
+            let _ = kill(Pid::from_raw(process.pid), signal);
+        }
+    }
+
+    /// Waits for every process; returns their exit statuses and stderr, all joined.
+    pub fn wait(self, timeout: Duration) -> (Vec<ExitStatus>, String) {
+        let mut statuses = Vec::new();
+        let mut stderr = String::new();
+        for (i, process) in self.processes.into_iter().enumerate() {
+            let (status, err) = process.wait(timeout);
+            statuses.push(status);
+            stderr.push_str(&format!("--- process {i} ({status}) ---\n{err}"));
+        }
+        (statuses, stderr)
+    }
+
+    /// Waits for every process and fails the test unless all succeeded.
+    pub fn succeed(self, what: &str, timeout: Duration) -> String {
+        let (statuses, stderr) = self.wait(timeout);
+        assert!(statuses.iter().all(ExitStatus::success), "{what} failed:\n{stderr}");
+        stderr
+    }
+}

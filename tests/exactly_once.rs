@@ -1,0 +1,226 @@
+//! Exactly-once in ordinary operation, the scenarios of docs/exactly-once.md's failure table, on the real broker
+//! (tansu's sqlite engine) at 1x1 and 2x2: `kafka_word_count` writes an upsert topic and a changelog topic, and
+//! after every run the upsert topic read as a table, and the changelog topic summed, equal the word counts of all
+//! the input produced so far.
+//!
+//! - a bounded run while one partition lags in event time, more records on it, a second bounded run;
+//! - an unbounded run stopped with SIGTERM once it has written output, more input, a restart (a rolling deploy),
+//!   also at another layout;
+//! - a quiet partition past the idle timeout (so the job writes ahead of it), kill -9, a record with an older
+//!   timestamp on the quiet partition, a restart.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::Scratch;
+use common::kafka::{Job, changelog, produce, sqlite_broker, table, wait_for_records};
+use nix::sys::signal::Signal;
+
+const LONG: Duration = Duration::from_secs(180);
+const WORDS: &[&str] = &["river", "delta", "stream", "flow", "tributary", "basin", "creek", "rapids", "eddy", "weir", "ford", "bank"];
+
+/// `count` lines on `partition` with timestamps `from, from + step, ...`; words drawn from `seed`.
+fn lines(partition: i32, from: i64, step: i64, count: usize, seed: u64) -> Vec<(i32, i64, Vec<u8>)> {
+    let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    (0..count)
+        .map(|i| {
+            let n = 1 + next() % 4;
+            let line = (0..n).map(|_| WORDS[next() % WORDS.len()]).collect::<Vec<_>>().join(" ");
+            (partition, from + i as i64 * step, line.into_bytes())
+        })
+        .collect()
+}
+
+/// The word counts of all lines.
+fn reference(all: &[(i32, i64, Vec<u8>)]) -> BTreeMap<String, i64> {
+    let mut counts = BTreeMap::new();
+    for (_, _, bytes) in all {
+        for word in std::str::from_utf8(bytes).unwrap().split(' ').filter(|w| !w.is_empty()) {
+            *counts.entry(word.to_owned()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// The upsert topic read as a table and the changelog topic summed, both as word counts.
+fn outputs(bootstrap: &str) -> (BTreeMap<String, i64>, BTreeMap<String, i64>) {
+    let table = table(bootstrap, "counts").into_iter().map(|(w, n)| (w, n.parse().expect("a count"))).collect();
+    let mut summed = BTreeMap::new();
+    for ((word, count), n) in changelog(bootstrap, "changes") {
+        assert_eq!(n, 1, "{word}: the changelog sums to one current count per word, not {n} of {count}");
+        assert!(summed.insert(word.clone(), count.parse::<i64>().expect("a count")).is_none(), "{word} has two current counts");
+    }
+    (table, summed)
+}
+
+fn check(bootstrap: &str, all: &[(i32, i64, Vec<u8>)], what: &str) {
+    let expected = reference(all);
+    let (table, summed) = outputs(bootstrap);
+    assert_eq!(table, expected, "{what}: the upsert topic read as a table");
+    assert_eq!(summed, expected, "{what}: the changelog topic summed");
+}
+
+fn args(bootstrap: &str, bounded: bool, idle: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--brokers",
+        bootstrap,
+        "--topic",
+        "lines",
+        "--output-topic",
+        "counts",
+        "--changelog-topic",
+        "changes",
+        "--output-partitions",
+        "3",
+        "--dead-letter-topic",
+        "dead",
+        "--commit-log",
+        "commits",
+        "--idle-timeout",
+        idle,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if bounded {
+        args.push("--until-end".into());
+    }
+    args
+}
+
+fn bounded(dir: &Path, bootstrap: &str, layout: (usize, usize), what: &str) {
+    Job::start(dir, "kafka_word_count", layout, &args(bootstrap, true, "10s"), &[]).succeed(what, LONG);
+}
+
+fn setup(name: &str) -> (Scratch, tributary_testkit::Broker) {
+    let scratch = Scratch::new(name);
+    let broker = sqlite_broker(&scratch.0);
+    broker.create_topic("lines", 2, &[]).unwrap();
+    (scratch, broker)
+}
+
+/// A bounded run while partition 1 lags partition 0 in event time; more records land on partition 1 (behind
+/// partition 0, ahead of its own past); a second bounded run; then more on both and a run at the other layout.
+fn lagging_partition_rerun(layout: (usize, usize), other: (usize, usize)) {
+    let (scratch, broker) = setup(&format!("eo-lagging-{}x{}", layout.0, layout.1));
+    let bootstrap = broker.bootstrap();
+    let mut all = lines(0, 10_000, 10, 300, 1);
+    all.extend(lines(1, 1_000, 10, 50, 2));
+    produce(&bootstrap, "lines", &all);
+    bounded(&scratch.0, &bootstrap, layout, "first bounded run");
+    check(&bootstrap, &all, "after the first bounded run");
+
+    let more = lines(1, 2_000, 10, 80, 3);
+    produce(&bootstrap, "lines", &more);
+    all.extend(more);
+    bounded(&scratch.0, &bootstrap, layout, "second bounded run");
+    check(&bootstrap, &all, "after more records on the lagging partition and a second bounded run");
+
+    let mut more = lines(0, 14_000, 10, 60, 4);
+    more.extend(lines(1, 3_000, 10, 60, 5));
+    produce(&bootstrap, "lines", &more);
+    all.extend(more);
+    bounded(&scratch.0, &bootstrap, other, "a bounded run at the other layout");
+    check(&bootstrap, &all, "after a run at another layout");
+
+    // Nothing new: a rerun writes nothing at all.
+    let before = common::kafka::size(&bootstrap, "changes");
+    bounded(&scratch.0, &bootstrap, layout, "a rerun without new input");
+    check(&bootstrap, &all, "after a rerun without new input");
+    assert_eq!(common::kafka::size(&bootstrap, "changes"), before, "a rerun without new input writes no change");
+}
+
+#[test]
+fn a_bounded_rerun_after_new_input_on_a_lagging_partition_counts_it_1x1() {
+    lagging_partition_rerun((1, 1), (2, 2));
+}
+
+#[test]
+fn a_bounded_rerun_after_new_input_on_a_lagging_partition_counts_it_2x2() {
+    lagging_partition_rerun((2, 2), (1, 1));
+}
+
+/// An unbounded run stopped with SIGTERM once it has written output; more input; a restart at `restart`.
+fn sigterm_then_more_input(layout: (usize, usize), restart: (usize, usize)) {
+    let (scratch, broker) = setup(&format!("eo-sigterm-{}x{}-{}x{}", layout.0, layout.1, restart.0, restart.1));
+    let bootstrap = broker.bootstrap();
+    let mut all = lines(0, 10_000, 10, 300, 11);
+    all.extend(lines(1, 1_000, 10, 300, 12));
+    produce(&bootstrap, "lines", &all);
+    let job = Job::start(&scratch.0, "kafka_word_count", layout, &args(&bootstrap, false, "10s"), &[]);
+    // Partition 1 holds the frontier at its watermark: output up to there is written, partition 0's is not.
+    wait_for_records(&bootstrap, "changes", 20, LONG);
+    job.signal(Signal::SIGTERM);
+    job.succeed("the unbounded run stopped with SIGTERM", LONG);
+
+    let mut more = lines(0, 13_000, 10, 100, 13);
+    more.extend(lines(1, 4_000, 10, 100, 14));
+    produce(&bootstrap, "lines", &more);
+    all.extend(more);
+    bounded(&scratch.0, &bootstrap, restart, "the restart");
+    check(&bootstrap, &all, "after SIGTERM, more input and a restart");
+}
+
+#[test]
+fn sigterm_more_input_and_a_restart_lose_nothing_1x1() {
+    sigterm_then_more_input((1, 1), (1, 1));
+}
+
+#[test]
+fn sigterm_more_input_and_a_restart_lose_nothing_2x2() {
+    sigterm_then_more_input((2, 2), (2, 2));
+}
+
+#[test]
+fn sigterm_more_input_and_a_restart_at_another_layout_lose_nothing() {
+    sigterm_then_more_input((1, 1), (2, 2));
+}
+
+/// Partition 1 goes quiet past the idle timeout, so the job writes ahead of it; kill -9; a record with an older
+/// timestamp lands on partition 1; a restart.
+fn idle_partition_kill_then_old_record(layout: (usize, usize)) {
+    let (scratch, broker) = setup(&format!("eo-idle-{}x{}", layout.0, layout.1));
+    let bootstrap = broker.bootstrap();
+    let mut all = lines(0, 10_000, 10, 200, 21);
+    all.extend(lines(1, 1_000, 10, 20, 22));
+    produce(&bootstrap, "lines", &all);
+    let job = Job::start(&scratch.0, "kafka_word_count", layout, &args(&bootstrap, false, "1s"), &[]);
+    // Once partition 1 is idle the job writes everything up to partition 0's watermark (its last record, at the
+    // watermark itself, waits): wait until the table shows exactly that.
+    let ahead: Vec<_> = all.iter().filter(|(p, ts, _)| *p == 1 || *ts < 10_000 + 199 * 10).cloned().collect();
+    let expected = reference(&ahead);
+    let deadline = std::time::Instant::now() + LONG;
+    while outputs(&bootstrap).0 != expected {
+        if std::time::Instant::now() > deadline {
+            job.signal(Signal::SIGKILL);
+            let (_, stderr) = job.wait(LONG);
+            panic!("the job did not write ahead of the idle partition: {:?} vs {expected:?}\n{stderr}", outputs(&bootstrap).0);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    job.signal(Signal::SIGKILL);
+    job.wait(LONG);
+
+    let old = vec![(1, 1_005, b"river river ford".to_vec()), (1, 900, b"weir".to_vec())];
+    produce(&bootstrap, "lines", &old);
+    all.extend(old);
+    bounded(&scratch.0, &bootstrap, layout, "the restart");
+    check(&bootstrap, &all, "after kill -9 and older records on the idle partition");
+}
+
+#[test]
+fn a_quiet_partition_kill_and_an_older_record_lose_nothing_1x1() {
+    idle_partition_kill_then_old_record((1, 1));
+}
+
+#[test]
+fn a_quiet_partition_kill_and_an_older_record_lose_nothing_2x2() {
+    idle_partition_kill_then_old_record((2, 2));
+}
