@@ -221,3 +221,39 @@ fn sigterm_to_the_launcher_stops_the_cluster_cleanly() {
         assert!(stderr.contains(&format!("[p{p}]")) && stderr.matches("stopped cleanly after SIGTERM").count() == 2, "{stderr}");
     }
 }
+
+#[test]
+fn a_stopped_peer_stops_the_cluster_within_the_peer_timeout_naming_it() {
+    let scratch = Scratch::new("stopped-peer");
+    let hosts = write_hostfile(&scratch.0, &free_addresses(2));
+    let processes: Vec<Running> = (0..2)
+        .map(|p| {
+            spawn(
+                Command::new(example("cluster_check"))
+                    .args(["--interval", "50ms", "--peer-timeout", "2s", "--processes", "2", "--process"])
+                    .arg(p.to_string())
+                    .arg("--hostfile")
+                    .arg(&hosts),
+            )
+        })
+        .collect();
+    processes[0].wait_for_line("round 2:", LONG);
+    let mut processes = processes.into_iter();
+    let (p0, p1) = (processes.next().unwrap(), processes.next().unwrap());
+    // SIGSTOP keeps the process's sockets open: only its silence gives it away.
+    kill(Pid::from_raw(p1.pid), Signal::SIGSTOP).expect("stop process 1");
+    let stopped = Instant::now();
+    let (status, stderr) = p0.wait(Duration::from_secs(30));
+    let elapsed = stopped.elapsed();
+    kill(Pid::from_raw(p1.pid), Signal::SIGKILL).expect("kill process 1");
+    let _ = p1.wait(LONG);
+    assert!(!status.success(), "process 0 exited successfully: {stderr}");
+    assert!(stderr.contains("lost its connection to process 1") && stderr.contains("sent no heartbeat for 2s"), "{stderr}");
+    assert!(stderr.contains(&hosts_line(&hosts, 1)), "the message names the peer's address: {stderr}");
+    assert!(elapsed < Duration::from_secs(10), "process 0 took {elapsed:?} to stop");
+}
+
+/// Line `index` of a host file.
+fn hosts_line(path: &std::path::Path, index: usize) -> String {
+    std::fs::read_to_string(path).expect("host file").lines().filter(|l| !l.trim().is_empty()).nth(index).expect("a line").trim().to_owned()
+}

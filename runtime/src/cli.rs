@@ -1,5 +1,5 @@
 //! The cluster flags every Tributary program accepts next to its own: `--workers/-w`, `--processes/-n`,
-//! `--process/-p`, `--hostfile`, plus the startup and shutdown deadlines.
+//! `--process/-p`, `--hostfile`, plus the startup, shutdown and peer-heartbeat deadlines.
 //!
 //! They keep timely's meanings: `-w` worker threads per process, `-n` processes, `-p` this process's index.
 //! [`ClusterArgs::layout`] validates them, reading the host file, before anything connects.
@@ -48,6 +48,9 @@ pub struct ClusterArgs {
     /// After SIGINT/SIGTERM, how long to let the dataflow drain before exiting anyway.
     #[arg(long = "shutdown-timeout", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// A peer process that sends no heartbeat for this long (stopped, hung, cut off) stops the cluster.
+    #[arg(long = "peer-timeout", value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub peer_timeout: Duration,
 }
 
 impl Default for ClusterArgs {
@@ -59,6 +62,7 @@ impl Default for ClusterArgs {
             hostfile: None,
             connect_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
+            peer_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -76,6 +80,9 @@ impl ClusterArgs {
         }
         if self.processes == 0 {
             return Err(Error::Options("--processes must be at least 1".into()));
+        }
+        if self.peer_timeout < Duration::from_millis(100) {
+            return Err(Error::Options("--peer-timeout must be at least 100ms".into()));
         }
         let hosts = match &self.hostfile {
             Some(path) => {
@@ -104,6 +111,7 @@ impl ClusterArgs {
             hosts,
             connect_timeout: self.connect_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            peer_timeout: self.peer_timeout,
         })
     }
 }
@@ -123,6 +131,8 @@ pub struct Layout {
     pub connect_timeout: Duration,
     /// How long a signalled shutdown may take.
     pub shutdown_timeout: Duration,
+    /// How long a peer may send no heartbeat before it counts as lost.
+    pub peer_timeout: Duration,
 }
 
 impl Layout {

@@ -5,6 +5,9 @@
 //! the same layout (process count, workers per process), so a mismatched flag fails at once with a clear message
 //! instead of corrupting the exchange. The connected sockets go to timely's
 //! `initialize_networking_from_sockets`.
+//!
+//! Every pair of processes opens two connections: one for timely's data, and one that carries only heartbeats
+//! ([`crate::liveness`]), so a peer that is stopped or cut off is noticed even when no data flows.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,8 +18,11 @@ use crate::error::{Error, Result};
 use crate::hostfile::HostFile;
 
 const MAGIC: &[u8; 8] = b"TRIBUTRY";
-const PROTOCOL: u32 = 1;
-const HELLO_LEN: usize = 8 + 4 + 8 + 8 + 8;
+const PROTOCOL: u32 = 2;
+const HELLO_LEN: usize = 8 + 4 + 8 + 8 + 8 + 8;
+/// Which of a pair's connections a greeting opens.
+const DATA: u64 = 0;
+const LIVENESS: u64 = 1;
 /// How often the startup loop retries refused connections and polls for incoming ones.
 const POLL: Duration = Duration::from_millis(20);
 /// How long between "still waiting" log lines.
@@ -27,6 +33,7 @@ struct Hello {
     process: u64,
     processes: u64,
     workers: u64,
+    channel: u64,
 }
 
 impl Hello {
@@ -37,6 +44,7 @@ impl Hello {
         out[12..20].copy_from_slice(&self.process.to_be_bytes());
         out[20..28].copy_from_slice(&self.processes.to_be_bytes());
         out[28..36].copy_from_slice(&self.workers.to_be_bytes());
+        out[36..44].copy_from_slice(&self.channel.to_be_bytes());
         out
     }
 
@@ -49,27 +57,36 @@ impl Hello {
         if protocol != PROTOCOL {
             return Err(format!("the peer speaks cluster protocol {protocol}, this process {PROTOCOL}; run the same build everywhere"));
         }
-        Ok(Hello { process: u64_at(12), processes: u64_at(20), workers: u64_at(28) })
+        let channel = u64_at(36);
+        if channel != DATA && channel != LIVENESS {
+            return Err(format!("the peer asks for connection kind {channel}, which this build does not know"));
+        }
+        Ok(Hello { process: u64_at(12), processes: u64_at(20), workers: u64_at(28), channel })
     }
+}
+
+/// The connections to the peers, one entry per process, `None` at this process's own index (as timely expects).
+pub(crate) struct Connected {
+    /// For timely's data.
+    pub(crate) data: Vec<Option<TcpStream>>,
+    /// For heartbeats.
+    pub(crate) liveness: Vec<Option<TcpStream>>,
 }
 
 /// Connects this process to all its peers, or fails once `layout.connect_timeout` has passed.
 ///
-/// Returns one entry per process, `None` at this process's own index, as timely expects. `interrupted` is asked
-/// between attempts and returns the name of a signal that arrived, which ends the wait.
-pub(crate) fn connect_peers(
-    layout: &Layout,
-    hosts: &HostFile,
-    interrupted: &dyn Fn() -> Option<&'static str>,
-) -> Result<Vec<Option<TcpStream>>> {
+/// `interrupted` is asked between attempts and returns the name of a signal that arrived, which ends the wait.
+pub(crate) fn connect_peers(layout: &Layout, hosts: &HostFile, interrupted: &dyn Fn() -> Option<&'static str>) -> Result<Connected> {
     let me = layout.process;
     let own = &hosts.hosts()[me];
     let listener = TcpListener::bind(own.resolved).map_err(|source| Error::Listen { process: me, address: own.address.clone(), source })?;
     listener.set_nonblocking(true).map_err(|source| Error::Io { what: "cannot make the listening socket non-blocking".into(), source })?;
-    let hello = Hello { process: me as u64, processes: layout.processes as u64, workers: layout.workers_per_process as u64 };
+    let hello =
+        |channel| Hello { process: me as u64, processes: layout.processes as u64, workers: layout.workers_per_process as u64, channel };
     let started = Instant::now();
     let deadline = started + layout.connect_timeout;
     let mut sockets: Vec<Option<TcpStream>> = (0..layout.processes).map(|_| None).collect();
+    let mut liveness: Vec<Option<TcpStream>> = (0..layout.processes).map(|_| None).collect();
     let mut next_report = started + REPORT_EVERY;
     tracing::info!(listen = %own.address, peers = layout.processes - 1, "connecting to peer processes");
 
@@ -77,8 +94,9 @@ pub(crate) fn connect_peers(
         // Accept from higher-indexed peers.
         loop {
             match listener.accept() {
-                Ok((stream, from)) => match accept_one(stream, &hello, &sockets) {
-                    Ok((peer, stream)) => {
+                Ok((stream, from)) => match accept_one(stream, &hello(DATA), &sockets, &liveness) {
+                    Ok((peer, LIVENESS, stream)) => liveness[peer] = Some(stream),
+                    Ok((peer, _, stream)) => {
                         tracing::debug!(peer, %from, "peer connected");
                         sockets[peer] = Some(stream);
                     }
@@ -92,26 +110,30 @@ pub(crate) fn connect_peers(
                 Err(source) => return Err(Error::Io { what: format!("accepting peer connections on {}", own.address), source }),
             }
         }
-        // Connect to lower-indexed peers.
-        for (peer, slot) in sockets.iter_mut().enumerate().take(me) {
-            if slot.is_some() {
-                continue;
-            }
-            let target = &hosts.hosts()[peer];
-            let Ok(stream) = TcpStream::connect_timeout(&target.resolved, Duration::from_millis(500)) else { continue };
-            match greet(stream, &hello, peer) {
-                Ok(stream) => {
-                    tracing::debug!(peer, address = %target.address, "connected to peer");
-                    *slot = Some(stream);
+        // Connect to lower-indexed peers: the data connection, then the heartbeat one.
+        for peer in 0..me {
+            for channel in [DATA, LIVENESS] {
+                let open = if channel == DATA { sockets[peer].is_some() } else { liveness[peer].is_some() || sockets[peer].is_none() };
+                if open {
+                    continue;
                 }
-                Err(GreetError::Retry(why)) => tracing::debug!(peer, "connection attempt failed, retrying: {why}"),
-                Err(GreetError::Mismatch(message)) => {
-                    return Err(Error::Handshake { process: me, peer: describe(hosts, peer), message });
+                let target = &hosts.hosts()[peer];
+                let Ok(stream) = TcpStream::connect_timeout(&target.resolved, Duration::from_millis(500)) else { continue };
+                match greet(stream, &hello(channel), peer) {
+                    Ok(stream) => {
+                        tracing::debug!(peer, address = %target.address, channel, "connected to peer");
+                        let slots = if channel == DATA { &mut sockets } else { &mut liveness };
+                        slots[peer] = Some(stream);
+                    }
+                    Err(GreetError::Retry(why)) => tracing::debug!(peer, "connection attempt failed, retrying: {why}"),
+                    Err(GreetError::Mismatch(message)) => {
+                        return Err(Error::Handshake { process: me, peer: describe(hosts, peer), message });
+                    }
                 }
             }
         }
 
-        let missing: Vec<usize> = (0..layout.processes).filter(|&p| p != me && sockets[p].is_none()).collect();
+        let missing: Vec<usize> = (0..layout.processes).filter(|&p| p != me && (sockets[p].is_none() || liveness[p].is_none())).collect();
         if missing.is_empty() {
             break;
         }
@@ -131,12 +153,12 @@ pub(crate) fn connect_peers(
         std::thread::sleep(POLL);
     }
 
-    for stream in sockets.iter().flatten() {
+    for stream in sockets.iter().chain(liveness.iter()).flatten() {
         let setup = stream.set_nonblocking(false).and_then(|()| stream.set_read_timeout(None)).and_then(|()| stream.set_nodelay(true));
         setup.map_err(|source| Error::Io { what: "cannot configure a peer socket".into(), source })?;
     }
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "all {} peer processes connected", layout.processes - 1);
-    Ok(sockets)
+    Ok(Connected { data: sockets, liveness })
 }
 
 fn describe(hosts: &HostFile, process: usize) -> String {
@@ -160,7 +182,12 @@ fn check_layout(theirs: &Hello, ours: &Hello) -> std::result::Result<(), String>
     Ok(())
 }
 
-fn accept_one(mut stream: TcpStream, ours: &Hello, sockets: &[Option<TcpStream>]) -> std::result::Result<(usize, TcpStream), Refusal> {
+fn accept_one(
+    mut stream: TcpStream,
+    ours: &Hello,
+    sockets: &[Option<TcpStream>],
+    liveness: &[Option<TcpStream>],
+) -> std::result::Result<(usize, u64, TcpStream), Refusal> {
     let io = |e: std::io::Error| Refusal::Stray(e.to_string());
     stream.set_nonblocking(false).map_err(io)?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
@@ -174,10 +201,11 @@ fn accept_one(mut stream: TcpStream, ours: &Hello, sockets: &[Option<TcpStream>]
     // Answer before judging the layout, so the peer sees a mismatch too and both fail at once.
     stream.write_all(&ours.encode()).map_err(io)?;
     check_layout(&theirs, ours).map_err(|m| Refusal::Mismatch(peer, m))?;
-    if sockets[peer].is_some() {
+    let taken = if theirs.channel == LIVENESS { liveness[peer].is_some() } else { sockets[peer].is_some() };
+    if taken {
         return Err(Refusal::Mismatch(peer, "a second process claims this index; check the --process flags".into()));
     }
-    Ok((peer, stream))
+    Ok((peer, theirs.channel, stream))
 }
 
 enum GreetError {
@@ -205,12 +233,12 @@ mod tests {
 
     #[test]
     fn hello_round_trips_and_rejects_strangers() {
-        let hello = Hello { process: 3, processes: 4, workers: 2 };
+        let hello = Hello { process: 3, processes: 4, workers: 2, channel: LIVENESS };
         assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);
         let mut bytes = hello.encode();
         bytes[0] = b'X';
         assert!(Hello::decode(&bytes).unwrap_err().contains("not a Tributary process"));
-        let other = Hello { process: 1, processes: 4, workers: 1 };
+        let other = Hello { process: 1, processes: 4, workers: 1, channel: DATA };
         assert!(check_layout(&other, &hello).unwrap_err().contains("--workers 1"));
     }
 }

@@ -20,6 +20,7 @@ use crate::cli::{ClusterArgs, Layout};
 use crate::connect::connect_peers;
 use crate::error::{Error, Result};
 use crate::failure::{payload_message, unwatch_peers, watch_peers};
+use crate::liveness::Liveness;
 use crate::shutdown::{Shutdown, signal_name};
 
 /// How long to let local workers unwind after a peer is lost or a worker panicked, before returning anyway.
@@ -98,6 +99,7 @@ where
         .map_err(|source| Error::Io { what: "cannot start the signal thread".into(), source })?;
     let _close_signals = Guard(Some(move || signals_handle.close()));
 
+    let mut liveness: Option<Liveness> = None;
     let (builders, comms): (Vec<AllocatorBuilder>, Option<Box<dyn std::any::Any + Send>>) = match &layout.hosts {
         Some(hosts) if layout.processes > 1 => {
             // Until the workers start, the only events are signals.
@@ -105,11 +107,18 @@ where
                 Ok(Event::Signal(signal)) => Some(signal_name(signal)),
                 _ => None,
             };
-            let sockets = connect_peers(layout, hosts, &interrupted)?;
+            let connected = connect_peers(layout, hosts, &interrupted)?;
+            let sockets = connected.data;
             let peer_events = std::sync::Mutex::new(events.clone());
             watch_peers(Box::new(move |peer, cause| {
                 let _ = peer_events.lock().unwrap_or_else(|e| e.into_inner()).send(Event::PeerLost(peer, cause));
             }));
+            let beat_events = std::sync::Mutex::new(events.clone());
+            let report = Arc::new(move |peer, cause| {
+                let _ = beat_events.lock().unwrap_or_else(|e| e.into_inner()).send(Event::PeerLost(peer, cause));
+            });
+            let describe = |peer: usize| format!("process {peer} ({})", hosts.hosts()[peer].address);
+            liveness = Some(Liveness::start(connected.liveness, layout.peer_timeout, &describe, report));
             let threads = layout.workers_per_process;
             let local = ProcessBuilder::new_typed_vector(threads, Hooks::default().refill, None);
             let (builders, guard) = initialize_networking_from_sockets(local, sockets, layout.process, threads, Hooks::default())
@@ -240,6 +249,9 @@ where
 
     match outcome {
         Ok(()) => {
+            if let Some(liveness) = &liveness {
+                liveness.finish();
+            }
             std::mem::ManuallyDrop::into_inner(guards).join();
             if let Some(comms) = std::mem::ManuallyDrop::into_inner(comms) {
                 // Joins timely's network threads; they end once every process has finished the dataflow.

@@ -17,6 +17,7 @@ mod execute;
 mod failure;
 mod hostfile;
 pub mod launch;
+mod liveness;
 pub mod logging;
 pub mod shutdown;
 
