@@ -84,6 +84,8 @@ fn words(line: &str) -> impl Iterator<Item = String> + '_ {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Before the cluster starts: opening topics and the commit log logs too.
+    tributary::runtime::logging::init();
     let config = KafkaConfig::new(args.brokers.clone())?;
     let mut source =
         KafkaSource::new(config.clone(), &[args.topic.as_str()], Decoder::utf8(), EventTime::KafkaTimestamp)?.until_end(args.until_end);

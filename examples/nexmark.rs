@@ -102,6 +102,8 @@ struct Part {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Before the cluster starts: opening topics and the commit log logs too.
+    tributary::runtime::logging::init();
     let config = Config {
         events: args.events,
         partitions: args.partitions.max(1),

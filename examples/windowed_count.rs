@@ -135,6 +135,8 @@ struct Outcome {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Before the cluster starts: opening topics and the commit log logs too.
+    tributary::runtime::logging::init();
     let window = args.window.as_millis() as u64;
     anyhow::ensure!(window > 0, "--window must be positive");
     let lateness = args.allowed_lateness.as_millis() as u64;

@@ -51,19 +51,32 @@ pub fn produce(bootstrap: &str, topic: &str, records: &[(i32, i64, Vec<u8>)]) {
     producer.flush(Duration::from_secs(60)).expect("flush");
 }
 
+/// A consumer for reading topics to their end (no group, fetches answered at once).
+fn reader(bootstrap: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "reader")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("consumer")
+}
+
 /// The number of partitions of `topic` (0 if it does not exist).
 pub fn partitions(bootstrap: &str, topic: &str) -> i32 {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "reader").create().expect("consumer");
+    partitions_with(&reader(bootstrap), topic)
+}
+
+fn partitions_with(consumer: &BaseConsumer, topic: &str) -> i32 {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
     metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len() as i32)
 }
 
 /// The number of records in `topic` (sum of partition ends).
 pub fn size(bootstrap: &str, topic: &str) -> i64 {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "reader").create().expect("consumer");
-    (0..partitions(bootstrap, topic)).map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1).sum()
+    let consumer = reader(bootstrap);
+    (0..partitions_with(&consumer, topic))
+        .map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1)
+        .sum()
 }
 
 /// Waits until `topic` holds at least `at_least` records.
@@ -80,35 +93,37 @@ pub fn wait_for_records(bootstrap: &str, topic: &str, at_least: i64, timeout: Du
 
 /// Every record of every partition of `topic`, in offset order per partition.
 pub fn read(bootstrap: &str, topic: &str) -> Vec<Vec<Record>> {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "reader").create().expect("consumer");
-    let count = partitions(bootstrap, topic);
+    let consumer = reader(bootstrap);
+    let count = partitions_with(&consumer, topic);
     let mut out = vec![Vec::new(); count as usize];
+    // All partitions at once: the fetches run in parallel.
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = Vec::new();
     for partition in 0..count {
         let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks");
-        if high <= low {
-            continue;
+        if high > low {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
         }
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
-        consumer.assign(&assignment).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut next = low;
-        while next < high {
-            assert!(Instant::now() < deadline, "reading {topic}/{partition}: stuck at {next} of {high}");
-            let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
-            let message = message.expect("read");
-            next = message.offset() + 1;
-            let timestamp = match message.timestamp() {
-                Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
-                Timestamp::NotAvailable => None,
-            };
-            out[partition as usize].push(Record {
-                key: message.key().map(<[u8]>::to_vec),
-                value: message.payload().map(<[u8]>::to_vec),
-                timestamp,
-            });
-        }
+        ends.push(high);
+    }
+    if assignment.count() == 0 {
+        return out;
+    }
+    consumer.assign(&assignment).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut next: Vec<i64> = vec![0; count as usize];
+    let done = |next: &[i64]| next.iter().zip(&ends).all(|(n, e)| n >= e);
+    while !done(&next) {
+        assert!(Instant::now() < deadline, "reading {topic}: stuck at {next:?} of {ends:?}");
+        let Some(message) = consumer.poll(Duration::from_millis(20)) else { continue };
+        let message = message.expect("read");
+        let partition = message.partition() as usize;
+        next[partition] = message.offset() + 1;
+        let timestamp = match message.timestamp() {
+            Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
+            Timestamp::NotAvailable => None,
+        };
+        out[partition].push(Record { key: message.key().map(<[u8]>::to_vec), value: message.payload().map(<[u8]>::to_vec), timestamp });
     }
     out
 }
@@ -183,6 +198,15 @@ impl Job {
             stderr.push_str(&format!("--- process {i} ({status}) ---\n{err}"));
         }
         (statuses, stderr)
+    }
+
+    /// Waits for every process after a SIGTERM: each must have stopped cleanly, or have been stopped by the signal
+    /// itself (one that arrives while the program is still setting up, before it handles signals).
+    pub fn stopped(self, what: &str, timeout: Duration) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        let (statuses, stderr) = self.wait(timeout);
+        assert!(statuses.iter().all(|s| s.success() || s.signal() == Some(Signal::SIGTERM as i32)), "{what} failed:\n{stderr}");
+        stderr
     }
 
     /// Waits for every process and fails the test unless all succeeded.

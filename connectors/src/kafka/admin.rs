@@ -48,7 +48,13 @@ fn request(config: &KafkaConfig, what: impl Into<String>, reason: impl ToString)
 /// A consumer for metadata and reads by assignment (no group, nothing committed).
 pub(crate) fn reader(config: &KafkaConfig) -> Result<BaseConsumer, AdminError> {
     config
-        .client_config(&[("group.id", "tributary-sink"), ("enable.auto.commit", "false"), ("enable.partition.eof", "false")])
+        .client_config(&[
+            ("group.id", "tributary-sink"),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "false"),
+            // Reads here go to a known end: do not let the broker hold a fetch waiting for more.
+            ("fetch.wait.max.ms", "10"),
+        ])
         .create()
         .map_err(|e| request(config, "creating a client", e))
 }

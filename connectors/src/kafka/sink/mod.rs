@@ -243,9 +243,11 @@ impl<K, V> KafkaSinkBuilder<K, V> {
                 }
             }
         }
+        tracing::debug!(topic = self.topic, "sink: topic checked");
         let client_limit = self.config.setting("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(1_000_000usize);
         let topic_limit = admin::max_message_bytes(&self.config, &self.topic).unwrap_or(1_048_588);
         let max_record_bytes = client_limit.min(topic_limit).saturating_sub(RECORD_OVERHEAD);
+        tracing::debug!(topic = self.topic, max_record_bytes, "sink: record size limit");
         let delivery_timeout = self
             .config
             .setting("message.timeout.ms")
