@@ -76,6 +76,10 @@ struct Args {
     /// A partition with nothing to read for this long stops holding the watermark back.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
+    /// A librdkafka setting for every client, as `KEY=VALUE` (repeat for several), e.g.
+    /// `message.timeout.ms=60000`.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    kafka_options: Vec<String>,
 }
 
 fn words(line: &str) -> impl Iterator<Item = String> + '_ {
@@ -86,7 +90,11 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Before the cluster starts: opening topics and the commit log logs too.
     tributary::runtime::logging::init();
-    let config = KafkaConfig::new(args.brokers.clone())?;
+    let mut config = KafkaConfig::new(args.brokers.clone())?;
+    for option in &args.kafka_options {
+        let (key, value) = option.split_once('=').with_context(|| format!("--kafka-option {option}: expected KEY=VALUE"))?;
+        config = config.set(key, value)?;
+    }
     let mut source =
         KafkaSource::new(config.clone(), &[args.topic.as_str()], Decoder::utf8(), EventTime::KafkaTimestamp)?.until_end(args.until_end);
     if let Some(group) = &args.lag_group {

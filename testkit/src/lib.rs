@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod proxy;
+pub use proxy::Proxy;
+
 /// The tansu version every test and the demo run against.
 pub const TANSU_VERSION: &str = "0.6.0";
 /// The cargo features tansu needs for the memory and sqlite storage engines.
@@ -85,6 +88,21 @@ impl Broker {
     ///
     /// Fails with a clear message if tansu is not installed (`cargo xtask setup`) or does not come up.
     pub fn start(storage: Storage, dir: &Path) -> anyhow::Result<Broker> {
+        Broker::start_advertising(storage, dir, None)
+    }
+
+    /// Starts a broker behind a fault-injecting [`Proxy`]: the broker advertises the proxy's address, so clients
+    /// that bootstrap from [`Proxy::address`] (or from [`Broker::bootstrap`]: the metadata points them at the
+    /// proxy) reach the broker only through it.
+    pub fn start_behind_proxy(storage: Storage, dir: &Path) -> anyhow::Result<(Broker, Proxy)> {
+        let listener = Proxy::bind()?;
+        let advertised = listener.local_addr().context("proxy address")?;
+        let broker = Broker::start_advertising(storage, dir, Some(advertised))?;
+        let proxy = Proxy::start(listener, broker.address)?;
+        Ok((broker, proxy))
+    }
+
+    fn start_advertising(storage: Storage, dir: &Path, advertised: Option<SocketAddr>) -> anyhow::Result<Broker> {
         let port = free_port()?;
         let tansu = tansu_path();
         if !tansu.exists() {
@@ -94,12 +112,13 @@ impl Broker {
         let log = dir.join("tansu.log");
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).context("cannot open the broker log")?;
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = advertised.map_or_else(|| url.clone(), |a| format!("tcp://{a}"));
         let engine = match &storage {
             Storage::Memory => "memory://tansu/".to_owned(),
             Storage::Sqlite(file) => format!("sqlite://{}?maintenance_interval=5s", file.display()),
         };
         let child = Command::new(&tansu)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &engine])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine", &engine])
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().context("log handle")?)
