@@ -128,12 +128,52 @@ impl DeadLetter {
     ///
     /// Key and payload bytes beyond [`DeadLetter::MAX_BYTES`] each are cut off (a dead letter must fit in a
     /// topic); `key_len` and `payload_len` then give their full length.
+    ///
+    /// ```
+    /// use tributary_connectors::{DeadLetter, Reason};
+    /// let letter = DeadLetter {
+    ///     source: "lines".into(), partition: 0, offset: 7,
+    ///     reason: Reason::Malformed { error: "invalid UTF-8".into() },
+    ///     key: None, payload: Some(vec![b'x'; 50_000]),
+    /// };
+    /// let json: serde_json::Value = serde_json::from_slice(&letter.to_json_within(10_000)).unwrap();
+    /// assert_eq!(json["payload_len"], 50_000);
+    /// assert!(letter.to_json_within(10_000).len() <= 10_000);
+    /// ```
     pub fn to_json(&self) -> Vec<u8> {
-        fn cut(b: &Option<Vec<u8>>) -> Option<&[u8]> {
-            b.as_ref().map(|b| &b[..b.len().min(DeadLetter::MAX_BYTES)])
+        self.to_json_keeping(Self::MAX_BYTES)
+    }
+
+    /// As [`DeadLetter::to_json`], keeping fewer of the original bytes if needed so the JSON is at most `limit`
+    /// bytes (a dead-letter topic's record size limit): a dead letter is never refused for its size.
+    pub fn to_json_within(&self, limit: usize) -> Vec<u8> {
+        let mut keep = Self::MAX_BYTES;
+        loop {
+            let json = self.to_json_keeping(keep);
+            if json.len() <= limit || keep == 0 {
+                return json;
+            }
+            // The kept bytes appear about 2.4 times (text and base64); shrink them by what is over.
+            keep = keep.min(self.key.as_ref().map_or(0, Vec::len).max(self.payload.as_ref().map_or(0, Vec::len)));
+            keep = keep.saturating_sub((json.len() - limit) / 2 + 1);
         }
+    }
+
+    fn to_json_keeping(&self, keep: usize) -> Vec<u8> {
+        let cut = |b: &Option<Vec<u8>>| -> Option<Vec<u8>> {
+            b.as_ref().map(|b| {
+                let mut end = b.len().min(keep);
+                // Cut text on a character boundary, so it stays text.
+                if let Ok(text) = std::str::from_utf8(b) {
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                }
+                b[..end].to_vec()
+            })
+        };
         let bytes = |b: &Option<Vec<u8>>| cut(b).map(|b| base64::engine::general_purpose::STANDARD.encode(b));
-        let text = |b: &Option<Vec<u8>>| cut(b).and_then(|b| std::str::from_utf8(b).ok().map(str::to_owned));
+        let text = |b: &Option<Vec<u8>>| cut(b).and_then(|b| String::from_utf8(b).ok());
         let mut value = serde_json::json!({
             "source": self.source,
             "partition": self.partition,
@@ -145,7 +185,7 @@ impl DeadLetter {
             "payload_base64": bytes(&self.payload),
         });
         for (field, b) in [("key_len", &self.key), ("payload_len", &self.payload)] {
-            if let Some(b) = b.as_ref().filter(|b| b.len() > Self::MAX_BYTES) {
+            if let Some(b) = b.as_ref().filter(|b| b.len() > keep) {
                 value[field] = serde_json::json!(b.len());
             }
         }

@@ -440,6 +440,13 @@ pub trait SinkDeadLetters<'scope> {
 
 impl<'scope> SinkDeadLetters<'scope> for Stream<'scope, u64, Vec<DeadLetter>> {
     fn sink_dead_letters(self, name: &str, sink: &KafkaSink<String, DeadLetter>, job: &Job<'scope>) -> Written<'scope> {
+        // A dead letter keeps as much of its record's bytes as the topic takes: it is never refused itself.
+        let limit = sink.shared.max_record_bytes.saturating_sub(1024);
+        let fitted = KafkaSink {
+            shared: Arc::clone(&sink.shared),
+            key: Arc::clone(&sink.key),
+            value: Arc::new(move |letter: &DeadLetter| letter.to_json_within(limit)),
+        };
         self.unary::<CapacityContainerBuilder<Vec<((String, DeadLetter), u64, isize)>>, _, _, _>(Pipeline, "DeadLetterUpdates", |_, _| {
             |input, output| {
                 input.for_each(|cap, data| {
@@ -449,6 +456,6 @@ impl<'scope> SinkDeadLetters<'scope> for Stream<'scope, u64, Vec<DeadLetter>> {
             }
         })
         .as_collection()
-        .sink_kafka(name, sink, job)
+        .sink_kafka(name, &fitted, job)
     }
 }
