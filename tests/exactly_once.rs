@@ -238,3 +238,36 @@ fn a_quiet_partition_kill_and_an_older_record_lose_nothing_1x1() {
 fn a_quiet_partition_kill_and_an_older_record_lose_nothing_2x2() {
     idle_partition_kill_then_old_record((2, 2));
 }
+
+/// Two processes, one SIGSTOPped: the other stops within the peer timeout, naming it; a restart is exact.
+#[test]
+fn a_stopped_process_stops_the_job_within_the_peer_timeout_and_a_restart_is_exact() {
+    let (scratch, broker) = setup("eo-sigstop");
+    let bootstrap = broker.bootstrap();
+    let mut all = lines(0, 10_000, 10, 200, 31);
+    all.extend(lines(1, 10_000, 10, 200, 32));
+    produce(&bootstrap, "lines", &all);
+    let mut flags = args(&bootstrap, false, "10s");
+    flags.extend(["--peer-timeout".to_owned(), "3s".to_owned()]);
+    let job = Job::start(&scratch.0, "kafka_word_count", (2, 2), &flags, &[]);
+    let written: Vec<_> = all.iter().filter(|(_, ts, _)| *ts < 10_000 + 199 * 10).cloned().collect();
+    wait_for_table(&bootstrap, &reference(&written), &job);
+    let mut processes = job.processes.into_iter();
+    let (first, second) = (processes.next().expect("process 0"), processes.next().expect("process 1"));
+    let stop = |signal| nix::sys::signal::kill(nix::unistd::Pid::from_raw(second.pid), signal).expect("signal process 1");
+    stop(Signal::SIGSTOP);
+    let stopped = std::time::Instant::now();
+    let (status, stderr) = first.wait(Duration::from_secs(60));
+    let took = stopped.elapsed();
+    stop(Signal::SIGKILL);
+    let _ = second.wait(LONG);
+    assert!(!status.success(), "process 0 went on: {stderr}");
+    assert!(stderr.contains("lost its connection to process 1") && stderr.contains("sent no heartbeat for 3s"), "{stderr}");
+    assert!(took < Duration::from_secs(30), "process 0 took {took:?} to stop");
+
+    let more = lines_of(LATE_WORDS, 1, 11_000, 10, 50, 33);
+    produce(&bootstrap, "lines", &more);
+    all.extend(more);
+    bounded(&scratch.0, &bootstrap, (2, 2), "the restart");
+    check(&bootstrap, &all, "after a stopped process and a restart");
+}

@@ -194,7 +194,10 @@ fn several_topics_agree_with_the_model_at_1_2_and_3_workers() {
                 assert!(error.contains("key must be a string") || error.contains("EOF"), "{error}");
                 assert_eq!(d.payload.as_deref(), Some(&b"{not json"[..]), "the original bytes travel with the dead letter");
             }
-            Reason::TooLate { event_time, watermark, max_lateness_ms } => assert!(watermark - event_time > *max_lateness_ms),
+            Reason::TooLate { event_time, watermark, max_lateness_ms } => {
+                assert!(watermark - event_time > *max_lateness_ms);
+                assert_eq!(d.payload.as_deref(), json(*event_time).as_deref().map(str::as_bytes), "a too-late record keeps its bytes");
+            }
             other => panic!("a source emits no {other:?}"),
         }
     }
