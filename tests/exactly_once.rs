@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::Scratch;
-use common::kafka::{Job, changelog, produce, sqlite_broker, table};
+use common::kafka::{Job, changelog, lines_of, produce, sqlite_broker, table, word_counts};
 use nix::sys::signal::Signal;
 
 const LONG: Duration = Duration::from_secs(180);
@@ -26,35 +26,12 @@ const WORDS: &[&str] = &["river", "delta", "stream", "flow", "tributary", "basin
 /// so a lost change shows in the table (not only in the changelog).
 const LATE_WORDS: &[&str] = &["lagoon", "marsh", "fen", "bayou"];
 
-/// `count` lines on `partition` with timestamps `from, from + step, ...`; words drawn from `seed`.
 fn lines(partition: i32, from: i64, step: i64, count: usize, seed: u64) -> Vec<(i32, i64, Vec<u8>)> {
     lines_of(WORDS, partition, from, step, count, seed)
 }
 
-fn lines_of(words: &[&str], partition: i32, from: i64, step: i64, count: usize, seed: u64) -> Vec<(i32, i64, Vec<u8>)> {
-    let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 33) as usize
-    };
-    (0..count)
-        .map(|i| {
-            let n = 1 + next() % 4;
-            let line = (0..n).map(|_| words[next() % words.len()]).collect::<Vec<_>>().join(" ");
-            (partition, from + i as i64 * step, line.into_bytes())
-        })
-        .collect()
-}
-
-/// The word counts of all lines.
 fn reference(all: &[(i32, i64, Vec<u8>)]) -> BTreeMap<String, i64> {
-    let mut counts = BTreeMap::new();
-    for (_, _, bytes) in all {
-        for word in std::str::from_utf8(bytes).unwrap().split(' ').filter(|w| !w.is_empty()) {
-            *counts.entry(word.to_owned()).or_default() += 1;
-        }
-    }
-    counts
+    word_counts(all)
 }
 
 /// The upsert topic read as a table and the changelog topic summed, both as word counts.

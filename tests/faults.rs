@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::Scratch;
-use common::kafka::{Job, changelog, produce, table};
+use common::kafka::{Job, changelog, lines_of, produce, table, word_counts};
 use nix::sys::signal::Signal;
 use tributary_testkit::{Broker, Proxy, Storage};
 
@@ -17,31 +17,11 @@ const LONG: Duration = Duration::from_secs(180);
 const WORDS: &[&str] = &["river", "delta", "stream", "flow", "tributary", "basin", "creek", "rapids"];
 
 fn lines(partition: i32, from: i64, count: usize, seed: u64) -> Vec<(i32, i64, Vec<u8>)> {
-    lines_of(WORDS, partition, from, count, seed)
-}
-
-fn lines_of(vocabulary: &[&str], partition: i32, from: i64, count: usize, seed: u64) -> Vec<(i32, i64, Vec<u8>)> {
-    let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 33) as usize
-    };
-    (0..count)
-        .map(|i| {
-            let words: Vec<&str> = (0..1 + next() % 3).map(|_| vocabulary[next() % vocabulary.len()]).collect();
-            (partition, from + i as i64 * 10, words.join(" ").into_bytes())
-        })
-        .collect()
+    lines_of(WORDS, partition, from, 10, count, seed)
 }
 
 fn reference(all: &[(i32, i64, Vec<u8>)]) -> BTreeMap<String, String> {
-    let mut counts: BTreeMap<String, i64> = BTreeMap::new();
-    for (_, _, bytes) in all {
-        for word in std::str::from_utf8(bytes).unwrap().split(' ') {
-            *counts.entry(word.to_owned()).or_default() += 1;
-        }
-    }
-    counts.into_iter().map(|(w, n)| (w, n.to_string())).collect()
+    word_counts(all).into_iter().map(|(w, n)| (w, n.to_string())).collect()
 }
 
 fn start() -> (Scratch, Broker, Proxy) {
@@ -124,7 +104,7 @@ fn a_30s_broker_outage_is_survived_exactly_once_and_at_least_once() {
     eprintln!("the broker was unreachable for {:?}", outage.elapsed());
 
     // After it the jobs go on: records produced now reach their outputs.
-    let more: Vec<_> = lines_of(&["lagoon"], 0, 14_000, 50, 3).into_iter().chain(lines_of(&["lagoon"], 1, 14_000, 50, 4)).collect();
+    let more: Vec<_> = lines_of(&["lagoon"], 0, 14_000, 10, 50, 3).into_iter().chain(lines_of(&["lagoon"], 1, 14_000, 10, 50, 4)).collect();
     produce(&bootstrap, "lines", &more);
     all.extend(more);
     let exactly = wait_until(&bootstrap, "exact", exactly, |t| t.contains_key("lagoon"));

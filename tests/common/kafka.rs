@@ -26,6 +26,34 @@ pub struct Record {
     pub timestamp: Option<i64>,
 }
 
+/// `count` lines of words from `vocabulary` on `partition` with timestamps `from, from + step, ...`, drawn
+/// from `seed`: `(partition, timestamp, bytes)`, as [`produce`] takes them.
+pub fn lines_of(vocabulary: &[&str], partition: i32, from: i64, step: i64, count: usize, seed: u64) -> Vec<(i32, i64, Vec<u8>)> {
+    let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    (0..count)
+        .map(|i| {
+            let n = 1 + next() % 4;
+            let line = (0..n).map(|_| vocabulary[next() % vocabulary.len()]).collect::<Vec<_>>().join(" ");
+            (partition, from + i as i64 * step, line.into_bytes())
+        })
+        .collect()
+}
+
+/// The word counts of lines (words separated by single spaces), as `kafka_word_count` computes them.
+pub fn word_counts(lines: &[(i32, i64, Vec<u8>)]) -> BTreeMap<String, i64> {
+    let mut counts = BTreeMap::new();
+    for (_, _, bytes) in lines {
+        for word in std::str::from_utf8(bytes).expect("text lines").split(' ').filter(|w| !w.is_empty()) {
+            *counts.entry(word.to_owned()).or_default() += 1;
+        }
+    }
+    counts
+}
+
 /// A broker on the sqlite engine (exact offsets and ends), in `dir`.
 pub fn sqlite_broker(dir: &Path) -> Broker {
     Broker::start(Storage::Sqlite("broker.db".into()), &dir.join("broker"))
