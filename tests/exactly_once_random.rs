@@ -231,6 +231,18 @@ fn dead_letter_keys(bootstrap: &str, topic: &str) -> Vec<String> {
 }
 
 fn check(bootstrap: &str, model: &Model, context: &str) {
+    if std::env::var("DEBUG_RANDOM").is_ok() {
+        for topic in ["lines.dead", "counts.commits"] {
+            for r in read(bootstrap, topic).into_iter().flatten() {
+                eprintln!(
+                    "{topic}: {:?} @{:?} {}",
+                    r.key.as_deref().map(String::from_utf8_lossy),
+                    r.timestamp,
+                    r.value.as_deref().map(String::from_utf8_lossy).unwrap_or_default().chars().take(600).collect::<String>()
+                );
+            }
+        }
+    }
     let counts: BTreeMap<String, i64> = table(bootstrap, "counts").into_iter().map(|(w, n)| (w, n.parse().expect("a count"))).collect();
     assert_eq!(counts, model.words, "{context}: the word-count upsert topic read as a table");
     let summed: BTreeMap<String, i64> = changelog(bootstrap, "changes")

@@ -143,8 +143,8 @@ pub fn read(bootstrap: &str, topic: &str) -> Vec<Vec<Record>> {
     let done = |next: &[i64]| next.iter().zip(&ends).all(|(n, e)| n >= e);
     while !done(&next) {
         assert!(Instant::now() < deadline, "reading {topic}: stuck at {next:?} of {ends:?}");
-        let Some(message) = consumer.poll(Duration::from_millis(20)) else { continue };
-        let message = message.expect("read");
+        // Connection errors are transient (librdkafka reconnects); the deadline ends the read.
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(20)) else { continue };
         let partition = message.partition() as usize;
         next[partition] = message.offset() + 1;
         let timestamp = match message.timestamp() {
@@ -233,7 +233,10 @@ impl Job {
     pub fn stopped(self, what: &str, timeout: Duration) -> String {
         use std::os::unix::process::ExitStatusExt;
         let (statuses, stderr) = self.wait(timeout);
-        assert!(statuses.iter().all(|s| s.success() || s.signal() == Some(Signal::SIGTERM as i32)), "{what} failed:\n{stderr}");
+        // A process still connecting to its peers stops with an error that says so.
+        let interrupted = stderr.matches("stopped by SIGTERM while connecting to the peer processes").count();
+        let failed = statuses.iter().filter(|s| !s.success() && s.signal() != Some(Signal::SIGTERM as i32)).count();
+        assert!(failed <= interrupted, "{what} failed:\n{stderr}");
         stderr
     }
 

@@ -117,6 +117,7 @@ impl Coordinator {
             }
             Event::Control(Control::Drain { horizon, .. }) => self.horizon = Some(self.horizon.map_or(horizon, |h| h.min(horizon))),
             Event::Sink(position) => {
+                tracing::trace!(time, ?position, "sink position");
                 self.sinks.entry((position.topic.clone(), position.partition)).or_default().insert(time, position);
             }
             Event::Resumed { worker, commit } => match self.resumed {
@@ -172,6 +173,7 @@ impl Coordinator {
 
     fn write(&mut self, time: u64) {
         let commit = self.commit_at(time);
+        tracing::trace!(?commit, "writing a commit");
         let writer = self.writer.get_or_insert_with(|| {
             self.log.writer().unwrap_or_else(|e| panic!("cannot write the job's commits to {}: {e}", self.log.topic()))
         });

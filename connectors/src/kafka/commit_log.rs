@@ -142,8 +142,15 @@ fn read_latest(config: &KafkaConfig, topic: &str) -> Result<Option<(i64, Commit)
         if std::time::Instant::now() > deadline {
             return Err(request(format!("reading {topic} to offset {high}"), &format!("stuck at offset {next}")).into());
         }
-        let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
-        let message = message.map_err(|e| request(format!("reading {topic}"), &e))?;
+        let message = match consumer.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Ok(message)) => message,
+            // Connection errors are transient (librdkafka reconnects); the deadline ends the read.
+            Some(Err(e)) => {
+                tracing::debug!(topic, "reading the commit log: {e}");
+                continue;
+            }
+        };
         next = message.offset() + 1;
         if message.key() != Some(KEY) {
             last_error = Some(format!("a record at offset {} has another key", message.offset()));

@@ -11,10 +11,13 @@
 //! - **Changelog**: the same per key, with diffs: once past the key's last suffix time it writes, per value, the
 //!   regenerated diffs since `base` minus the suffix's.
 //! - **Append**: each regenerated addition after `base` that the suffix holds is not written again (as a
-//!   multiset); additions the suffix holds that the run never regenerates stay (appends cannot be taken back).
+//!   multiset); additions the suffix holds that the run passes (by their timestamp) without regenerating stay
+//!   (appends cannot be taken back).
 //!
-//! Keys not in the suffix are written as usual after `base`. A partition whose suffix keys are all resolved is
-//! consistent again: its position in the next commit moves past everything written.
+//! Keys not in the suffix are written as usual after `base`. A partition whose suffix keys are all resolved (and
+//! whose suffix appends are all regenerated or passed) is consistent again: its position in the next commit
+//! moves past everything written. Until then it stays where the last commit put it, so a crash in between
+//! reconciles again from there.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -41,6 +44,10 @@ pub(super) struct Suffix {
     changelog: HashMap<Vec<u8>, ChangelogKey>,
     /// Append: how many times each (key, value) is in the suffix and not yet regenerated.
     append: HashMap<(Vec<u8>, Vec<u8>), u64>,
+    /// Append: the suffix's records by their time, until regenerated or passed.
+    append_by_time: BTreeMap<u64, Vec<(Vec<u8>, Vec<u8>)>>,
+    /// Append: suffix records neither regenerated nor passed yet.
+    append_open: u64,
     /// Upsert and changelog keys by the time of their last suffix record.
     by_time: BTreeMap<u64, Vec<Vec<u8>>>,
     /// Records read.
@@ -96,8 +103,15 @@ impl Suffix {
                     "reading {topic}/{partition} from offset {from} to {to} made no progress for {STALL:?} (stuck at {next})"
                 ));
             }
-            let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
-            let message = message.map_err(|e| format!("reading {topic}/{partition}: {e}"))?;
+            let message = match consumer.poll(Duration::from_millis(100)) {
+                None => continue,
+                Some(Ok(message)) => message,
+                // Connection errors are transient (librdkafka reconnects); only a stall ends the read.
+                Some(Err(e)) => {
+                    tracing::debug!(topic, partition, "reading the suffix: {e}");
+                    continue;
+                }
+            };
             if message.offset() >= to {
                 break;
             }
@@ -121,7 +135,7 @@ impl Suffix {
                         .map_err(|e| format!("{topic}/{partition} at offset {}: not a changelog record ({e})", message.offset()))?;
                     suffix.add_changelog(key, envelope.value.get().to_owned(), envelope.diff, envelope.time);
                 }
-                SinkFormat::Append => *suffix.append.entry((key, value.unwrap_or_default())).or_default() += 1,
+                SinkFormat::Append => suffix.add_append(key, value.unwrap_or_default(), stamped),
             }
         }
         suffix.index();
@@ -144,6 +158,12 @@ impl Suffix {
         entry.until = entry.until.max(time);
     }
 
+    fn add_append(&mut self, key: Vec<u8>, value: Vec<u8>, time: u64) {
+        *self.append.entry((key.clone(), value.clone())).or_default() += 1;
+        self.append_by_time.entry(time).or_default().push((key, value));
+        self.append_open += 1;
+    }
+
     /// Indexes the keys by the time of their last suffix record, once the suffix is read.
     fn index(&mut self) {
         self.by_time.clear();
@@ -158,9 +178,10 @@ impl Suffix {
         }
     }
 
-    /// Whether every suffix key is resolved (append suffixes never hold anything back).
+    /// Whether every suffix key is resolved, and every suffix append regenerated or passed: the partition's
+    /// content is then the run's own up to the time processed.
     pub(super) fn is_resolved(&self) -> bool {
-        self.upsert.is_empty() && self.changelog.is_empty()
+        self.upsert.is_empty() && self.changelog.is_empty() && self.append_open == 0
     }
 
     /// Whether `key` is one the suffix holds back.
@@ -209,6 +230,7 @@ impl Suffix {
         match self.append.get_mut(&(key.to_vec(), value.to_vec())) {
             Some(count) if *count > 0 => {
                 *count -= 1;
+                self.append_open -= 1;
                 true
             }
             _ => false,
@@ -219,6 +241,19 @@ impl Suffix {
     pub(super) fn resolve_through(&mut self, time: u64, base: Option<u64>, out: &mut Vec<Out>) {
         if base.is_some_and(|b| time <= b) {
             return;
+        }
+        // Appends the run has passed without regenerating stay in the topic (appends cannot be taken back); they
+        // no longer hold the partition's position.
+        while let Some(entry) = self.append_by_time.first_entry() {
+            if *entry.key() > time {
+                break;
+            }
+            for record in entry.remove() {
+                if let Some(count) = self.append.get_mut(&record).filter(|c| **c > 0) {
+                    *count -= 1;
+                    self.append_open -= 1;
+                }
+            }
         }
         while let Some(entry) = self.by_time.first_entry() {
             if *entry.key() > time {
@@ -232,6 +267,9 @@ impl Suffix {
 
     /// Resolves every remaining key at `time` (the input is done).
     pub(super) fn resolve_all(&mut self, time: u64, out: &mut Vec<Out>) {
+        self.append.clear();
+        self.append_by_time.clear();
+        self.append_open = 0;
         for (_, keys) in std::mem::take(&mut self.by_time) {
             for key in keys {
                 self.resolve_key(key, time, out);
@@ -307,11 +345,18 @@ mod tests {
     }
 
     #[test]
-    fn appends_in_the_suffix_are_not_written_twice() {
+    fn appends_in_the_suffix_are_not_written_twice_and_hold_the_position_until_regenerated_or_passed() {
         let mut suffix = Suffix::default();
-        suffix.append.insert((b"k".to_vec(), b"v".to_vec()), 2);
+        suffix.add_append(b"k".to_vec(), b"v".to_vec(), 5);
+        suffix.add_append(b"k".to_vec(), b"v".to_vec(), 9);
+        suffix.add_append(b"x".to_vec(), b"y".to_vec(), 12);
         assert!(suffix.appended(b"k", b"v"));
         assert!(suffix.appended(b"k", b"v"));
         assert!(!suffix.appended(b"k", b"v"), "a third copy is new");
+        let mut out = Vec::new();
+        suffix.resolve_through(10, None, &mut out);
+        assert!(!suffix.is_resolved(), "x/y at 12 is neither regenerated nor passed");
+        suffix.resolve_through(12, None, &mut out);
+        assert!(suffix.is_resolved() && out.is_empty(), "passed: it stays in the topic, the position may move");
     }
 }
