@@ -229,7 +229,7 @@ fn a_stopped_process_stops_the_job_within_the_peer_timeout_and_a_restart_is_exac
     let job = Job::start(&scratch.0, "kafka_word_count", (2, 2), &flags, &[]);
     let written: Vec<_> = all.iter().filter(|(_, ts, _)| *ts < 10_000 + 199 * 10).cloned().collect();
     wait_for_table(&bootstrap, &reference(&written), &job);
-    let mut processes = job.processes.into_iter();
+    let mut processes = job.into_processes().into_iter();
     let (first, second) = (processes.next().expect("process 0"), processes.next().expect("process 1"));
     let stop = |signal| nix::sys::signal::kill(nix::unistd::Pid::from_raw(second.pid), signal).expect("signal process 1");
     stop(Signal::SIGSTOP);

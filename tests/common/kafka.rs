@@ -182,8 +182,17 @@ pub fn changelog(bootstrap: &str, topic: &str) -> BTreeMap<(String, String), i64
 }
 
 /// An example job running as `processes` processes of `workers` workers each (a host file with free ports).
+/// Processes not waited for are killed when it is dropped, so a failing test leaves none behind.
 pub struct Job {
     pub processes: Vec<Running>,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        for process in &self.processes {
+            let _ = kill(Pid::from_raw(process.pid), Signal::SIGKILL);
+        }
+    }
 }
 
 impl Job {
@@ -209,6 +218,11 @@ impl Job {
         Job { processes: running }
     }
 
+    /// Takes the processes out, to wait for them one by one (they are then no longer killed on drop).
+    pub fn into_processes(mut self) -> Vec<Running> {
+        std::mem::take(&mut self.processes)
+    }
+
     /// Sends `signal` to every process.
     pub fn signal(&self, signal: Signal) {
         for process in &self.processes {
@@ -217,10 +231,10 @@ impl Job {
     }
 
     /// Waits for every process; returns their exit statuses and stderr, all joined.
-    pub fn wait(self, timeout: Duration) -> (Vec<ExitStatus>, String) {
+    pub fn wait(mut self, timeout: Duration) -> (Vec<ExitStatus>, String) {
         let mut statuses = Vec::new();
         let mut stderr = String::new();
-        for (i, process) in self.processes.into_iter().enumerate() {
+        for (i, process) in std::mem::take(&mut self.processes).into_iter().enumerate() {
             let (status, err) = process.wait(timeout);
             statuses.push(status);
             stderr.push_str(&format!("--- process {i} ({status}) ---\n{err}"));
