@@ -5,6 +5,10 @@ pub use tributary_connectors as connectors;
 pub use tributary_operators as operators;
 pub use tributary_runtime as runtime;
 
+pub mod prelude;
+mod run;
+
+pub use run::{Collect, Collected, Outputs, run};
 pub use tributary_runtime::{ClusterArgs, Error, Result, Shutdown, WorkerContext, execute};
 
 /// timely-dataflow, at the exact version Tributary is built and tested with.

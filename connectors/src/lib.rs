@@ -13,4 +13,5 @@ pub mod source;
 
 pub use dead_letter::{DeadLetter, Reason};
 pub use job::Job;
-pub use source::{Backpressure, CommitAfter, PartitionMetrics, Source, SourceMetrics, SourceOptions, SourceStreams, Timed};
+pub use job::JobArgs;
+pub use source::{Backpressure, CommitAfter, PartitionMetrics, Source, SourceArgs, SourceMetrics, SourceOptions, SourceStreams, Timed};

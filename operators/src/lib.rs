@@ -8,6 +8,7 @@
 //! - [`join`]: outer joins of collections; [`temporal_join`]: stream-table joins as of each record's time;
 //!   [`window_join`], [`interval_join`]: stream-stream joins whose state is released as the watermark passes.
 //! - [`upsert`]: tables from keyed streams (latest value per key, `None` deletes).
+//! - [`timed`]: mapping, keying and filtering timed records without rebuilding their updates.
 //!
 //! The event-time operators process their input one time at a time once the frontier has passed it, so their
 //! output, with its times, is the same for any number of workers and processes and on every replay.
@@ -21,6 +22,7 @@ pub mod join;
 mod ordered;
 pub mod session;
 pub mod temporal_join;
+pub mod timed;
 mod timed_join;
 pub mod upsert;
 pub mod window;
@@ -32,6 +34,7 @@ pub use interval_join::IntervalJoin;
 pub use join::OuterJoin;
 pub use session::SessionAggregate;
 pub use temporal_join::TemporalJoin;
+pub use timed::TimedStream;
 pub use upsert::Upsert;
 pub use window::{WindowAggregate, Windows};
 pub use window_join::WindowJoin;

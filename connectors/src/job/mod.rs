@@ -18,10 +18,11 @@ use std::cell::RefCell;
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::{Broadcast, Map};
-use timely::dataflow::operators::{Concatenate, Probe, ToStream};
+use timely::dataflow::operators::{Concatenate, Inspect, Probe, ToStream};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
-use crate::kafka::CommitLog;
+use crate::dead_letter::DeadLetter;
+use crate::kafka::{CommitLog, CommitLogError, Delivery, KafkaConfig, KafkaSink, SinkDeadLetters, SinkError};
 use crate::source::{CommitAfter, Control, PartitionSnapshot, Source, SourceOptions, SourceResume, SourceStreams};
 
 /// One commit: everything a restart needs to continue the job's output exactly once.
@@ -117,6 +118,10 @@ struct JobState<'scope> {
     commits: Vec<CommitAfter>,
     written: Vec<ProbeHandle<u64>>,
     finished: Option<ProbeHandle<u64>>,
+    /// Where the job's dead letters go (see [`Job::dead_letters_to`]).
+    dead_letter_sink: Option<KafkaSink<String, DeadLetter>>,
+    /// Dead letters to write there when the job is finished.
+    dead: Vec<Stream<'scope, u64, Vec<DeadLetter>>>,
 }
 
 impl<'scope> Job<'scope> {
@@ -128,6 +133,8 @@ impl<'scope> Job<'scope> {
             commits: Vec::new(),
             written: Vec::new(),
             finished: None,
+            dead_letter_sink: None,
+            dead: Vec::new(),
         };
         Job { scope, log, state: RefCell::new(state) }
     }
@@ -147,7 +154,7 @@ impl<'scope> Job<'scope> {
     ///
     /// # Panics
     /// If a sink was built already: build every source of a job before its sinks.
-    pub fn source<S: Source>(&self, source: &S, options: SourceOptions) -> SourceStreams<'scope, S::Item> {
+    pub fn source<S: Source + ?Sized>(&self, source: &S, options: SourceOptions) -> SourceStreams<'scope, S::Item> {
         let mut options = options;
         let commit = self.log.latest();
         options.resume = Some(SourceResume::new(commit.map(|c| c.time), commit.map(|c| c.sources.clone()).unwrap_or_default()));
@@ -156,7 +163,40 @@ impl<'scope> Job<'scope> {
         assert!(state.broadcast.is_none(), "Job::source after a sink: build every source of a job before its sinks");
         state.controls.push(streams.control.clone());
         state.commits.push(streams.commits.clone());
+        state.dead.push(streams.dead_letters.clone());
         streams
+    }
+
+    /// Sends the job's dead letters to `sink`: every source's (malformed, too late, too far ahead), every Kafka
+    /// sink's refused records, and whatever [`Job::dead_letter`] adds, written exactly once like the other
+    /// outputs when the job is finished. Each is also logged at WARN with its origin and reason, so without a
+    /// dead-letter sink none is dropped unseen. The streams in [`SourceStreams::dead_letters`] and
+    /// [`Written::refused`](crate::kafka::Written::refused) stay available to count or log: do not write them
+    /// to the sink again.
+    ///
+    /// # Panics
+    /// If a source was built already: set it first, `log.job(scope).dead_letters_to(&sink)`.
+    pub fn dead_letters_to(self, sink: &KafkaSink<String, DeadLetter>) -> Self {
+        {
+            let mut state = self.state.borrow_mut();
+            assert!(state.controls.is_empty(), "Job::dead_letters_to after Job::source: set the dead-letter sink first");
+            state.dead_letter_sink = Some(sink.clone());
+        }
+        self
+    }
+
+    /// Adds dead letters of the program's own (e.g. a window's late records, [`DeadLetter::late`]) to the
+    /// job's dead letters (see [`Job::dead_letters_to`]).
+    pub fn dead_letter(&self, letters: Stream<'scope, u64, Vec<DeadLetter>>) {
+        self.state.borrow_mut().dead.push(letters);
+    }
+
+    /// A Kafka sink's refused records, for the job's dead letters.
+    pub(crate) fn route_refused(&self, refused: Stream<'scope, u64, Vec<DeadLetter>>) {
+        let mut state = self.state.borrow_mut();
+        if state.finished.is_none() {
+            state.dead.push(refused);
+        }
     }
 
     /// The sources' control messages, at every worker (for sinks).
@@ -183,6 +223,23 @@ impl<'scope> Job<'scope> {
         if let Some(probe) = self.state.borrow().finished.clone() {
             return probe;
         }
+        let (sink, dead) = {
+            let mut state = self.state.borrow_mut();
+            (state.dead_letter_sink.take(), std::mem::take(&mut state.dead))
+        };
+        if !dead.is_empty() {
+            let topic = sink.as_ref().map(|sink| sink.topic().to_owned());
+            let letters = self.scope.concatenate(dead).inspect(move |letter: &DeadLetter| {
+                let (source, partition, offset) = (&letter.source, letter.partition, letter.offset);
+                match &topic {
+                    Some(topic) => tracing::warn!(source, partition, offset, topic, "dead letter: {}", letter.reason),
+                    None => tracing::warn!(source, partition, offset, "dead letter (no dead-letter topic): {}", letter.reason),
+                }
+            });
+            if let Some(sink) = sink {
+                letters.sink_dead_letters("DeadLetters", &sink, self);
+            }
+        }
         let mut state = self.state.borrow_mut();
         // Committed positions (for lag tools) wait for every sink of the job.
         for commits in &state.commits {
@@ -208,6 +265,64 @@ impl Drop for Job<'_> {
         if !std::thread::panicking() && self.state.borrow().finished.is_none() {
             self.finish();
         }
+    }
+}
+
+/// The flags of a job's outputs, to `#[command(flatten)]` into a program's clap arguments: `--commit-log`,
+/// `--at-least-once`, `--dead-letter-topic`.
+///
+/// ```
+/// use clap::Parser;
+/// use tributary_connectors::job::JobArgs;
+/// use tributary_connectors::kafka::Delivery;
+/// #[derive(Parser)]
+/// struct Args {
+///     #[command(flatten)]
+///     job: JobArgs,
+/// }
+/// let args = Args::parse_from(["prog", "--at-least-once"]);
+/// assert_eq!(args.job.delivery(), Delivery::AtLeastOnce);
+/// assert_eq!(args.job.commit_log_topic("word-counts"), "word-counts.commits");
+/// assert_eq!(args.job.dead_letter_topic("lines"), "lines.dead-letters");
+/// ```
+#[derive(clap::Args, Clone, Debug)]
+pub struct JobArgs {
+    /// The job's commit log topic (default `<job>.commits`, the job named after its output).
+    #[arg(long)]
+    pub commit_log: Option<String>,
+    /// Write at least once instead of exactly once (faster; a restart writes everything again).
+    #[arg(long)]
+    pub at_least_once: bool,
+    /// Dead-letter topic (default `<input topic>.dead-letters`).
+    #[arg(long)]
+    pub dead_letter_topic: Option<String>,
+}
+
+impl JobArgs {
+    /// The delivery guarantee the flags ask for.
+    pub fn delivery(&self) -> Delivery {
+        if self.at_least_once { Delivery::AtLeastOnce } else { Delivery::ExactlyOnce }
+    }
+
+    /// The commit log's topic: `--commit-log`, or `<job>.commits`.
+    pub fn commit_log_topic(&self, job: &str) -> String {
+        self.commit_log.clone().unwrap_or_else(|| format!("{job}.commits"))
+    }
+
+    /// The dead-letter topic: `--dead-letter-topic`, or `<input>.dead-letters`.
+    pub fn dead_letter_topic(&self, input: &str) -> String {
+        self.dead_letter_topic.clone().unwrap_or_else(|| format!("{input}.dead-letters"))
+    }
+
+    /// Opens the job's commit log (see [`commit_log_topic`](Self::commit_log_topic)), its sinks' delivery set by
+    /// `--at-least-once`. Every process opens it before the cluster starts.
+    pub fn open_commit_log(&self, config: &KafkaConfig, job: &str) -> Result<CommitLog, CommitLogError> {
+        Ok(CommitLog::open(config.clone(), self.commit_log_topic(job))?.with_delivery(self.delivery()))
+    }
+
+    /// Opens the dead-letter sink (see [`dead_letter_topic`](Self::dead_letter_topic)) in the job `log` belongs to.
+    pub fn open_dead_letters(&self, log: &CommitLog, input: &str) -> Result<KafkaSink<String, DeadLetter>, SinkError> {
+        KafkaSink::dead_letters(log.config().clone(), self.dead_letter_topic(input)).open(log)
     }
 }
 

@@ -14,6 +14,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::admin::{self, AdminError, REQUEST_TIMEOUT};
 use super::config::KafkaConfig;
+use super::sink::Delivery;
 use crate::job::Commit;
 
 /// The key of every commit record.
@@ -49,6 +50,7 @@ pub enum CommitLogError {
 pub struct CommitLog {
     inner: Arc<Inner>,
     interval: Duration,
+    delivery: Delivery,
 }
 
 struct Inner {
@@ -79,7 +81,11 @@ impl CommitLog {
             }
             None => tracing::info!(topic, "no commit yet: the job starts from the beginning"),
         }
-        Ok(CommitLog { inner: Arc::new(Inner { config, topic, latest }), interval: Self::DEFAULT_INTERVAL })
+        Ok(CommitLog {
+            inner: Arc::new(Inner { config, topic, latest }),
+            interval: Self::DEFAULT_INTERVAL,
+            delivery: Delivery::ExactlyOnce,
+        })
     }
 
     /// How often the running job writes a commit (default 500 ms). Output written since the last commit is
@@ -92,6 +98,22 @@ impl CommitLog {
     /// The commit interval.
     pub fn interval(&self) -> Duration {
         self.interval
+    }
+
+    /// The delivery guarantee of the job's sinks that do not set their own (default [`Delivery::ExactlyOnce`]).
+    pub fn with_delivery(mut self, delivery: Delivery) -> Self {
+        self.delivery = delivery;
+        self
+    }
+
+    /// The delivery guarantee of the job's sinks that do not set their own.
+    pub fn delivery(&self) -> Delivery {
+        self.delivery
+    }
+
+    /// The client configuration the log was opened with.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.inner.config
     }
 
     /// The topic.

@@ -31,6 +31,53 @@ pub enum ConfigError {
     /// No brokers were given.
     #[error("no brokers given; pass host:port[,host:port...] (e.g. --brokers 127.0.0.1:9092)")]
     NoBrokers,
+    /// A `--kafka-option` was not `KEY=VALUE`.
+    #[error("--kafka-option {given:?}: expected KEY=VALUE, e.g. message.timeout.ms=60000")]
+    NotKeyValue {
+        /// What was given.
+        given: String,
+    },
+}
+
+/// The Kafka flags a program takes, to `#[command(flatten)]` into its clap arguments: `--brokers` and any
+/// number of `--kafka-option KEY=VALUE` librdkafka settings for every client.
+///
+/// ```
+/// use clap::Parser;
+/// use tributary_connectors::kafka::KafkaArgs;
+/// #[derive(Parser)]
+/// struct Args {
+///     #[command(flatten)]
+///     kafka: KafkaArgs,
+/// }
+/// let args = Args::parse_from(["prog", "--brokers", "127.0.0.1:9092", "--kafka-option", "linger.ms=5"]);
+/// let config = args.kafka.config()?;
+/// assert_eq!(config.setting("linger.ms"), Some("5"));
+/// let bad = Args::parse_from(["prog", "--brokers", "127.0.0.1:9092", "--kafka-option", "linger.ms"]);
+/// assert!(bad.kafka.config().is_err());
+/// # Ok::<(), tributary_connectors::kafka::ConfigError>(())
+/// ```
+#[derive(clap::Args, Clone, Debug)]
+pub struct KafkaArgs {
+    /// Kafka brokers (host:port[,host:port]).
+    #[arg(long)]
+    pub brokers: String,
+    /// A librdkafka setting for every client, as `KEY=VALUE` (repeat for several), e.g.
+    /// `message.timeout.ms=60000`.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    pub kafka_options: Vec<String>,
+}
+
+impl KafkaArgs {
+    /// The configuration the flags describe.
+    pub fn config(&self) -> Result<KafkaConfig, ConfigError> {
+        let mut config = KafkaConfig::new(self.brokers.clone())?;
+        for option in &self.kafka_options {
+            let (key, value) = option.split_once('=').ok_or_else(|| ConfigError::NotKeyValue { given: option.clone() })?;
+            config = config.set(key.trim(), value.trim())?;
+        }
+        Ok(config)
+    }
 }
 
 /// How to reach the brokers, plus librdkafka settings passed through unchanged.

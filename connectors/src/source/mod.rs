@@ -219,15 +219,82 @@ pub struct SourceStreams<'scope, T> {
     pub commits: CommitAfter,
 }
 
-/// A source that can be built into a dataflow: Kafka topics, files.
+/// The time flags of a program's sources, to `#[command(flatten)]` into its clap arguments: `--until-end`,
+/// `--idle-timeout`, `--max-ahead`.
+///
+/// ```
+/// use clap::Parser;
+/// use std::time::Duration;
+/// use tributary_connectors::SourceArgs;
+/// #[derive(Parser)]
+/// struct Args {
+///     #[command(flatten)]
+///     source: SourceArgs,
+/// }
+/// let args = Args::parse_from(["prog", "--idle-timeout", "2s"]);
+/// assert_eq!(args.source.policy().idle_timeout, Some(Duration::from_secs(2)));
+/// assert_eq!(args.source.policy().max_ahead_ms, Some(24 * 60 * 60 * 1000));
+/// assert!(!args.source.until_end);
+/// ```
+#[derive(clap::Args, Clone, Debug)]
+pub struct SourceArgs {
+    /// Kafka: read up to the end offsets seen at start, then exit (files are always read to their end).
+    #[arg(long)]
+    pub until_end: bool,
+    /// A partition with nothing to read for this long stops holding the watermark back.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Records stamped further ahead of the wall clock than this go to the dead letters instead of moving the
+    /// watermark into the future.
+    #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+    pub max_ahead: Duration,
+}
+
+impl SourceArgs {
+    /// The watermark policy the flags describe (no out-of-orderness, no maximum lateness: set those on the
+    /// result as the program needs).
+    pub fn policy(&self) -> WatermarkPolicy {
+        WatermarkPolicy {
+            idle_timeout: Some(self.idle_timeout),
+            max_ahead_ms: Some(self.max_ahead.as_millis() as u64),
+            ..WatermarkPolicy::default()
+        }
+    }
+}
+
+/// A source that can be built into a dataflow: Kafka topics, files, or one a user writes (a
+/// [`PartitionReader`] run by this module's generic source operator).
 pub trait Source {
     /// The decoded record type.
     type Item;
     /// Builds the source operator in `scope`.
     fn build<'scope>(&self, scope: Scope<'scope, u64>, options: SourceOptions) -> SourceStreams<'scope, Self::Item>;
+
+    /// Builds the source in `job` when there is one ([`Job::source`](crate::Job::source): its positions and
+    /// time state go into the job's commits), on its own in `scope` otherwise: for programs whose outputs are
+    /// a job's Kafka topics or, without them, printed.
+    fn build_in<'scope>(
+        &self,
+        scope: Scope<'scope, u64>,
+        job: Option<&crate::Job<'scope>>,
+        options: SourceOptions,
+    ) -> SourceStreams<'scope, Self::Item> {
+        match job {
+            Some(job) => job.source(self, options),
+            None => self.build(scope, options),
+        }
+    }
 }
 
-impl<S: Source> Source for Arc<S> {
+impl<S: Source + ?Sized> Source for Arc<S> {
+    type Item = S::Item;
+    fn build<'scope>(&self, scope: Scope<'scope, u64>, options: SourceOptions) -> SourceStreams<'scope, Self::Item> {
+        (**self).build(scope, options)
+    }
+}
+
+/// A program that reads files or Kafka, as its flags say, keeps either as a `Box<dyn Source<Item = T>>`.
+impl<S: Source + ?Sized> Source for Box<S> {
     type Item = S::Item;
     fn build<'scope>(&self, scope: Scope<'scope, u64>, options: SourceOptions) -> SourceStreams<'scope, Self::Item> {
         (**self).build(scope, options)

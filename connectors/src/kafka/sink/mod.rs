@@ -27,6 +27,26 @@
 
 mod format;
 mod reconcile;
+
+/// Encoders for [`KafkaSink::with_encoders`] beyond JSON: text as its UTF-8 bytes, any `Display` value as its
+/// text (`42` for a count). All are deterministic, which exactly-once relies on.
+///
+/// ```
+/// use tributary_connectors::kafka::encode;
+/// assert_eq!(encode::utf8(&"word".to_string()), b"word");
+/// assert_eq!(encode::display(&42i64), b"42");
+/// ```
+pub mod encode {
+    /// A string's UTF-8 bytes.
+    pub fn utf8<T: AsRef<str> + ?Sized>(text: &T) -> Vec<u8> {
+        text.as_ref().as_bytes().to_vec()
+    }
+
+    /// A value's `Display` text.
+    pub fn display<T: std::fmt::Display + ?Sized>(value: &T) -> Vec<u8> {
+        value.to_string().into_bytes()
+    }
+}
 mod writer;
 
 use std::collections::BTreeMap;
@@ -115,7 +135,7 @@ pub struct KafkaSinkBuilder<K, V> {
     partitions: i32,
     replication: i32,
     format: SinkFormat,
-    delivery: Delivery,
+    delivery: Option<Delivery>,
     key: Encode<K>,
     value: Encode<V>,
 }
@@ -170,7 +190,7 @@ impl<K, V> KafkaSink<K, V> {
             partitions: 1,
             replication: 1,
             format: SinkFormat::Upsert,
-            delivery: Delivery::ExactlyOnce,
+            delivery: None,
             key: Arc::new(key),
             value: Arc::new(value),
         }
@@ -206,9 +226,10 @@ impl<K, V> KafkaSinkBuilder<K, V> {
         self
     }
 
-    /// The delivery guarantee (default [`Delivery::ExactlyOnce`]).
+    /// The delivery guarantee (default: the commit log's, see [`CommitLog::with_delivery`], which is
+    /// [`Delivery::ExactlyOnce`] unless set).
     pub fn delivery(mut self, delivery: Delivery) -> Self {
-        self.delivery = delivery;
+        self.delivery = Some(delivery);
         self
     }
 
@@ -216,6 +237,7 @@ impl<K, V> KafkaSinkBuilder<K, V> {
     /// learns the largest record it takes. Call it once before the dataflow starts, in every process, with the
     /// job's commit log.
     pub fn open(self, log: &CommitLog) -> Result<KafkaSink<K, V>, SinkError> {
+        let delivery = self.delivery.unwrap_or(log.delivery());
         admin::ensure_topic(&self.config, &self.topic, self.partitions, self.replication, &[])?;
         let commit = log.latest();
         let positions: Vec<SinkPosition> = (0..self.partitions)
@@ -228,7 +250,7 @@ impl<K, V> KafkaSinkBuilder<K, V> {
                 })
             })
             .collect();
-        if self.delivery == Delivery::ExactlyOnce {
+        if delivery == Delivery::ExactlyOnce {
             let reader = admin::reader(&self.config)?;
             let ends = admin::partition_ends(&self.config, &reader, &self.topic, self.partitions)?;
             for (position, end) in positions.iter().zip(ends) {
@@ -259,7 +281,7 @@ impl<K, V> KafkaSinkBuilder<K, V> {
             topic: self.topic,
             partitions: self.partitions,
             format: self.format,
-            delivery: self.delivery,
+            delivery,
             positions,
             max_record_bytes,
             delivery_timeout,
@@ -370,6 +392,7 @@ where
         );
         let (probe, progress) = progress.probe();
         job.add_sink(progress, probe.clone());
+        job.route_refused(refused.clone());
         Written { probe, refused }
     }
 }
