@@ -18,9 +18,9 @@
 //! exactly once across crashes and restarts: enriched orders as an upsert topic keyed by order id (JSON values),
 //! the totals to `<output-topic>.totals` keyed by `[customer_id, window_start_ms]`, and every malformed record and
 //! every order too late for its window to the dead-letter topic (`<topic>.dead-letters` by default) with the
-//! reason and the original bytes. Orders later than the allowed lateness and malformed
-//! records are counted and reported on stderr, never silently dropped. The output is byte-identical for any
-//! number of workers and processes.
+//! reason and their origin; the job's commits go to `--commit-log` (default `<output topic>.commits`). Without
+//! an output topic, orders later than the allowed lateness and malformed records are logged with the reason,
+//! never silently dropped. The output is byte-identical for any number of workers and processes.
 //!
 //! ```sh
 //! cargo run --release --example enrich_join -- --orders orders.jsonl --customers customers.jsonl
@@ -35,30 +35,23 @@
 //! `enrich_join --brokers ... --topic orders --customers-topic customers --workers 2 --processes 2 --process I
 //! --hostfile hosts.txt`.
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use tributary::connectors::file::FileSource;
-use tributary::connectors::kafka::{CommitLog, Decoder, EventTime, KafkaConfig, KafkaSink, KafkaSource, SinkDeadLetters, SinkKafka};
-use tributary::connectors::{DeadLetter, Job, Source, SourceOptions, SourceStreams};
-use tributary::differential_dataflow::AsCollection;
-use tributary::operators::aggregate::Sum;
-use tributary::operators::window::{LateRecord, WindowAggregate, Windows};
-use tributary::operators::{TemporalJoin, Timed, Upsert, WatermarkPolicy};
-use tributary::timely::dataflow::operators::vec::Map;
-use tributary::timely::dataflow::operators::{Concat, Exchange, Inspect, Probe};
+use tributary::prelude::*;
 
 /// Enriches orders with customers and totals each customer's orders per window.
 #[derive(Parser)]
 struct Args {
     #[command(flatten)]
-    cluster: tributary::ClusterArgs,
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    job: JobArgs,
     /// Orders: a JSON-lines file, or a directory of them (one partition per file).
     #[arg(long, value_name = "FILE|DIR", requires = "customers", conflicts_with = "brokers", required_unless_present = "brokers")]
     orders: Option<PathBuf>,
@@ -80,15 +73,6 @@ struct Args {
     /// Partitions of the output topics, if they are created.
     #[arg(long, default_value_t = 4)]
     output_partitions: i32,
-    /// Dead-letter topic, with --output-topic (default `<topic>.dead-letters`).
-    #[arg(long)]
-    dead_letter_topic: Option<String>,
-    /// The job's commit log topic, with --output-topic (default `<output topic>.commits`).
-    #[arg(long)]
-    commit_log: Option<String>,
-    /// Kafka: read up to the end offsets seen at start, print the results, and exit.
-    #[arg(long)]
-    until_end: bool,
     /// Window of the per-customer totals.
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
     window: Duration,
@@ -98,10 +82,6 @@ struct Args {
     /// How long after a window's end a late order may still correct its total.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     allowed_lateness: Duration,
-    /// A partition without records for this long stops holding the watermark back (the customers table is
-    /// often quiet).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    idle_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -112,7 +92,7 @@ struct Order {
     ts_ms: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Deserialize)]
 struct CustomerChange {
     customer_id: u64,
     ts_ms: u64,
@@ -124,6 +104,9 @@ struct CustomerChange {
     deleted: bool,
 }
 
+/// A customer as the table holds it: `(name, region)`.
+type Customer = (String, String);
+
 /// An order with its customer, as the output topic holds it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 struct Enriched {
@@ -133,23 +116,6 @@ struct Enriched {
     ts_ms: u64,
     name: Option<String>,
     region: Option<String>,
-}
-
-/// The job's Kafka outputs, and its commit log.
-#[derive(Clone)]
-struct Sinks {
-    log: CommitLog,
-    enriched: KafkaSink<u64, Enriched>,
-    totals: KafkaSink<(u64, u64), i64>,
-    dead_letters: KafkaSink<String, DeadLetter>,
-}
-
-/// A customer as the table holds it: `(name, region)`.
-type Customer = (String, String);
-
-enum Input {
-    Files { orders: FileSource<Order>, customers: FileSource<CustomerChange> },
-    Kafka { orders: Box<KafkaSource<Order>>, customers: Box<KafkaSource<CustomerChange>> },
 }
 
 /// A customers topic: JSON values, or a tombstone whose key is the customer id (its time is the record's).
@@ -164,19 +130,6 @@ fn customer_decoder() -> Decoder<CustomerChange> {
             Ok(CustomerChange { customer_id, ts_ms, name: String::new(), region: String::new(), deleted: true })
         }
     })
-}
-
-/// Builds `source` in the job when there is one (its commits then carry the source's positions).
-fn build<'scope, S: Source>(
-    job: Option<&Job<'scope>>,
-    scope: tributary::timely::dataflow::Scope<'scope, u64>,
-    source: &S,
-    options: SourceOptions,
-) -> SourceStreams<'scope, S::Item> {
-    match job {
-        Some(job) => job.source(source, options),
-        None => source.build(scope, options),
-    }
 }
 
 /// One output line, ordered as printed for bounded runs: orders by id, then totals by customer and window.
@@ -198,183 +151,89 @@ impl std::fmt::Display for Line {
     }
 }
 
-/// What a worker hands back: the lines (bounded runs, worker 0 only) and what it routed away.
-struct Outcome {
-    lines: Vec<Line>,
-    too_late: usize,
-    dead_letters: usize,
-}
+type Input<T> = Box<dyn Source<Item = T> + Send + Sync>;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // Before the cluster starts: opening topics and the commit log logs too.
-    tributary::runtime::logging::init();
-    let window = args.window.as_millis() as u64;
-    anyhow::ensure!(window > 0, "--window must be positive");
+    tributary::runtime::logging::init(); // before the cluster starts: opening topics logs too
+    let window = Windows::Tumbling { size_ms: args.window.as_millis() as u64 };
+    anyhow::ensure!(window.size() > 0, "--window must be positive");
     let lateness = args.allowed_lateness.as_millis() as u64;
-    let input = match (&args.orders, &args.customers, &args.brokers) {
-        (Some(orders), Some(customers), _) => Input::Files {
-            orders: FileSource::new(vec![orders.clone()], |o: &Order| Ok(o.ts_ms))?,
-            customers: FileSource::new(vec![customers.clone()], |c: &CustomerChange| Ok(c.ts_ms))?,
-        },
+    let (order_time, customer_time) = (|o: &Order| Ok(o.ts_ms), |c: &CustomerChange| Ok(c.ts_ms));
+    let (orders, customers, kafka): (Input<Order>, Input<CustomerChange>, _) = match (&args.orders, &args.customers, &args.brokers) {
+        (Some(orders), Some(customers), _) => {
+            let orders = FileSource::new(vec![orders.clone()], order_time)?;
+            (Box::new(orders), Box::new(FileSource::new(vec![customers.clone()], customer_time)?), None)
+        }
         (None, _, Some(brokers)) => {
             let config = KafkaConfig::new(brokers.clone())?;
-            let orders_topic = args.topic.as_deref().context("--topic names the orders topic")?;
-            let customers_topic = args.customers_topic.as_deref().context("--customers-topic names the customers topic")?;
-            let orders = KafkaSource::new(config.clone(), &[orders_topic], Decoder::json(), EventTime::extract(|o: &Order| Ok(o.ts_ms)))?;
-            let customers =
-                KafkaSource::new(config, &[customers_topic], customer_decoder(), EventTime::extract(|c: &CustomerChange| Ok(c.ts_ms)))?;
-            Input::Kafka { orders: Box::new(orders.until_end(args.until_end)), customers: Box::new(customers.until_end(args.until_end)) }
+            let topics = (args.topic.as_deref().context("--topic names the orders topic")?, args.customers_topic.as_deref());
+            let orders = KafkaSource::new(config.clone(), &[topics.0], Decoder::json(), EventTime::extract(order_time))?;
+            let customers_topic = topics.1.context("--customers-topic names the customers topic")?;
+            let customers = KafkaSource::new(config.clone(), &[customers_topic], customer_decoder(), EventTime::extract(customer_time))?;
+            let until_end = args.source.until_end;
+            (Box::new(orders.until_end(until_end)), Box::new(customers.until_end(until_end)), Some(config))
         }
         _ => anyhow::bail!("give --orders and --customers, or --brokers with --topic and --customers-topic"),
     };
-    let bounded = matches!(input, Input::Files { .. }) || args.until_end;
-    let sinks = match (&args.output_topic, &args.brokers) {
-        (Some(topic), Some(brokers)) => {
-            let config = KafkaConfig::new(brokers.clone())?;
-            let dead =
-                args.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dead-letters", args.topic.as_deref().unwrap_or("orders")));
+    let bounded = args.orders.is_some() || args.source.until_end;
+    let outputs = match (&args.output_topic, &kafka) {
+        (Some(topic), Some(config)) => {
+            let log = args.job.open_commit_log(config, topic).context("opening the commit log")?;
+            let enriched = KafkaSink::json(config.clone(), topic).partitions(args.output_partitions).open(&log);
+            let totals = KafkaSink::json(config.clone(), format!("{topic}.totals")).partitions(args.output_partitions).open(&log);
+            let dead = args.job.open_dead_letters(&log, args.topic.as_deref().unwrap_or("orders"));
             let open = |what: &str| format!("opening the {what} topic");
-            let commit_log = args.commit_log.clone().unwrap_or_else(|| format!("{topic}.commits"));
-            let log = CommitLog::open(config.clone(), &commit_log).with_context(|| format!("opening the commit log {commit_log}"))?;
-            Some(Sinks {
-                enriched: KafkaSink::json(config.clone(), topic)
-                    .partitions(args.output_partitions)
-                    .open(&log)
-                    .with_context(|| open("output"))?,
-                totals: KafkaSink::json(config.clone(), format!("{topic}.totals"))
-                    .partitions(args.output_partitions)
-                    .open(&log)
-                    .with_context(|| open("totals"))?,
-                dead_letters: KafkaSink::dead_letters(config, dead).open(&log).with_context(|| open("dead-letter"))?,
-                log,
-            })
+            let sinks = (enriched.with_context(|| open("output"))?, totals.with_context(|| open("totals"))?);
+            Some((sinks, dead.with_context(|| open("dead-letter"))?, log))
         }
         _ => None,
     };
-    let policy = WatermarkPolicy {
-        max_out_of_orderness_ms: args.max_out_of_orderness.as_millis() as u64,
-        idle_timeout: Some(args.idle_timeout),
-        ..Default::default()
-    };
+    let policy = WatermarkPolicy { max_out_of_orderness_ms: args.max_out_of_orderness.as_millis() as u64, ..args.source.policy() };
 
-    let outcomes = tributary::execute(&args.cluster, move |worker, _ctx| {
-        let collected = Rc::new(RefCell::new(Vec::new()));
-        let too_late = Rc::new(RefCell::new(0usize));
-        let dead_letters = Rc::new(RefCell::new(0usize));
-        let (sink, late_count, dead_count) = (Rc::clone(&collected), Rc::clone(&too_late), Rc::clone(&dead_letters));
+    let results = tributary::run(&args.cluster, move |scope, _| {
         let options = SourceOptions { policy, ..Default::default() };
-        let probes = worker.dataflow::<u64, _, _>(|scope| {
-            let job = sinks.as_ref().map(|sinks| sinks.log.job(scope));
-            let (orders, customers) = match &input {
-                Input::Files { orders, customers } => {
-                    (build(job.as_ref(), scope, orders, options.clone()), build(job.as_ref(), scope, customers, options))
-                }
-                Input::Kafka { orders, customers } => {
-                    (build(job.as_ref(), scope, &**orders, options.clone()), build(job.as_ref(), scope, &**customers, options))
-                }
-            };
-            let SourceStreams { records: orders, dead_letters: bad_orders, .. } = orders;
-            let SourceStreams { records: customers, dead_letters: bad_customers, .. } = customers;
-            let bad = bad_orders.concat(bad_customers);
-            let mut probes = Vec::new();
-            bad.clone().inspect(move |letter: &DeadLetter| {
-                *dead_count.borrow_mut() += 1;
-                tracing::warn!(
-                    source = letter.source,
-                    partition = letter.partition,
-                    offset = letter.offset,
-                    "dead letter: {}",
-                    letter.reason
-                );
+        let job = outputs.as_ref().map(|(_, dead, log)| log.job(scope).dead_letters_to(dead));
+        let (orders, customers) = (orders.build_in(scope, job.as_ref(), options.clone()), customers.build_in(scope, job.as_ref(), options));
+        let table = customers.records.map_timed(|c| (c.customer_id, (!c.deleted).then_some((c.name, c.region)))).upsert("Customers");
+        let by_customer = orders.records.key_by(|order| order.customer_id);
+        let enriched = by_customer.clone().temporal_join("EnrichOrders", table);
+        let amounts = by_customer.map_timed(|(customer, order)| (customer, order.amount_cents));
+        let totals = amounts.window_aggregate("CustomerTotals", window, lateness, Sum);
+        let late = totals.late.map(|late| DeadLetter::late("CustomerTotals", &late));
+        if let (Some(job), Some(((enriched_sink, totals_sink), _, _))) = (&job, &outputs) {
+            let enriched = enriched.map(|(joined, time, diff)| {
+                let (order, customer) = joined.value.1;
+                let (name, region) = customer.map_or((None, None), |(n, r)| (Some(n), Some(r)));
+                let Order { order_id, customer_id, amount_cents, ts_ms } = order;
+                ((order_id, Enriched { order_id, customer_id, amount_cents, ts_ms, name, region }), time, diff)
             });
-
-            let table = customers
-                .map(|(change, time, diff)| {
-                    let c = change.value;
-                    let customer = (!c.deleted).then_some((c.name, c.region));
-                    (Timed { event_time: change.event_time, value: (c.customer_id, customer) }, time, diff)
-                })
-                .upsert("Customers");
-            let orders = orders.map(|(order, time, diff)| {
-                (Timed { event_time: order.event_time, value: (order.value.customer_id, order.value) }, time, diff)
-            });
-            let enriched = orders.clone().temporal_join("EnrichOrders", table);
-            let totals = orders
-                .map(|(order, time, diff)| {
-                    (Timed { event_time: order.event_time, value: (order.value.0, order.value.1.amount_cents) }, time, diff)
-                })
-                .window_aggregate("CustomerTotals", Windows::Tumbling { size_ms: window }, lateness, Sum);
-            totals.late.clone().inspect(move |late: &LateRecord<(u64, i64)>| {
-                *late_count.borrow_mut() += 1;
-                tracing::warn!(
-                    customer = late.record.0,
-                    ts_ms = late.event_time,
-                    arrived_at = late.arrived_at,
-                    "order later than the allowed lateness"
-                );
-            });
-            if let (Some(sinks), Some(job)) = (&sinks, &job) {
-                let enriched = enriched.map(|(joined, time, diff)| {
-                    let (order, customer) = joined.value.1;
-                    let (name, region) = customer.map_or((None, None), |(n, r)| (Some(n), Some(r)));
-                    let row = Enriched {
-                        order_id: order.order_id,
-                        customer_id: order.customer_id,
-                        amount_cents: order.amount_cents,
-                        ts_ms: order.ts_ms,
-                        name,
-                        region,
-                    };
-                    ((order.order_id, row), time, diff)
-                });
-                let enriched = enriched.as_collection().sink_kafka("EnrichedOrders", &sinks.enriched, job);
-                let totals_written = totals.results.as_collection().sink_kafka("CustomerTotals", &sinks.totals, job);
-                let late = totals.late.map(|late| DeadLetter::late("CustomerTotals", &late));
-                let refused = enriched.refused.concat(totals_written.refused);
-                bad.concat(late).concat(refused).sink_dead_letters("DeadLetters", &sinks.dead_letters, job);
-                probes.push(job.finish());
-                return probes;
-            }
-            let enriched = enriched.map(|(joined, time, diff)| (Line::Order(joined.value.1.0, joined.value.1.1), time, diff));
-            let totals = totals.results.map(|(((customer, start), sum), time, diff)| (Line::Total(customer, start, sum), time, diff));
-            let printed = enriched
-                .concat(totals)
-                .exchange(|_| 0)
-                .inspect(move |(line, _time, diff)| {
-                    if bounded {
-                        sink.borrow_mut().push((line.clone(), *diff));
-                    } else if *diff > 0 {
-                        let _ = writeln!(std::io::stdout(), "{line}");
-                    }
-                })
-                .probe()
-                .0;
-            probes.push(printed);
-            probes
-        });
-        worker.step_or_park_while(None, || probes.iter().any(|p| !p.done()));
-        let mut lines: BTreeMap<Line, isize> = BTreeMap::new();
-        for (line, diff) in collected.borrow_mut().drain(..) {
-            *lines.entry(line).or_default() += diff;
+            enriched.as_collection().sink_kafka("EnrichedOrders", enriched_sink, job);
+            totals.results.as_collection().sink_kafka("CustomerTotals", totals_sink, job);
+            job.dead_letter(late);
+            return (Some(job.finish()), None);
         }
-        // An order seen twice is printed twice; a retracted one not at all.
-        let lines = lines.into_iter().flat_map(|(line, n)| std::iter::repeat_n(line, n.max(0) as usize)).collect();
-        let (too_late, dead_letters) = (*too_late.borrow(), *dead_letters.borrow());
-        Outcome { lines, too_late, dead_letters }
+        orders.dead_letters.concat(customers.dead_letters).concat(late).inspect(|letter: &DeadLetter| {
+            tracing::warn!(source = letter.source, partition = letter.partition, offset = letter.offset, "dead letter: {}", letter.reason)
+        });
+        let enriched = enriched.map(|(joined, time, diff)| (Line::Order(joined.value.1.0, joined.value.1.1), time, diff));
+        let lines = enriched.concat(totals.results.map(|(((customer, start), sum), t, d)| (Line::Total(customer, start, sum), t, d)));
+        if bounded {
+            return (None, Some(lines.collect_final()));
+        }
+        let printed = lines.exchange(|_| 0).inspect(|(line, _, diff)| {
+            if *diff > 0 {
+                let _ = writeln!(std::io::stdout(), "{line}");
+            }
+        });
+        (Some(printed.probe().0), None)
     })?;
-
     let mut out = std::io::stdout().lock();
-    let (mut too_late, mut dead) = (0, 0);
-    for outcome in outcomes {
-        for line in outcome.lines {
+    // An order seen twice is printed twice; a retracted one not at all.
+    for (line, n) in results.into_iter().flat_map(|(_, lines)| lines.into_iter().flatten()) {
+        for _ in 0..n.max(0) {
             writeln!(out, "{line}").context("writing results")?;
         }
-        too_late += outcome.too_late;
-        dead += outcome.dead_letters;
-    }
-    if too_late + dead > 0 {
-        tracing::warn!("this process routed away {too_late} order(s) later than the allowed lateness and {dead} dead letter(s)");
     }
     Ok(())
 }

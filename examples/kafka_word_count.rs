@@ -22,30 +22,23 @@
 //! `kafka_word_count --brokers ... --topic lines --output-topic word-counts --workers 2 --processes 2 --process I
 //! --hostfile hosts.txt`.
 
-use std::cell::RefCell;
 use std::io::Write;
-use std::rc::Rc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use tributary::connectors::kafka::{
-    CommitLog, Decoder, Delivery, EventTime, KafkaConfig, KafkaSink, KafkaSource, SinkDeadLetters, SinkFormat, SinkKafka,
-};
-use tributary::connectors::{SourceOptions, SourceStreams};
-use tributary::differential_dataflow::AsCollection;
-use tributary::operators::WatermarkPolicy;
-use tributary::timely::dataflow::operators::vec::Map;
-use tributary::timely::dataflow::operators::{Concat, Exchange, Inspect, Probe};
+use tributary::prelude::*;
 
 /// Counts words in a topic's lines into an upsert topic.
 #[derive(Parser)]
 struct Args {
     #[command(flatten)]
-    cluster: tributary::ClusterArgs,
-    /// Kafka brokers (host:port[,host:port]).
-    #[arg(long)]
-    brokers: String,
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    job: JobArgs,
+    #[command(flatten)]
+    source: SourceArgs,
     /// Topic of lines (UTF-8 values).
     #[arg(long)]
     topic: String,
@@ -58,109 +51,45 @@ struct Args {
     /// Partitions of the output topics, if they are created.
     #[arg(long, default_value_t = 1)]
     output_partitions: i32,
-    /// Dead-letter topic (default `<topic>.dead-letters`).
-    #[arg(long)]
-    dead_letter_topic: Option<String>,
-    /// The job's commit log topic (default `<output topic>.commits`, or `<topic>.word-count.commits`).
-    #[arg(long)]
-    commit_log: Option<String>,
-    /// Write at least once instead of exactly once (faster; a restart writes everything again).
-    #[arg(long)]
-    at_least_once: bool,
     /// Also commit positions to this consumer group for lag tools: only up to records whose counts are written.
     #[arg(long)]
     lag_group: Option<String>,
-    /// Read up to the end offsets seen at start, then exit.
-    #[arg(long)]
-    until_end: bool,
-    /// A partition with nothing to read for this long stops holding the watermark back.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    idle_timeout: Duration,
-    /// A librdkafka setting for every client, as `KEY=VALUE` (repeat for several), e.g.
-    /// `message.timeout.ms=60000`.
-    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
-    kafka_options: Vec<String>,
 }
 
-fn words(line: &str) -> impl Iterator<Item = String> + '_ {
-    line.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase)
+fn words(line: &str) -> Vec<String> {
+    line.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // Before the cluster starts: opening topics and the commit log logs too.
-    tributary::runtime::logging::init();
-    let mut config = KafkaConfig::new(args.brokers.clone())?;
-    for option in &args.kafka_options {
-        let (key, value) = option.split_once('=').with_context(|| format!("--kafka-option {option}: expected KEY=VALUE"))?;
-        config = config.set(key, value)?;
-    }
-    let mut source =
-        KafkaSource::new(config.clone(), &[args.topic.as_str()], Decoder::utf8(), EventTime::KafkaTimestamp)?.until_end(args.until_end);
-    if let Some(group) = &args.lag_group {
-        source = source.commit_positions_to(group);
-    }
-    let commit_log = args.commit_log.clone().unwrap_or_else(|| match &args.output_topic {
-        Some(topic) => format!("{topic}.commits"),
-        None => format!("{}.word-count.commits", args.topic),
-    });
-    // Every process reads the job's last commit before the cluster starts.
-    let log = CommitLog::open(config.clone(), &commit_log).with_context(|| format!("opening the commit log {commit_log}"))?;
-    let delivery = if args.at_least_once { Delivery::AtLeastOnce } else { Delivery::ExactlyOnce };
-    let counts_sink = |topic: &String, format: SinkFormat| {
-        KafkaSink::with_encoders(config.clone(), topic, |w: &String| w.as_bytes().to_vec(), |n: &i64| n.to_string().into_bytes())
-            .partitions(args.output_partitions)
-            .format(format)
-            .delivery(delivery)
-            .open(&log)
-            .with_context(|| format!("opening the output topic {topic}"))
+    tributary::runtime::logging::init(); // before the cluster starts: opening topics logs too
+    let config = args.kafka.config()?;
+    let source =
+        KafkaSource::new(config.clone(), &[&args.topic], Decoder::utf8(), EventTime::KafkaTimestamp)?.until_end(args.source.until_end);
+    let source = args.lag_group.iter().fold(source, |source, group| source.commit_positions_to(group));
+    // The job is named after its output; every process reads its last commit before the cluster starts.
+    let job_name = args.output_topic.clone().unwrap_or_else(|| format!("{}.word-count", args.topic));
+    let log = args.job.open_commit_log(&config, &job_name).context("opening the commit log")?;
+    let counts_sink = |topic: &String, format| {
+        let sink = KafkaSink::<String, i64>::with_encoders(config.clone(), topic, encode::utf8, encode::display);
+        sink.partitions(args.output_partitions).format(format).open(&log).with_context(|| format!("opening the output topic {topic}"))
     };
     let sink = args.output_topic.as_ref().map(|topic| counts_sink(topic, SinkFormat::Upsert)).transpose()?;
     let changelog = args.changelog_topic.as_ref().map(|topic| counts_sink(topic, SinkFormat::Changelog)).transpose()?;
-    let dead_letter_topic = args.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dead-letters", args.topic));
-    let dead_letters = KafkaSink::dead_letters(config, &dead_letter_topic)
-        .delivery(delivery)
-        .open(&log)
-        .with_context(|| format!("opening {dead_letter_topic}"))?;
-    let policy = WatermarkPolicy { idle_timeout: Some(args.idle_timeout), ..Default::default() };
+    let dead_letters = args.job.open_dead_letters(&log, &args.topic).context("opening the dead-letter topic")?;
+    let policy = args.source.policy();
 
-    let counts = tributary::execute(&args.cluster, move |worker, _ctx| {
-        let printed = Rc::new(RefCell::new(Vec::new()));
-        let collected = Rc::clone(&printed);
-        let done = worker.dataflow::<u64, _, _>(|scope| {
-            let job = log.job(scope);
-            let SourceStreams { records, dead_letters: bad, .. } = job.source(&source, SourceOptions { policy, ..Default::default() });
-            let counts = records
-                .flat_map(|(line, time, diff)| words(&line.value).map(move |word| (word, time, diff)).collect::<Vec<_>>())
-                .as_collection()
-                .count()
-                .map(|(word, count)| (word, count as i64));
-            let mut refused = Vec::new();
-            let mut probes = Vec::new();
-            match &sink {
-                Some(sink) => refused.push(counts.clone().sink_kafka("WordCounts", sink, &job).refused),
-                None => {
-                    let printing = counts.inner.clone().exchange(|_| 0).inspect(move |update| collected.borrow_mut().push(update.clone()));
-                    probes.push(printing.probe().0);
-                }
-            }
-            if let Some(changelog) = &changelog {
-                refused.push(counts.sink_kafka("WordCountChanges", changelog, &job).refused);
-            }
-            let bad = refused.into_iter().fold(bad, |all, more| all.concat(more));
-            bad.sink_dead_letters("DeadLetters", &dead_letters, &job);
-            probes.push(job.finish());
-            probes
-        });
-        worker.step_or_park_while(None, || done.iter().any(|p| !p.done()));
-        let mut totals = std::collections::BTreeMap::new();
-        for ((word, count), _time, diff) in printed.borrow_mut().drain(..) {
-            *totals.entry((word, count)).or_insert(0isize) += diff;
+    let results = tributary::run(&args.cluster, move |scope, _| {
+        let job = log.job(scope).dead_letters_to(&dead_letters);
+        let lines = job.source(&source, SourceOptions { policy, ..Default::default() });
+        let counts = lines.records.as_collection().flat_map(|line| words(&line.value)).count().map(|(word, n)| (word, n as i64));
+        for (name, sink) in [("WordCounts", &sink), ("WordCountChanges", &changelog)] {
+            sink.iter().for_each(|sink| drop(counts.clone().sink_kafka(name, sink, &job)));
         }
-        totals.into_iter().filter(|(_, d)| *d > 0).map(|((word, count), _)| (word, count)).collect::<Vec<_>>()
+        (job.finish(), sink.is_none().then(|| counts.collect_final()))
     })?;
     let mut out = std::io::stdout().lock();
-    for (word, count) in counts.into_iter().flatten() {
+    for ((word, count), _) in results.into_iter().flat_map(|(_, counts)| counts.into_iter().flatten()) {
         writeln!(out, "{word} {count}").context("writing results")?;
     }
     Ok(())

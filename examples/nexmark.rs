@@ -34,7 +34,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tributary::connectors::kafka::{
     CommitLog, Decoder, EventTime, KafkaConfig, KafkaSink, KafkaSource, SinkFormat, SinkKafka, create_topic,
 };
-use tributary::connectors::{SourceOptions, SourceStreams};
+use tributary::connectors::{Source, SourceOptions, SourceStreams};
 use tributary::operators::{Timed, WatermarkPolicy};
 use tributary::timely::dataflow::operators::vec::Map;
 use tributary::timely::dataflow::operators::{Exchange, Input, Inspect, Probe};
@@ -165,11 +165,8 @@ fn main() -> anyhow::Result<()> {
                         max_ahead_ms: None,
                         ..Default::default()
                     };
-                    let options = SourceOptions { policy, shutdown: Some(ctx.shutdown.clone()), ..Default::default() };
-                    let SourceStreams { records, .. } = match &job {
-                        Some(job) => job.source(source, options),
-                        None => source.build(scope, options),
-                    };
+                    let options = SourceOptions { policy, ..Default::default() };
+                    let SourceStreams { records, .. } = source.build_in(scope, job.as_ref(), options);
                     let counted = Rc::clone(&part);
                     let (read, shutdown) = (Arc::clone(&read), ctx.shutdown.clone());
                     let records = records.inspect(move |_| {

@@ -28,6 +28,7 @@ use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::vec::Map;
 use tributary_operators::aggregate::{Aggregate, Average, Count, Fold, Max, Multiset};
 use tributary_operators::event_time::Timed;
+use tributary_operators::timed::TimedStream;
 use tributary_operators::window::{WindowAggregate, Windows};
 use tributary_operators::window_join::WindowJoin;
 
@@ -120,22 +121,22 @@ const Q7_SHARDS: u64 = 16;
 const Q6_LAST: usize = 10;
 
 fn bids<'scope>(events: Updates<'scope, Event>) -> Updates<'scope, Bid> {
-    events.flat_map(|(e, t, d)| match e.value {
-        Event::Bid(b) => Some((Timed { event_time: e.event_time, value: b }, t, d)),
+    events.flat_map_timed(|e| match e {
+        Event::Bid(b) => Some(b),
         _ => None,
     })
 }
 
 fn persons<'scope>(events: Updates<'scope, Event>) -> Updates<'scope, Person> {
-    events.flat_map(|(e, t, d)| match e.value {
-        Event::Person(p) => Some((Timed { event_time: e.event_time, value: p }, t, d)),
+    events.flat_map_timed(|e| match e {
+        Event::Person(p) => Some(p),
         _ => None,
     })
 }
 
 fn auctions<'scope>(events: Updates<'scope, Event>) -> Updates<'scope, Auction> {
-    events.flat_map(|(e, t, d)| match e.value {
-        Event::Auction(a) => Some((Timed { event_time: e.event_time, value: a }, t, d)),
+    events.flat_map_timed(|e| match e {
+        Event::Auction(a) => Some(a),
         _ => None,
     })
 }
@@ -198,9 +199,12 @@ pub fn build<'scope>(query: Query, events: Updates<'scope, Event>) -> QueryStrea
             QueryStreams { rows, late: no_late() }
         }
         Query::Q5 => {
-            let windows = bids(events)
-                .map(|(b, t, d)| (Timed { event_time: b.event_time, value: (b.value.auction, ()) }, t, d))
-                .window_aggregate("BidsPerAuction", Windows::Hopping { size_ms: WINDOW_MS, slide_ms: SLIDE_MS }, 0, Count);
+            let windows = bids(events).map_timed(|b| (b.auction, ())).window_aggregate(
+                "BidsPerAuction",
+                Windows::Hopping { size_ms: WINDOW_MS, slide_ms: SLIDE_MS },
+                0,
+                Count,
+            );
             let hottest = Fold::new(|counts: &Multiset<(isize, u64)>| {
                 let top = counts.keys().next_back()?.0;
                 Some((top, counts.iter().rev().take_while(|((n, _), _)| *n == top).map(|((_, a), m)| (*a, *m)).collect::<Vec<_>>()))
@@ -261,9 +265,8 @@ pub fn build<'scope>(query: Query, events: Updates<'scope, Event>) -> QueryStrea
             QueryStreams { rows, late: windows.late.map(|l| l.event_time) }
         }
         Query::Q8 => {
-            let people =
-                persons(events.clone()).map(|(p, t, d)| (Timed { event_time: p.event_time, value: (p.value.id, p.value.name) }, t, d));
-            let sellers = auctions(events).map(|(a, t, d)| (Timed { event_time: a.event_time, value: (a.value.seller, a.value.id) }, t, d));
+            let people = persons(events.clone()).map_timed(|p| (p.id, p.name));
+            let sellers = auctions(events).map_timed(|a| (a.seller, a.id));
             let joined = people.window_join("NewSellers", sellers, Windows::Tumbling { size_ms: WINDOW_MS }, 0);
             let rows = joined
                 .results
