@@ -6,12 +6,14 @@
 #![deny(missing_docs)]
 
 pub mod dead_letter;
+mod error;
 pub mod file;
 pub mod job;
 pub mod kafka;
 pub mod source;
 
 pub use dead_letter::{DeadLetter, Reason};
+pub use error::{Error, Result};
 pub use job::Job;
 pub use job::JobArgs;
 pub use source::{Backpressure, CommitAfter, PartitionMetrics, Source, SourceArgs, SourceMetrics, SourceOptions, SourceStreams, Timed};

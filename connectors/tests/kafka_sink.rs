@@ -11,7 +11,8 @@ use differential_dataflow::input::Input;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use tributary_connectors::kafka::{CommitLog, Delivery, KafkaConfig, KafkaSink, SinkFormat, SinkKafka, partition_for};
+use tributary_connectors::job::JobError;
+use tributary_connectors::kafka::{CommitLog, Delivery, KafkaConfig, KafkaSink, SinkError, SinkFormat, SinkKafka, partition_for};
 use tributary_testkit::{Broker, Storage};
 
 fn broker(name: &str, storage: Storage) -> Broker {
@@ -188,4 +189,47 @@ fn a_topic_with_another_partition_count_is_refused() {
     let error = KafkaSink::<u32, u32>::json(config, "narrow").partitions(3).open(&log).err().expect("refused");
     let message = error.to_string();
     assert!(message.contains("`narrow` has 2 partition(s) but the sink is configured for 3"), "{message}");
+}
+
+#[test]
+fn a_record_the_brokers_never_acknowledge_stops_the_job_with_a_typed_error() {
+    let dir = std::env::temp_dir().join(format!("tributary-sink-typed-fault-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_broker, proxy) = Broker::start_behind_proxy(Storage::Sqlite(PathBuf::from("tansu.db")), &dir)
+        .unwrap_or_else(|e| panic!("cannot start the test broker: {e:#}"));
+    let config = KafkaConfig::new(proxy.address().to_string())
+        .and_then(|c| c.set("message.timeout.ms", "2000"))
+        .and_then(|c| c.set("request.timeout.ms", "1000"))
+        .unwrap();
+    let log = CommitLog::open(config.clone(), "unacknowledged.commits").expect("open the commit log");
+    let sink = KafkaSink::<u32, String>::json(config, "unacknowledged").open(&log).expect("open the sink");
+    // The broker stores what it is sent, but no produce request gets an answer.
+    proxy.drop_produce_responses(usize::MAX);
+    let started = Instant::now();
+    let result = tributary_runtime::execute(&tributary_runtime::ClusterArgs::default(), move |worker, _ctx| {
+        let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let job = log.job(scope);
+            let (input, table) = scope.new_collection::<(u32, String), isize>();
+            table.sink_kafka("Unacknowledged", &sink, &job);
+            (input, job.finish())
+        });
+        input.insert((1, "one".to_owned()));
+        input.close();
+        worker.step_while(|| !probe.done());
+    });
+    proxy.drop_produce_responses(0);
+    let Err(tributary_runtime::Error::Fault { source, .. }) = result else {
+        panic!("the job did not stop with a fault: {result:?}");
+    };
+    let error = source.downcast_ref::<tributary_connectors::Error>().expect("a connector error");
+    assert!(
+        matches!(
+            error,
+            tributary_connectors::Error::Sink(SinkError::NotDelivered { .. } | SinkError::NotAcknowledged { .. })
+                | tributary_connectors::Error::Job(JobError::CommitNotWritten { .. })
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("restart the job"), "the message says what to do: {error}");
+    assert!(started.elapsed() < Duration::from_secs(60), "stopped within the delivery timeout and its margin");
 }

@@ -85,6 +85,17 @@ pub enum Error {
         /// timely's description of the failure.
         cause: String,
     },
+    /// A worker stopped the job with a typed error ([`fault::stop`](crate::fault::stop)): a connector met a fault it
+    /// cannot go on past. `source` is the error; downcast it (e.g. to `tributary_connectors::Error`) to tell
+    /// faults apart. Its message says what to do.
+    #[error("worker {worker} stopped the job")]
+    Fault {
+        /// The global worker index.
+        worker: usize,
+        /// What stopped it.
+        #[source]
+        source: crate::fault::BoxError,
+    },
     /// A worker thread panicked.
     #[error("worker {worker} panicked: {message}")]
     WorkerPanicked {

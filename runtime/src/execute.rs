@@ -42,9 +42,26 @@ pub struct WorkerContext {
 }
 
 enum Event<T> {
-    Done(usize, std::result::Result<T, String>),
+    Done(usize, std::result::Result<T, Failure>),
     PeerLost(usize, String),
     Signal(i32),
+}
+
+/// How a worker ended without a result.
+enum Failure {
+    /// It panicked, with this message.
+    Panic(String),
+    /// It stopped the job with a typed error ([`crate::fault::stop`]).
+    Fault(crate::fault::BoxError),
+}
+
+impl Failure {
+    fn from_payload(payload: Box<dyn std::any::Any + Send>) -> Self {
+        match payload.downcast::<crate::fault::Fault>() {
+            Ok(fault) => Failure::Fault(fault.0),
+            Err(payload) => Failure::Panic(payload_message(payload.as_ref())),
+        }
+    }
 }
 
 /// Runs `func` on every worker of this process, as one process of the cluster that `args` describe.
@@ -164,7 +181,7 @@ where
             result
         }));
         let sender = worker_events.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let _ = sender.send(Event::Done(local, outcome.map_err(|payload| payload_message(payload.as_ref()))));
+        let _ = sender.send(Event::Done(local, outcome.map_err(Failure::from_payload)));
     })
     .map_err(Error::Timely)?;
     // Dropping the guards joins the worker (and network) threads, which may never end once something failed;
@@ -195,7 +212,16 @@ where
                 results[local] = Some(value);
                 finished[local] = true;
             }
-            Ok(Event::Done(local, Err(message))) => {
+            Ok(Event::Done(local, Err(Failure::Fault(source)))) => {
+                finished[local] = true;
+                let worker = first_worker + local;
+                if failure.is_none() {
+                    tracing::error!(worker, "stopping the job: {source}");
+                    failure = Some(Error::Fault { worker, source });
+                    failed_at = Some(Instant::now());
+                }
+            }
+            Ok(Event::Done(local, Err(Failure::Panic(message)))) => {
                 finished[local] = true;
                 // Remember the first panic, unless a lost peer already explains it.
                 let worker = first_worker + local;

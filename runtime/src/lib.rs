@@ -15,6 +15,7 @@ mod connect;
 mod error;
 mod execute;
 mod failure;
+pub mod fault;
 mod hostfile;
 pub mod launch;
 mod liveness;

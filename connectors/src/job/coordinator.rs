@@ -17,7 +17,8 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 
-use super::{Commit, Event, SinkPosition};
+use super::{Commit, Event, JobError, SinkPosition};
+use crate::error::stop;
 use crate::kafka::{CommitLog, CommitWriter};
 use crate::source::{Control, PartitionKey, PartitionSnapshot};
 
@@ -122,10 +123,9 @@ impl Coordinator {
             }
             Event::Resumed { worker, commit } => match self.resumed {
                 None => self.resumed = Some((worker, commit)),
-                Some((first, theirs)) if theirs != commit => panic!(
-                    "worker {worker} resumed from the commit at offset {commit:?} of {}, worker {first} from the one at {theirs:?}: every process must open the commit log before any of them runs; stop all processes and start them together",
-                    self.log.topic()
-                ),
+                Some((first, theirs)) if theirs != commit => {
+                    stop(JobError::DifferentCommits { topic: self.log.topic().to_owned(), worker, commit, first, first_commit: theirs })
+                }
                 Some(_) => {}
             },
         }
@@ -175,13 +175,10 @@ impl Coordinator {
         let commit = self.commit_at(time);
         tracing::trace!(?commit, "writing a commit");
         let writer = self.writer.get_or_insert_with(|| {
-            self.log.writer().unwrap_or_else(|e| panic!("cannot write the job's commits to {}: {e}", self.log.topic()))
+            self.log.writer().unwrap_or_else(|source| stop(JobError::CommitWriter { topic: self.log.topic().to_owned(), source }))
         });
-        if let Err(e) = writer.send(&commit) {
-            panic!(
-                "cannot write a commit to {}: {e}; restart the job (what was written since the last commit is reconciled)",
-                self.log.topic()
-            );
+        if let Err(reason) = writer.send(&commit) {
+            stop(JobError::CommitNotWritten { topic: self.log.topic().to_owned(), time, reason });
         }
         self.in_flight = Some(time);
         self.last_write = Instant::now();
@@ -206,10 +203,7 @@ impl Coordinator {
                 }
                 Some(time)
             }
-            Some(Err(e)) => panic!(
-                "the commit at time {time} was not written to {}: {e}; restart the job once the brokers are reachable (what was written since the last commit is reconciled)",
-                self.log.topic()
-            ),
+            Some(Err(reason)) => stop(JobError::CommitNotWritten { topic: self.log.topic().to_owned(), time, reason }),
         }
     }
 }

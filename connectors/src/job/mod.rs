@@ -22,7 +22,7 @@ use timely::dataflow::operators::{Concatenate, Inspect, Probe, ToStream};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
 use crate::dead_letter::DeadLetter;
-use crate::kafka::{CommitLog, CommitLogError, Delivery, KafkaConfig, KafkaSink, SinkDeadLetters, SinkError};
+use crate::kafka::{AdminError, CommitLog, CommitLogError, Delivery, KafkaConfig, KafkaSink, SinkDeadLetters, SinkError};
 use crate::source::{CommitAfter, Control, PartitionSnapshot, Source, SourceOptions, SourceResume, SourceStreams};
 
 /// One commit: everything a restart needs to continue the job's output exactly once.
@@ -266,6 +266,48 @@ impl Drop for Job<'_> {
             self.finish();
         }
     }
+}
+
+/// Why a running job stopped in its commit protocol.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// Two workers resumed from different commits: the processes did not open the commit log together.
+    #[error(
+        "worker {worker} resumed from the commit at offset {commit:?} of {topic}, worker {first} from the one at {first_commit:?}: every process must open the commit log before any of them runs; stop all processes and start them together"
+    )]
+    DifferentCommits {
+        /// The commit log.
+        topic: String,
+        /// The worker that disagrees.
+        worker: usize,
+        /// The commit (log offset) it resumed from.
+        commit: Option<i64>,
+        /// The worker it disagrees with.
+        first: usize,
+        /// The commit that one resumed from.
+        first_commit: Option<i64>,
+    },
+    /// No producer for the commit log could be created.
+    #[error("cannot write the job's commits to {topic}: {source}")]
+    CommitWriter {
+        /// The commit log.
+        topic: String,
+        /// Why.
+        source: AdminError,
+    },
+    /// A commit could not be written or was not acknowledged.
+    #[error(
+        "the commit at time {time} was not written to {topic}: {reason}; restart the job once the brokers are reachable (what was written since the last commit is reconciled)"
+    )]
+    CommitNotWritten {
+        /// The commit log.
+        topic: String,
+        /// The commit's time.
+        time: u64,
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// The flags of a job's outputs, to `#[command(flatten)]` into a program's clap arguments: `--commit-log`,

@@ -118,6 +118,14 @@ pub enum SourceError {
         /// Where the partition ends now.
         end: i64,
     },
+    /// A position the running job reads from disappeared (retention deleted it, or the topic was recreated).
+    #[error(
+        "Kafka source: {reason}: a position the job reads from no longer exists (retention deleted it, or the topic was recreated); start the job afresh (new output topics and commit log) or restore the records"
+    )]
+    PositionGone {
+        /// The consumer's error.
+        reason: String,
+    },
 }
 
 /// A Kafka source of records decoded to `T`.
@@ -224,7 +232,7 @@ impl<T: Clone + 'static> KafkaSource<T> {
         let metrics_slot: Arc<Mutex<Option<SourceMetrics>>> = Arc::default();
         let slot = Arc::clone(&metrics_slot);
         let streams = partitioned_source(scope, "KafkaSource", options, move |index, peers, resume| {
-            KafkaReader::new(source, index, peers, slot, resume).unwrap_or_else(|e| panic!("Kafka source on worker {index}: {e}"))
+            KafkaReader::new(source, index, peers, slot, resume).unwrap_or_else(|e| crate::error::stop(e))
         });
         *metrics_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(streams.metrics.clone());
         streams
@@ -686,9 +694,7 @@ impl From<KafkaError> for AddError {
 /// elsewhere would lose or repeat records).
 fn consumer_error(e: &KafkaError) {
     if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AutoOffsetReset) {
-        panic!(
-            "Kafka source: {e}: a position the job reads from no longer exists (retention deleted it, or the topic was recreated); start the job afresh (new output topics and commit log) or restore the records"
-        );
+        crate::error::stop(SourceError::PositionGone { reason: e.to_string() });
     }
     tracing::warn!("Kafka consumer error: {e}");
 }

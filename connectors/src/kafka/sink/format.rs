@@ -18,7 +18,7 @@ pub(super) fn envelope(embedded: &str, diff: isize, time: u64) -> Vec<u8> {
 /// JSON bytes of a key or value. Plain data always serializes; only maps with non-string keys fail, a
 /// programming error the message names.
 pub(super) fn to_json<T: Serialize>(x: &T, what: &str) -> Vec<u8> {
-    serde_json::to_vec(x).unwrap_or_else(|e| panic!("the Kafka sink cannot write this {what} as JSON: {e}"))
+    serde_json::to_vec(x).unwrap_or_else(|e| crate::error::stop(super::SinkError::Encode { what: what.to_owned(), reason: e.to_string() }))
 }
 
 #[cfg(test)]

@@ -54,6 +54,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use differential_dataflow::{AsCollection, VecCollection};
+use rdkafka::error::KafkaError;
 use serde::Serialize;
 use timely::ExchangeData;
 use timely::container::CapacityContainerBuilder;
@@ -119,6 +120,98 @@ pub enum SinkError {
         /// The commit log.
         commit_log: String,
     },
+    /// The producer could not be created.
+    #[error("Kafka sink {sink}: cannot create a producer for {brokers}: {source}; check --brokers and the client settings")]
+    Producer {
+        /// The sink's name.
+        sink: String,
+        /// The brokers.
+        brokers: String,
+        /// rdkafka's error.
+        source: Box<KafkaError>,
+    },
+    /// The end of an output partition could not be read when the sink started.
+    #[error(
+        "Kafka sink {sink}: cannot read the end of {topic}/{partition}: {source}; check that the brokers are reachable, then restart the job"
+    )]
+    ReadEnd {
+        /// The sink's name.
+        sink: String,
+        /// The output topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// rdkafka's error.
+        source: Box<KafkaError>,
+    },
+    /// What was written after the job's last commit could not be read back to reconcile it.
+    #[error(
+        "Kafka sink {sink}: cannot read what was written to {topic}/{partition} after the last commit: {reason}; check that the brokers are reachable, then restart the job"
+    )]
+    Reconcile {
+        /// The sink's name.
+        sink: String,
+        /// The output topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// What failed.
+        reason: String,
+    },
+    /// The producer refused a record outright.
+    #[error("Kafka sink {sink}: cannot write to {topic}/{partition}: {source}")]
+    Write {
+        /// The sink's name.
+        sink: String,
+        /// The output topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// rdkafka's error.
+        source: Box<KafkaError>,
+    },
+    /// Records were not acknowledged within the delivery timeout and the flush margin.
+    #[error(
+        "Kafka sink {sink}: writing to {topic} was not acknowledged within {timeout:?}; check the brokers, then restart the job (exactly-once output resumes where it ends)"
+    )]
+    NotAcknowledged {
+        /// The sink's name.
+        sink: String,
+        /// The output topic.
+        topic: String,
+        /// How long the sink waited.
+        timeout: Duration,
+    },
+    /// A record was not delivered: the brokers were unreachable past `message.timeout.ms`, or refused it.
+    #[error(
+        "Kafka sink {sink}: a record was not delivered ({failure}){fatal}; the brokers were unreachable for longer than message.timeout.ms, or refused the record: restart the job once they are back (exactly-once output resumes where it ends; at least once, it is written again)"
+    )]
+    NotDelivered {
+        /// The sink's name.
+        sink: String,
+        /// The delivery report's error.
+        failure: String,
+        /// The producer's fatal error, if it has one (` (fatal: ...)`), else empty.
+        fatal: String,
+    },
+    /// A delivery report showed an offset the sink did not expect: another client writes to the topic.
+    #[error(
+        "Kafka sink {sink}: {detail}: something else writes to this topic; an exactly-once output topic must have this job as its only writer"
+    )]
+    OtherWriter {
+        /// The sink's name.
+        sink: String,
+        /// What the delivery report showed.
+        detail: String,
+    },
+    /// A key or value could not be encoded (e.g. a map with non-string keys as JSON).
+    #[error("the Kafka sink cannot write this {what} as JSON: {reason}; give the sink an encoder for it (KafkaSink::with_encoders)")]
+    Encode {
+        /// Key or value.
+        what: String,
+        /// The encoder's error.
+        reason: String,
+    },
 }
 
 /// librdkafka's default `message.timeout.ms`.
@@ -148,6 +241,8 @@ struct Shared {
     delivery: Delivery,
     /// Per partition, the job's committed position.
     positions: Vec<SinkPosition>,
+    /// The job's commit log topic, for messages.
+    commit_log: String,
     /// Records larger than this (key + value) are refused.
     max_record_bytes: usize,
     /// How long the producer retries a record before it fails.
@@ -283,6 +378,7 @@ impl<K, V> KafkaSinkBuilder<K, V> {
             format: self.format,
             delivery,
             positions,
+            commit_log: log.topic().to_owned(),
             max_record_bytes,
             delivery_timeout,
         };

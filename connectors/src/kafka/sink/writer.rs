@@ -22,7 +22,8 @@ use timely::dataflow::operators::Capability;
 
 use super::format::{embed, envelope};
 use super::reconcile::{Out, Suffix};
-use super::{Delivery, Shared, SinkFormat};
+use super::{Delivery, Shared, SinkError, SinkFormat};
+use crate::error::stop;
 use crate::job::SinkPosition;
 use crate::kafka::admin::{self, REQUEST_TIMEOUT};
 use crate::source::DrainMode;
@@ -101,9 +102,11 @@ impl ProducerContext for SinkContext {
     }
 }
 
-/// Crash points for tests, from `TRIBUTARY_FAILPOINT`: `sink-after-records=N` aborts the process once the N-th
-/// record (and those before it) are stored, in the middle of a batch; `sink-before-progress=N` aborts after the
-/// N-th acknowledged batch, before its position is reported.
+/// Crash points for tests, from `TRIBUTARY_FAILPOINT`: `sink-after-records=N` aborts the process once this
+/// writer has handed the N-th record (and those before it) to the producer, in the middle of a batch;
+/// `sink-before-progress=N` aborts after the writer's N-th acknowledged batch, before its position is reported.
+/// Counted per writer (one per worker and sink). Only with the `failpoints` feature (the workspace's tests and
+/// examples enable it); without it the variable is ignored.
 #[derive(Default)]
 struct Failpoints {
     after_records: Option<u64>,
@@ -111,6 +114,12 @@ struct Failpoints {
 }
 
 impl Failpoints {
+    #[cfg(not(feature = "failpoints"))]
+    fn from_env() -> Self {
+        Failpoints::default()
+    }
+
+    #[cfg(feature = "failpoints")]
     fn from_env() -> Self {
         let spec = std::env::var("TRIBUTARY_FAILPOINT").unwrap_or_default();
         let value = |name: &str| spec.split(',').find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse().ok());
@@ -146,30 +155,34 @@ impl Writer {
             owned.push(("enable.gapless.guarantee", "true"));
         }
         let context = SinkContext { topic: shared.topic.clone(), deliveries: Mutex::default() };
-        let producer: BaseProducer<SinkContext> = shared
-            .config
-            .client_config(&owned)
-            .create_with_context(context)
-            .unwrap_or_else(|e| panic!("Kafka sink {name}: cannot create a producer for {}: {e}", shared.config.brokers()));
-        let reader = admin::reader(&shared.config).unwrap_or_else(|e| panic!("Kafka sink {name}: {e}"));
+        let producer: BaseProducer<SinkContext> =
+            shared.config.client_config(&owned).create_with_context(context).unwrap_or_else(|source| {
+                stop(SinkError::Producer { sink: name.clone(), brokers: shared.config.brokers().to_owned(), source: Box::new(source) })
+            });
+        let reader = admin::reader(&shared.config).unwrap_or_else(|e| stop(SinkError::Admin(e)));
         let mut parts = BTreeMap::new();
         for partition in (0..shared.partitions).filter(|p| *p as usize % peers == index) {
-            let (_, end) = reader
-                .fetch_watermarks(&shared.topic, partition, REQUEST_TIMEOUT)
-                .unwrap_or_else(|e| panic!("Kafka sink {name}: cannot read the end of {}/{partition}: {e}", shared.topic));
+            let (_, end) = reader.fetch_watermarks(&shared.topic, partition, REQUEST_TIMEOUT).unwrap_or_else(|source| {
+                stop(SinkError::ReadEnd { sink: name.clone(), topic: shared.topic.clone(), partition, source: Box::new(source) })
+            });
             let mut base = None;
             let mut suffix = Suffix::default();
             if shared.delivery == Delivery::ExactlyOnce {
                 let position = &shared.positions[partition as usize];
                 base = position.base;
                 if end < position.offset {
-                    panic!(
-                        "Kafka sink {name}: output partition {}/{partition} ends at offset {end}, before the job's commit (offset {}): the topic was recreated or truncated; write to a new topic with a new commit log",
-                        shared.topic, position.offset
-                    );
+                    stop(SinkError::Truncated {
+                        topic: shared.topic.clone(),
+                        partition,
+                        end,
+                        recorded: position.offset,
+                        commit_log: shared.commit_log.clone(),
+                    });
                 }
-                suffix = Suffix::read(&reader, &shared.topic, partition, (position.offset, end), shared.format, base)
-                    .unwrap_or_else(|e| panic!("Kafka sink {name}: cannot read what was written after the last commit: {e}"));
+                suffix =
+                    Suffix::read(&reader, &shared.topic, partition, (position.offset, end), shared.format, base).unwrap_or_else(|reason| {
+                        stop(SinkError::Reconcile { sink: name.clone(), topic: shared.topic.clone(), partition, reason })
+                    });
                 if suffix.records > 0 {
                     tracing::info!(
                         topic = shared.topic,
@@ -372,7 +385,12 @@ impl Writer {
                     self.producer.poll(Duration::from_millis(10));
                     self.check_failures();
                 }
-                Err((error, _)) => panic!("Kafka sink {}: cannot write to {}/{partition}: {error}", self.name, self.shared.topic),
+                Err((source, _)) => stop(SinkError::Write {
+                    sink: self.name.clone(),
+                    topic: self.shared.topic.clone(),
+                    partition,
+                    source: Box::new(source),
+                }),
             }
         }
         if let Some(part) = self.parts.get_mut(&partition) {
@@ -447,10 +465,7 @@ impl Writer {
         let _ = self.producer.flush(Duration::ZERO);
         while self.producer.in_flight_count() > 0 {
             if Instant::now() > deadline {
-                panic!(
-                    "Kafka sink {}: writing to {} was not acknowledged within {timeout:?}; check the brokers, then restart the job (exactly-once output resumes where it ends)",
-                    self.name, self.shared.topic
-                );
+                stop(SinkError::NotAcknowledged { sink: self.name.clone(), topic: self.shared.topic.clone(), timeout });
             }
             self.producer.poll(Duration::from_millis(1));
         }
@@ -463,16 +478,10 @@ impl Writer {
         if let Some(failure) = deliveries.failure.take() {
             let fatal =
                 self.producer.client().fatal_error().map(|(code, reason)| format!(" (fatal: {code:?}: {reason})")).unwrap_or_default();
-            panic!(
-                "Kafka sink {}: a record was not delivered ({failure}){fatal}; the brokers were unreachable for longer than message.timeout.ms, or refused the record: restart the job once they are back (exactly-once output resumes where it ends; at least once, it is written again)",
-                self.name
-            );
+            stop(SinkError::NotDelivered { sink: self.name.clone(), failure: failure.to_string(), fatal });
         }
         if let Some(other) = deliveries.other_writer.take() {
-            panic!(
-                "Kafka sink {}: {other}: something else writes to this topic; an exactly-once output topic must have this job as its only writer",
-                self.name
-            );
+            stop(SinkError::OtherWriter { sink: self.name.clone(), detail: other.to_string() });
         }
     }
 }
