@@ -156,8 +156,7 @@ type Input<T> = Box<dyn Source<Item = T> + Send + Sync>;
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tributary::runtime::logging::init(); // before the cluster starts: opening topics logs too
-    let window = Windows::Tumbling { size_ms: args.window.as_millis() as u64 };
-    anyhow::ensure!(window.size() > 0, "--window must be positive");
+    let window = Windows::tumbling(args.window).context("--window")?;
     let lateness = args.allowed_lateness.as_millis() as u64;
     let (order_time, customer_time) = (|o: &Order| Ok(o.ts_ms), |c: &CustomerChange| Ok(c.ts_ms));
     let (orders, customers, kafka): (Input<Order>, Input<CustomerChange>, _) = match (&args.orders, &args.customers, &args.brokers) {

@@ -79,8 +79,7 @@ struct Event {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tributary::runtime::logging::init(); // before the cluster starts: opening topics logs too
-    let window = Windows::Tumbling { size_ms: args.window.as_millis() as u64 };
-    anyhow::ensure!(window.size() > 0, "--window must be positive");
+    let window = Windows::tumbling(args.window).context("--window")?;
     let lateness = args.allowed_lateness.as_millis() as u64;
     let event_time = |e: &Event| Ok(e.ts_ms);
     let (input, kafka): (Box<dyn Source<Item = Event> + Send + Sync>, _) = match (&args.csv, &args.brokers) {

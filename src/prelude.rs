@@ -16,8 +16,8 @@ pub use tributary_connectors::kafka::{
 };
 pub use tributary_connectors::{Backpressure, DeadLetter, Job, JobArgs, Reason, Source, SourceArgs, SourceOptions, SourceStreams};
 
-pub use tributary_operators::aggregate::{Average, Count, CountDistinct, Fold, Max, Min, Sum, TopK};
-pub use tributary_operators::window::LateRecord;
+pub use tributary_operators::aggregate::{Average, Count, CountDistinct, Fold, Max, Min, Over, Sum, TopK, over};
+pub use tributary_operators::window::{LateRecord, WindowError};
 pub use tributary_operators::{
     Aggregate, Aggregator, IntervalJoin, OuterJoin, SessionAggregate, TemporalJoin, Timed, TimedStream, Upsert, WatermarkPolicy,
     WindowAggregate, WindowJoin, Windows,

@@ -122,3 +122,22 @@ fn a_restart_whose_input_retention_removed_fails_clearly() {
     assert!(retention || truncated, "{stderr}");
     assert!(stderr.contains("start the job afresh (new output topics and commit log)"), "the message says what to do: {stderr}");
 }
+
+#[test]
+fn window_parameters_that_make_no_window_are_refused_with_the_reason() {
+    let scratch = Scratch::new("bad-window");
+    let path = scratch.0.join("events.csv");
+    std::fs::write(&path, "key,ts_ms\napple,1000\n").unwrap();
+    for window in ["0s", "500us"] {
+        let output = Command::new(example("windowed_count"))
+            .arg("--csv")
+            .arg(&path)
+            .args(["--window", window])
+            .output()
+            .expect("run windowed_count");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "--window {window} was accepted: {stderr}");
+        assert!(stderr.contains("--window") && stderr.contains("a window must last at least 1 ms"), "{window}: {stderr}");
+        assert!(output.stdout.is_empty(), "{window}: no result printed");
+    }
+}

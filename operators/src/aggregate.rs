@@ -5,6 +5,23 @@
 //! ([`window`](crate::window), [`session`](crate::session)) and whole collections: [`Aggregate::aggregate`] keeps
 //! one result per key of a `(key, value)` collection and emits a changelog, so an input retraction retracts the
 //! old result and adds the new one.
+//!
+//! Aggregators combine: a tuple of them is one (`(Count, Sum)` emits `(count, sum)`; a group emits nothing while
+//! any part has no value), and [`over`] aggregates one field of the values, so a window can count payments and
+//! sum their cents while the records travel whole:
+//!
+//! ```
+//! use tributary_operators::aggregate::{Aggregator, Count, Max, Sum, over};
+//! #[derive(Clone)]
+//! struct Payment { cents: u32 }
+//! let spent = (Count, over(|p: &Payment| p.cents, Sum), over(|p: &Payment| p.cents, Max));
+//! let mut state = Default::default();
+//! for cents in [250, 1200, 40] {
+//!     spent.update(&mut state, &Payment { cents }, 1);
+//! }
+//! spent.update(&mut state, &Payment { cents: 40 }, -1);
+//! assert_eq!(spent.output(&state), Some((2, 1450, 1200)));
+//! ```
 
 use std::collections::BTreeMap;
 
@@ -224,6 +241,77 @@ impl<V: Ord + Clone + 'static, O: Clone + PartialEq + 'static> Aggregator<V> for
     }
     fn output(&self, state: &Multiset<V>) -> Option<O> {
         (self.fold)(state)
+    }
+}
+
+// Tuples of aggregators (see the module docs).
+macro_rules! tuple_aggregator {
+    ($($name:ident $index:tt),+) => {
+        impl<V, $($name: Aggregator<V>),+> Aggregator<V> for ($($name,)+) {
+            type State = ($($name::State,)+);
+            type Output = ($($name::Output,)+);
+            fn update(&self, state: &mut Self::State, value: &V, diff: isize) {
+                $(self.$index.update(&mut state.$index, value, diff);)+
+            }
+            fn output(&self, state: &Self::State) -> Option<Self::Output> {
+                Some(($(self.$index.output(&state.$index)?,)+))
+            }
+        }
+    };
+}
+tuple_aggregator!(A 0, B 1);
+tuple_aggregator!(A 0, B 1, C 2);
+tuple_aggregator!(A 0, B 1, C 2, D 3);
+
+/// An aggregate of one field of the values: `over(|p: &Payment| p.cents, Sum)` sums the payments' cents while
+/// the records themselves travel on (e.g. for a window's dead letters). Running totals stay running totals.
+///
+/// ```
+/// use tributary_operators::aggregate::{Aggregator, Count, Sum, over};
+/// #[derive(Clone)]
+/// struct Payment { card: &'static str, cents: u32 }
+/// let spent = (Count, over(|p: &Payment| p.cents, Sum));
+/// let mut state = Default::default();
+/// spent.update(&mut state, &Payment { card: "a", cents: 250 }, 1);
+/// spent.update(&mut state, &Payment { card: "a", cents: 1200 }, 1);
+/// assert_eq!(spent.output(&state), Some((2, 1450)));
+/// ```
+pub fn over<V, W, F, A>(field: F, aggregator: A) -> Over<F, A>
+where
+    F: Fn(&V) -> W + Clone + 'static,
+    A: Aggregator<W>,
+{
+    Over { field, aggregator }
+}
+
+/// An aggregate of a field of the values (see [`over`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Over<F, A> {
+    field: F,
+    aggregator: A,
+}
+
+impl<V, W, F, A> Aggregator<V> for Over<F, A>
+where
+    F: Fn(&V) -> W + Clone + 'static,
+    A: Aggregator<W>,
+{
+    type State = A::State;
+    type Output = A::Output;
+    fn update(&self, state: &mut A::State, value: &V, diff: isize) {
+        self.aggregator.update(state, &(self.field)(value), diff);
+    }
+    fn output(&self, state: &A::State) -> Option<A::Output> {
+        self.aggregator.output(state)
+    }
+    fn is_linear(&self) -> bool {
+        self.aggregator.is_linear()
+    }
+    fn linear(&self, value: &V) -> Option<(isize, isize)> {
+        self.aggregator.linear(&(self.field)(value))
+    }
+    fn linear_output(&self, totals: (isize, isize)) -> Option<A::Output> {
+        self.aggregator.linear_output(totals)
     }
 }
 

@@ -53,7 +53,68 @@ pub enum Windows {
     },
 }
 
+/// Why window parameters were refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WindowError {
+    /// A window must last at least 1 ms.
+    #[error("a window must last at least 1 ms (got {0:?})")]
+    EmptyWindow(std::time::Duration),
+    /// Hopping windows must start at least 1 ms apart.
+    #[error("hopping windows must start at least 1 ms apart (got a slide of {0:?})")]
+    EmptySlide(std::time::Duration),
+    /// A slide longer than the window leaves gaps: records between two windows would be in none.
+    #[error("a slide of {slide:?} is longer than the window ({size:?}): records between two windows would be in none")]
+    Gaps {
+        /// The window length.
+        size: std::time::Duration,
+        /// The slide.
+        slide: std::time::Duration,
+    },
+}
+
 impl Windows {
+    /// Back-to-back windows of `size`; a size under 1 ms is refused.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tributary_operators::window::Windows;
+    /// assert_eq!(Windows::tumbling(Duration::from_secs(10)), Ok(Windows::Tumbling { size_ms: 10_000 }));
+    /// assert!(Windows::tumbling(Duration::ZERO).is_err());
+    /// ```
+    pub fn tumbling(size: std::time::Duration) -> Result<Windows, WindowError> {
+        let size_ms = size.as_millis() as u64;
+        if size_ms == 0 {
+            return Err(WindowError::EmptyWindow(size));
+        }
+        Ok(Windows::Tumbling { size_ms })
+    }
+
+    /// Windows of `size` starting every `slide` (a record is in about `size / slide` of them); an empty window or
+    /// slide, or a slide longer than the window, is refused.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tributary_operators::window::Windows;
+    /// let (minute, ten_s) = (Duration::from_secs(60), Duration::from_secs(10));
+    /// assert_eq!(Windows::hopping(minute, ten_s), Ok(Windows::Hopping { size_ms: 60_000, slide_ms: 10_000 }));
+    /// assert!(Windows::hopping(ten_s, minute).is_err());
+    /// assert!(Windows::hopping(minute, Duration::ZERO).is_err());
+    /// ```
+    pub fn hopping(size: std::time::Duration, slide: std::time::Duration) -> Result<Windows, WindowError> {
+        let (size_ms, slide_ms) = (size.as_millis() as u64, slide.as_millis() as u64);
+        if size_ms == 0 {
+            return Err(WindowError::EmptyWindow(size));
+        }
+        if slide_ms == 0 {
+            return Err(WindowError::EmptySlide(slide));
+        }
+        if slide_ms > size_ms {
+            return Err(WindowError::Gaps { size, slide });
+        }
+        Ok(Windows::Hopping { size_ms, slide_ms })
+    }
+
     /// The window length in ms.
     pub fn size(&self) -> u64 {
         match *self {

@@ -56,11 +56,12 @@ enum Task {
 
 #[derive(Subcommand)]
 enum BrokerAction {
-    /// Start a broker on a free loopback port (memory storage unless --sqlite) and print its address.
+    /// Start a broker on a free loopback port (sqlite storage unless --memory) and print its address.
     Start {
-        /// Use the sqlite storage engine (exact offsets, survives restarts) instead of memory.
+        /// Use the memory storage engine: faster, but its partition ends are inexact, so `--until-end` and
+        /// exactly-once output do not work against it, and it forgets everything when stopped.
         #[arg(long)]
-        sqlite: bool,
+        memory: bool,
     },
     /// Stop the broker started by `broker start`.
     Stop,
@@ -77,8 +78,11 @@ fn main() -> anyhow::Result<()> {
             println!("tansu ready at {}", tansu.display());
         }
         Task::Broker { action } => match action {
-            BrokerAction::Start { sqlite } => {
-                let address = broker::start_dev(&root, sqlite)?;
+            BrokerAction::Start { memory } => {
+                if memory {
+                    eprintln!("memory engine: inexact partition ends; --until-end and exactly-once output need sqlite (the default)");
+                }
+                let address = broker::start_dev(&root, !memory)?;
                 println!("broker running at {address}; stop it with `cargo xtask broker stop`");
             }
             BrokerAction::Stop => broker::stop_dev(&root)?,
