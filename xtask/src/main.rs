@@ -139,14 +139,33 @@ fn test(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     let mut args = vec!["test", "--workspace", "--doc"];
     args.extend(extra.iter().map(String::as_str));
     let doc = run_tests(root, &cargo, &args, tansu, &mut totals);
-    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
-    unit.and(doc)
+    println!("tests: {} passed, {} failed, {} ignored, {} filtered out", totals.passed, totals.failed, totals.ignored, totals.filtered);
+    unit.and(doc)?;
+    if extra.is_empty() { check_full_run(&totals, MIN_TESTS) } else { Ok(()) }
 }
+
+/// A whole run (no filter) must run at least every test the suite held when `minimum` was last raised, and
+/// ignore or filter none: a test target that silently stops being built, or tests that stop being found, turn
+/// the run red instead of green.
+fn check_full_run(totals: &Totals, minimum: u64) -> anyhow::Result<()> {
+    if totals.passed < minimum {
+        bail!("only {} tests ran, but the suite holds at least {minimum}: a test target or tests went missing", totals.passed);
+    }
+    if totals.ignored + totals.filtered > 0 {
+        bail!("{} tests were ignored and {} filtered out in a full run", totals.ignored, totals.filtered);
+    }
+    Ok(())
+}
+
+/// How many tests a full `cargo xtask test` runs at least; raise it as tests are added.
+const MIN_TESTS: u64 = 123;
 
 #[derive(Default)]
 struct Totals {
     passed: u64,
     failed: u64,
+    ignored: u64,
+    filtered: u64,
 }
 
 /// Runs `cargo test`, passing its output through and adding up its `test result:` lines.
@@ -173,6 +192,8 @@ fn run_tests(root: &Path, cargo: &str, args: &[&str], tansu: &str, totals: &mut 
             };
             totals.passed += count(" passed");
             totals.failed += count(" failed");
+            totals.ignored += count(" ignored");
+            totals.filtered += count(" filtered out");
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
@@ -180,4 +201,18 @@ fn run_tests(root: &Path, cargo: &str, args: &[&str], tansu: &str, totals: &mut 
         bail!("`{cargo} {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_run_with_missing_or_skipped_tests_fails() {
+        let run = |passed, ignored, filtered| Totals { passed, failed: 0, ignored, filtered };
+        assert!(check_full_run(&run(123, 0, 0), 123).is_ok());
+        assert!(check_full_run(&run(122, 0, 0), 123).unwrap_err().to_string().contains("went missing"));
+        assert!(check_full_run(&run(123, 1, 0), 123).is_err(), "an ignored test");
+        assert!(check_full_run(&run(123, 0, 2), 123).is_err(), "filtered tests");
+    }
 }

@@ -5,9 +5,11 @@
 ///
 /// ```
 /// use tributary_connectors::kafka::partition_for;
-/// let p = partition_for(b"customer-42", 6);
-/// assert!((0..6).contains(&p));
-/// assert_eq!(p, partition_for(b"customer-42", 6));
+/// // Kafka's own test vectors: murmur2("foobar") = -790332482, murmur2("abc") = 479470107, murmur2("21") =
+/// // -973932308 (Java ints), so with 4 partitions they land on 2, 3 and 0.
+/// assert_eq!(partition_for(b"foobar", 4), 2);
+/// assert_eq!(partition_for(b"abc", 4), 3);
+/// assert_eq!(partition_for(b"21", 4), 0);
 /// ```
 pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
     let hash = murmur2::murmur2(key, murmur2::KAFKA_SEED) & 0x7fff_ffff;
