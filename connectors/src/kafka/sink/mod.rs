@@ -196,7 +196,7 @@ pub enum SinkError {
     },
     /// A delivery report showed an offset the sink did not expect: another client writes to the topic.
     #[error(
-        "Kafka sink {sink}: {detail}: something else writes to this topic; an exactly-once output topic must have this job as its only writer"
+        "Kafka sink {sink}: {detail}: something else writes to this topic, or the broker misreported a retried batch's offsets; an exactly-once output topic must have this job as its only writer; restart the job (what was written since the last commit is reconciled)"
     )]
     OtherWriter {
         /// The sink's name.
