@@ -122,7 +122,12 @@ struct JobState<'scope> {
     dead_letter_sink: Option<KafkaSink<String, DeadLetter>>,
     /// Dead letters to write there when the job is finished.
     dead: Vec<Stream<'scope, u64, Vec<DeadLetter>>>,
+    /// Whether `dead` went to the dead-letter sink already.
+    dead_letters_routed: bool,
 }
+
+/// How many dead letters a worker logs in full when a dead-letter topic keeps them all.
+const LOGGED_DEAD_LETTERS: usize = 10;
 
 impl<'scope> Job<'scope> {
     pub(crate) fn new(scope: Scope<'scope, u64>, log: CommitLog) -> Self {
@@ -135,6 +140,7 @@ impl<'scope> Job<'scope> {
             finished: None,
             dead_letter_sink: None,
             dead: Vec::new(),
+            dead_letters_routed: false,
         };
         Job { scope, log, state: RefCell::new(state) }
     }
@@ -169,8 +175,8 @@ impl<'scope> Job<'scope> {
 
     /// Sends the job's dead letters to `sink`: every source's (malformed, too late, too far ahead), every Kafka
     /// sink's refused records, and whatever [`Job::dead_letter`] adds, written exactly once like the other
-    /// outputs when the job is finished. Each is also logged at WARN with its origin and reason, so without a
-    /// dead-letter sink none is dropped unseen. The streams in [`SourceStreams::dead_letters`] and
+    /// outputs when the job is finished. The first few of each worker are also logged at WARN with their origin
+    /// and reason; without a dead-letter sink every one is, so none is dropped unseen. The streams in [`SourceStreams::dead_letters`] and
     /// [`Written::refused`](crate::kafka::Written::refused) stay available to count or log: do not write them
     /// to the sink again.
     ///
@@ -194,7 +200,7 @@ impl<'scope> Job<'scope> {
     /// A Kafka sink's refused records, for the job's dead letters.
     pub(crate) fn route_refused(&self, refused: Stream<'scope, u64, Vec<DeadLetter>>) {
         let mut state = self.state.borrow_mut();
-        if state.finished.is_none() {
+        if !state.dead_letters_routed {
             state.dead.push(refused);
         }
     }
@@ -229,14 +235,27 @@ impl<'scope> Job<'scope> {
         };
         if !dead.is_empty() {
             let topic = sink.as_ref().map(|sink| sink.topic().to_owned());
+            let mut logged = 0usize;
             let letters = self.scope.concatenate(dead).inspect(move |letter: &DeadLetter| {
                 let (source, partition, offset) = (&letter.source, letter.partition, letter.offset);
                 match &topic {
-                    Some(topic) => tracing::warn!(source, partition, offset, topic, "dead letter: {}", letter.reason),
+                    // The topic keeps every one: log the first few in full, not a line per record.
+                    Some(topic) if logged < LOGGED_DEAD_LETTERS => {
+                        logged += 1;
+                        tracing::warn!(source, partition, offset, topic, "dead letter: {}", letter.reason);
+                        if logged == LOGGED_DEAD_LETTERS {
+                            tracing::warn!(topic, "further dead letters of this worker go to the topic without a log line each");
+                        }
+                    }
+                    Some(_) => {}
+                    // Nothing else keeps it: every one is logged.
                     None => tracing::warn!(source, partition, offset, "dead letter (no dead-letter topic): {}", letter.reason),
                 }
             });
             if let Some(sink) = sink {
+                // Set before the sink is built: its own refused records (none: dead letters are fitted to the
+                // topic) must not come back into the list just taken.
+                self.state.borrow_mut().dead_letters_routed = true;
                 letters.sink_dead_letters("DeadLetters", &sink, self);
             }
         }
