@@ -143,7 +143,7 @@ fn run(pipeline: &str, workers: usize, events: u64) -> anyhow::Result<()> {
             let (right_in, right) = scope.new_input::<Records>();
             let probe = match pipeline.as_str() {
                 "window" => {
-                    let streams = left.window_aggregate("Count", windows, LATENESS_MS, Count);
+                    let streams = left.window_aggregate("Count", windows.allowed_lateness(Duration::from_millis(LATENESS_MS)), Count);
                     streams.late.inspect(|_| panic!("no record is later than the lateness"));
                     streams.results.inspect(move |_| counted.set(counted.get() + 1)).probe().0
                 }
@@ -157,7 +157,7 @@ fn run(pipeline: &str, workers: usize, events: u64) -> anyhow::Result<()> {
                         .0
                 }
                 "join" => {
-                    let streams = left.window_join("Join", right, windows, LATENESS_MS);
+                    let streams = left.window_join("Join", right, windows, Duration::from_millis(LATENESS_MS));
                     streams.results.inspect(move |_| counted.set(counted.get() + 1)).probe().0
                 }
                 "join-dd" => {
@@ -187,7 +187,7 @@ fn run(pipeline: &str, workers: usize, events: u64) -> anyhow::Result<()> {
         for epoch in 0..epochs {
             for (side, input) in inputs.iter_mut().enumerate().take(sides as usize) {
                 for (key, id, event_time) in events_of(epoch, side as u64, sides, index, peers, keys) {
-                    input.send((Timed { event_time, value: (key, id) }, epoch, 1));
+                    input.send((Timed::new(event_time, (key, id)), epoch, 1));
                 }
             }
             for input in inputs.iter_mut() {

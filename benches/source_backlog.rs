@@ -178,7 +178,7 @@ fn tributary_consume() -> anyhow::Result<()> {
     tributary::execute(&cluster, move |worker, ctx| {
         let probe = ProbeHandle::new();
         let options = SourceOptions {
-            policy: WatermarkPolicy { max_out_of_orderness_ms: 1_000, ..Default::default() },
+            policy: WatermarkPolicy { max_out_of_orderness: std::time::Duration::from_millis(1_000), ..Default::default() },
             backpressure: backpressure.map(|max| Backpressure { probe: probe.clone(), max_ahead_ms: None, max_records: Some(max) }),
             ..Default::default()
         };
@@ -196,8 +196,8 @@ fn tributary_consume() -> anyhow::Result<()> {
                 }
                 "window" => {
                     let windows = records
-                        .map(|(event, time, diff)| (Timed { event_time: event.event_time, value: (event.value.key, ()) }, time, diff))
-                        .window_aggregate("WindowedCount", Windows::Tumbling { size_ms: 10_000 }, 0, Count);
+                        .map(|(event, time, diff)| (Timed::new(event.event_time, (event.value.key, ())), time, diff))
+                        .window_aggregate("WindowedCount", Windows::Tumbling { size_ms: 10_000 }, Count);
                     windows.results.probe_with(&probe);
                     return;
                 }

@@ -156,8 +156,7 @@ type Input<T> = Box<dyn Source<Item = T> + Send + Sync>;
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tributary::runtime::logging::init(); // before the cluster starts: opening topics logs too
-    let window = Windows::tumbling(args.window).context("--window")?;
-    let lateness = args.allowed_lateness.as_millis() as u64;
+    let window = Windows::tumbling(args.window).context("--window")?.allowed_lateness(args.allowed_lateness);
     let (order_time, customer_time) = (|o: &Order| Ok(o.ts_ms), |c: &CustomerChange| Ok(c.ts_ms));
     let (orders, customers, kafka): (Input<Order>, Input<CustomerChange>, _) = match (&args.orders, &args.customers, &args.brokers) {
         (Some(orders), Some(customers), _) => {
@@ -188,7 +187,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let policy = WatermarkPolicy { max_out_of_orderness_ms: args.max_out_of_orderness.as_millis() as u64, ..args.source.policy() };
+    let policy = WatermarkPolicy { max_out_of_orderness: args.max_out_of_orderness, ..args.source.policy() };
 
     let results = tributary::run(&args.cluster, move |scope, _| {
         let options = SourceOptions { policy, ..Default::default() };
@@ -198,7 +197,7 @@ fn main() -> anyhow::Result<()> {
         let by_customer = orders.records.key_by(|order| order.customer_id);
         let enriched = by_customer.clone().temporal_join("EnrichOrders", table);
         let amounts = by_customer.map_timed(|(customer, order)| (customer, order.amount_cents));
-        let totals = amounts.window_aggregate("CustomerTotals", window, lateness, Sum);
+        let totals = amounts.window_aggregate("CustomerTotals", window, Sum);
         let late = totals.late.map(|late| DeadLetter::late("CustomerTotals", &late));
         if let (Some(job), Some(((enriched_sink, totals_sink), _, _))) = (&job, &outputs) {
             let enriched = enriched.map(|(joined, time, diff)| {

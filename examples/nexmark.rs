@@ -161,8 +161,8 @@ fn main() -> anyhow::Result<()> {
                 Some(source) => {
                     // Generated event times may run ahead of the wall clock (a fixed base time): no far-ahead limit.
                     let policy = WatermarkPolicy {
-                        max_out_of_orderness_ms: tributary_nexmark::MAX_OUT_OF_ORDERNESS_MS,
-                        max_ahead_ms: None,
+                        max_out_of_orderness: std::time::Duration::from_millis(tributary_nexmark::MAX_OUT_OF_ORDERNESS_MS),
+                        max_ahead: None,
                         ..Default::default()
                     };
                     let options = SourceOptions { policy, ..Default::default() };
@@ -238,7 +238,7 @@ fn main() -> anyhow::Result<()> {
                     for (_, event) in events.by_ref().take(batch) {
                         let event_time = event.date_time();
                         let time = clock.time(event_time);
-                        input.send((Timed { event_time, value: event }, time, 1));
+                        input.send((Timed::new(event_time, event), time, 1));
                         fed += 1;
                     }
                 }

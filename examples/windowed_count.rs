@@ -79,8 +79,7 @@ struct Event {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tributary::runtime::logging::init(); // before the cluster starts: opening topics logs too
-    let window = Windows::tumbling(args.window).context("--window")?;
-    let lateness = args.allowed_lateness.as_millis() as u64;
+    let window = Windows::tumbling(args.window).context("--window")?.allowed_lateness(args.allowed_lateness);
     let event_time = |e: &Event| Ok(e.ts_ms);
     let (input, kafka): (Box<dyn Source<Item = Event> + Send + Sync>, _) = match (&args.csv, &args.brokers) {
         (Some(path), _) => (Box::new(FileSource::new(vec![path.clone()], event_time)?), None),
@@ -103,13 +102,13 @@ fn main() -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let policy = WatermarkPolicy { max_out_of_orderness_ms: args.max_out_of_orderness.as_millis() as u64, ..args.source.policy() };
+    let policy = WatermarkPolicy { max_out_of_orderness: args.max_out_of_orderness, ..args.source.policy() };
 
     let results = tributary::run(&args.cluster, move |scope, _| {
         let options = SourceOptions { policy, ..Default::default() };
         let job = outputs.as_ref().map(|(_, dead, log)| log.job(scope).dead_letters_to(dead));
         let events = input.build_in(scope, job.as_ref(), options);
-        let windows = events.records.map_timed(|e| (e.key, ())).window_aggregate("WindowedCount", window, lateness, Count);
+        let windows = events.records.map_timed(|e| (e.key, ())).window_aggregate("WindowedCount", window, Count);
         let late = windows.late.map(|late| DeadLetter::late("WindowedCount", &late));
         if let (Some(job), Some((counts, _, _))) = (&job, &outputs) {
             job.dead_letter(late);

@@ -17,10 +17,10 @@ pub use tributary_connectors::kafka::{
 pub use tributary_connectors::{Backpressure, DeadLetter, Job, JobArgs, Reason, Source, SourceArgs, SourceOptions, SourceStreams};
 
 pub use tributary_operators::aggregate::{Average, Count, CountDistinct, Fold, Max, Min, Over, Sum, TopK, over};
-pub use tributary_operators::window::{LateRecord, WindowError};
+pub use tributary_operators::window::WindowError;
 pub use tributary_operators::{
-    Aggregate, Aggregator, IntervalJoin, OuterJoin, SessionAggregate, TemporalJoin, Timed, TimedStream, Upsert, WatermarkPolicy,
-    WindowAggregate, WindowJoin, Windows,
+    Aggregate, Aggregator, Emit, Interval, IntervalJoin, LateRecord, Origin, OuterJoin, SessionAggregate, Sessions, TemporalJoin, Timed,
+    TimedStream, Upsert, WatermarkPolicy, WindowAggregate, WindowJoin, WindowSpec, Windows,
 };
 
 pub use differential_dataflow::{AsCollection, VecCollection};

@@ -83,8 +83,8 @@ fn times(ts: impl Iterator<Item = u64>) -> Vec<u64> {
     .collect()
 }
 
-/// The expected output lines, and how many orders are too late for their window.
-fn reference(orders: &[Vec<Order>], changes: &[Vec<Change>]) -> (String, usize) {
+/// The expected output lines, and the orders too late for their window as (partition, offset).
+fn reference(orders: &[Vec<Order>], changes: &[Vec<Change>]) -> (String, Vec<(usize, usize)>) {
     let mut table_changes: Vec<(u64, usize, usize, &Change)> = Vec::new();
     for (p, partition) in changes.iter().enumerate() {
         for (i, (change, time)) in partition.iter().zip(times(partition.iter().map(|c| c.ts))).enumerate() {
@@ -103,16 +103,16 @@ fn reference(orders: &[Vec<Order>], changes: &[Vec<Change>]) -> (String, usize) 
     };
     let mut enriched = BTreeMap::new();
     let mut totals: BTreeMap<(u64, u64), i64> = BTreeMap::new();
-    let mut too_late = 0;
-    for partition in orders {
-        for (order, time) in partition.iter().zip(times(partition.iter().map(|o| o.ts))) {
+    let mut too_late = Vec::new();
+    for (p, partition) in orders.iter().enumerate() {
+        for (offset, (order, time)) in partition.iter().zip(times(partition.iter().map(|o| o.ts))).enumerate() {
             let (name, region) = as_of(time, order.customer).unwrap_or_default();
             enriched.insert(order.id, format!("order,{},{},{},{},{name},{region}\n", order.id, order.customer, order.amount, order.ts));
             let start = order.ts - order.ts % WINDOW;
             if start + WINDOW + LATENESS > time {
                 *totals.entry((order.customer, start)).or_default() += order.amount;
             } else {
-                too_late += 1;
+                too_late.push((p, offset));
             }
         }
     }
@@ -155,7 +155,7 @@ fn enrich_join_matches_the_reference_from_files_and_kafka() {
     let scratch = Scratch::new("enrich-join");
     let (orders, changes) = (orders(), changes());
     let (expected, too_late) = reference(&orders, &changes);
-    assert!(too_late > 0, "some orders are too late for their window");
+    assert!(!too_late.is_empty(), "some orders are too late for their window");
     let lines = expected.lines().count();
     assert!(lines > 650, "orders and windows: {lines}");
     assert!(expected.contains(",,\n"), "some orders meet no customer");
@@ -247,11 +247,22 @@ fn enrich_join_matches_the_reference_from_files_and_kafka() {
     read_until(&bootstrap, "enriched", 4, |r| orders_table(r) == wanted(&orders_expected));
     read_until(&bootstrap, "enriched.totals", 4, |r| totals_table(r) == wanted(&totals_expected));
     let malformed = (ORDER_PARTITIONS + CUSTOMER_PARTITIONS) as usize;
-    let dead = read_until(&bootstrap, "dead", 1, |r| r.len() >= malformed + too_late);
-    assert_eq!(dead.len(), malformed + too_late, "each malformed record and each late order once");
-    let late =
-        dead.iter().filter(|(_, v)| String::from_utf8_lossy(v.as_deref().unwrap_or_default()).contains("too late for its window")).count();
-    assert_eq!(late, too_late);
+    let dead = read_until(&bootstrap, "dead", 1, |r| r.len() >= malformed + too_late.len());
+    assert_eq!(dead.len(), malformed + too_late.len(), "each malformed record and each late order once");
+    // A window's dead letter names the order's own topic, partition and offset and keeps its original bytes.
+    let mut late: Vec<(usize, usize)> = Vec::new();
+    for (key, value) in &dead {
+        let letter: serde_json::Value = serde_json::from_slice(value.as_deref().expect("a dead letter")).expect("JSON");
+        if !letter["reason"].as_str().unwrap_or_default().starts_with("too late for its window") {
+            continue;
+        }
+        let (p, offset) = (letter["partition"].as_u64().unwrap() as usize, letter["offset"].as_u64().unwrap() as usize);
+        assert_eq!((letter["source"].as_str(), String::from_utf8_lossy(key)), (Some("orders"), format!("orders/{p}/{offset}").into()));
+        assert_eq!(letter["payload"].as_str(), Some(order_json(&orders[p][offset]).as_str()), "the original bytes of {letter}");
+        late.push((p, offset));
+    }
+    late.sort();
+    assert_eq!(late, too_late, "the orders too late for their window, each once");
 }
 
 /// Reads `topic` from the start until `done` holds for the records read (`(key, value)`), within a deadline.

@@ -2,7 +2,7 @@
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use tributary_operators::window::LateRecord;
+use tributary_operators::late::LateRecord;
 
 /// A record routed away from a source's main stream: malformed, or later than the source allows.
 ///
@@ -91,30 +91,53 @@ impl std::fmt::Display for Reason {
 }
 
 impl DeadLetter {
-    /// A late record of an operator (a window, a join) as a dead letter: `source` names the operator, the payload
-    /// is the record as JSON. Operators do not know a record's origin; keep it in the record if you need it.
+    /// A late record of an operator (a window, a session, a join) as a dead letter.
+    ///
+    /// A record read from a source carries its origin when it arrived behind its partition's watermark, which
+    /// every record an operator finds too late did ([`tributary_operators::late`]): the dead letter then names the
+    /// topic (or file), partition and offset it was read at, with its original key and value bytes. A record an
+    /// operator derived has no single origin: `source` names the operator, partition and offset are 0, and the
+    /// payload is the record as JSON.
     ///
     /// ```
     /// use tributary_connectors::DeadLetter;
-    /// use tributary_operators::window::LateRecord;
-    /// let late = LateRecord { record: ("a".to_string(), 3), event_time: 4, arrived_at: 30, diff: 1, window_end: 10, allowed_lateness_ms: 5 };
-    /// let letter = DeadLetter::late("Clicks", &late);
-    /// assert_eq!(letter.payload.as_deref(), Some(&b"[\"a\",3]"[..]));
-    /// assert!(letter.reason.to_string().starts_with("too late for its window"));
+    /// use tributary_operators::late::{LateRecord, Origin};
+    /// let mut late = LateRecord {
+    ///     record: ("a".to_string(), 3), event_time: 4, arrived_at: 30, diff: 1, window_end: 10, allowed_lateness_ms: 5, origin: None,
+    /// };
+    /// let derived = DeadLetter::late("Clicks", &late);
+    /// assert_eq!((derived.origin(), derived.payload.as_deref()), ("Clicks/0/0".to_string(), Some(&b"[\"a\",3]"[..])));
+    /// assert!(derived.reason.to_string().starts_with("too late for its window"));
+    ///
+    /// let bytes = br#"{"key":"a","ts_ms":4}"#.to_vec();
+    /// late.origin = Some(Box::new(Origin { source: "clicks".into(), partition: 2, offset: 17, key: None, payload: Some(bytes.clone()) }));
+    /// let read = DeadLetter::late("Clicks", &late);
+    /// assert_eq!((read.origin(), read.payload), ("clicks/2/17".to_string(), Some(bytes)));
     /// ```
     pub fn late<D: Serialize>(operator: &str, late: &LateRecord<D>) -> DeadLetter {
-        DeadLetter {
-            source: operator.to_owned(),
-            partition: 0,
-            offset: 0,
-            reason: Reason::LateForWindow {
-                event_time: late.event_time,
-                arrived_at: late.arrived_at,
-                window_end: late.window_end,
-                allowed_lateness_ms: late.allowed_lateness_ms,
+        let reason = Reason::LateForWindow {
+            event_time: late.event_time,
+            arrived_at: late.arrived_at,
+            window_end: late.window_end,
+            allowed_lateness_ms: late.allowed_lateness_ms,
+        };
+        match late.origin.as_deref() {
+            Some(origin) => DeadLetter {
+                source: origin.source.clone(),
+                partition: origin.partition,
+                offset: origin.offset,
+                reason,
+                key: origin.key.clone(),
+                payload: origin.payload.clone(),
             },
-            key: None,
-            payload: serde_json::to_vec(&late.record).ok(),
+            None => DeadLetter {
+                source: operator.to_owned(),
+                partition: 0,
+                offset: 0,
+                reason,
+                key: None,
+                payload: serde_json::to_vec(&late.record).ok(),
+            },
         }
     }
 

@@ -222,7 +222,12 @@ impl<T: DeserializeOwned + 'static> PartitionReader for FileReader<T> {
                             let decoded = with_time(serde_json::from_str::<T>(trimmed).map_err(|e| e.to_string()));
                             Some(arrivals.decoded(partition, offset, decoded, || (None, Some(trimmed.as_bytes().to_vec()))))
                         }
-                        Err(e) => Some(arrivals.decoded(partition, *line, Err(format!("read error: {e}")), || (None, None))),
+                        // Invalid UTF-8 spoils one line (which is consumed); any other error is the file's, and
+                        // would repeat: the job stops rather than skip the rest of the file.
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                            Some(arrivals.decoded(partition, *line, Err(format!("read error: {e}")), || (None, None)))
+                        }
+                        Err(source) => crate::error::stop(FileSourceError::Io { path: path.clone(), source }),
                     }
                 }
                 OpenFile::Csv { reader, headers, row } => match reader.read_byte_record(row) {
@@ -231,6 +236,13 @@ impl<T: DeserializeOwned + 'static> PartitionReader for FileReader<T> {
                         let offset = row.position().map_or(0, csv::Position::line);
                         let decoded = with_time(row.deserialize::<T>(Some(headers)).map_err(|e| e.to_string()));
                         Some(arrivals.decoded(partition, offset, decoded, || (None, Some(row.iter().collect::<Vec<_>>().join(&b',')))))
+                    }
+                    Err(e) if e.is_io_error() => {
+                        let source = match e.into_kind() {
+                            csv::ErrorKind::Io(source) => source,
+                            other => std::io::Error::other(format!("{other:?}")),
+                        };
+                        crate::error::stop(FileSourceError::Io { path: path.clone(), source })
                     }
                     Err(e) => {
                         let offset = e.position().map_or(0, csv::Position::line);

@@ -29,9 +29,9 @@ fn reference(files: &[(String, Vec<Option<Row>>)], policy: &WatermarkPolicy) -> 
             };
             let et = row.ts_ms;
             if et >= watermark {
-                watermark = watermark.max(et.saturating_sub(policy.max_out_of_orderness_ms));
+                watermark = watermark.max(et.saturating_sub(policy.max_out_of_orderness_ms()));
                 records.push((row.key.clone(), et, et));
-            } else if policy.max_lateness_ms.is_some_and(|max| watermark - et > max) {
+            } else if policy.max_lateness_ms().is_some_and(|max| watermark - et > max) {
                 dead.push((name.clone(), line, true));
             } else {
                 records.push((row.key.clone(), et, watermark));
@@ -107,7 +107,7 @@ proptest! {
     fn file_source_matches_the_model(files in arb_files(), ooo in 0u64..50, lateness in prop::option::of(0u64..60)) {
         let dir = std::env::temp_dir().join(format!("tributary-file-prop-{}", std::process::id()));
         write_files(&dir, &files);
-        let policy = WatermarkPolicy { max_out_of_orderness_ms: ooo, idle_timeout: None, max_lateness_ms: lateness, max_ahead_ms: None };
+        let policy = WatermarkPolicy { max_out_of_orderness: std::time::Duration::from_millis(ooo), idle_timeout: None, max_lateness: lateness.map(std::time::Duration::from_millis), max_ahead: None };
         let named: Vec<_> = files.iter().map(|(n, rows)| (dir.join(n).display().to_string(), rows.clone())).collect();
         let expected = reference(&named, &policy);
         let source = FileSource::<Row>::new(vec![dir.clone()], |r: &Row| Ok(r.ts_ms)).unwrap();

@@ -134,9 +134,9 @@ fn model(topic: &str, records: &[Produce], policy: &WatermarkPolicy) -> (Vec<(Se
             }
             let seen = Seen { topic: topic.to_owned(), partition, offset: offset as i64, ts: *ts };
             if *ts >= watermark {
-                watermark = watermark.max(ts.saturating_sub(policy.max_out_of_orderness_ms));
+                watermark = watermark.max(ts.saturating_sub(policy.max_out_of_orderness_ms()));
                 out.push((seen, *ts));
-            } else if policy.max_lateness_ms.is_some_and(|max| watermark - ts > max) {
+            } else if policy.max_lateness_ms().is_some_and(|max| watermark - ts > max) {
                 dead.push((topic.to_owned(), partition, offset as u64, true));
             } else {
                 out.push((seen, watermark));
@@ -172,7 +172,7 @@ fn several_topics_agree_with_the_model_at_1_2_and_3_workers() {
     let (a, b) = (records(4, 600, 1, 3_000), records(5, 500, 2, 3_000));
     produce(&broker, "agree-a", &a);
     produce(&broker, "agree-b", &b);
-    let policy = WatermarkPolicy { max_out_of_orderness_ms: 2_000, idle_timeout: None, max_lateness_ms: Some(30_000), max_ahead_ms: None };
+    let policy = WatermarkPolicy { max_out_of_orderness: std::time::Duration::from_millis(2_000), idle_timeout: None, max_lateness: Some(std::time::Duration::from_millis(30_000)), max_ahead: None };
     let (mut expected, mut expected_dead) = model("agree-a", &a, &policy);
     let (more, more_dead) = model("agree-b", &b, &policy);
     expected.extend(more);
@@ -223,7 +223,7 @@ fn out_of_order_within_bounds_is_fully_counted_on_time() {
         data.push(((i % 4) as i32, ts, json(ts)));
     }
     produce(&broker, "ooo", &data);
-    let policy = WatermarkPolicy { max_out_of_orderness_ms: 5_000, idle_timeout: None, max_lateness_ms: Some(0), max_ahead_ms: None };
+    let policy = WatermarkPolicy { max_out_of_orderness: std::time::Duration::from_millis(5_000), idle_timeout: None, max_lateness: Some(std::time::Duration::from_millis(0)), max_ahead: None };
     let result = run(&source(&broker, &["ooo"]).until_end(true), policy, 2);
     assert_eq!(result.records.len(), 400);
     assert!(result.dead.is_empty(), "{:?}", result.dead);
@@ -259,7 +259,7 @@ fn resume_from_stored_positions_without_loss_or_duplicates() {
     let all = records(4, 800, 7, 2_000);
     let (before, after) = all.split_at(500);
     produce(&broker, "resume", before);
-    let policy = WatermarkPolicy { max_out_of_orderness_ms: 1_000, idle_timeout: None, max_lateness_ms: Some(30_000), max_ahead_ms: None };
+    let policy = WatermarkPolicy { max_out_of_orderness: std::time::Duration::from_millis(1_000), idle_timeout: None, max_lateness: Some(std::time::Duration::from_millis(30_000)), max_ahead: None };
     let first = run(&source(&broker, &["resume"]).until_end(true), policy, 2);
     let positions: Vec<Position> = first
         .metrics
@@ -291,10 +291,10 @@ fn an_idle_partition_stops_holding_the_watermark_back() {
     assert_ne!(tributary_connectors::kafka::owner("idle", 0, 2), tributary_connectors::kafka::owner("idle", 1, 2));
     produce(&broker, "idle", &(0..50u64).map(|i| (0, 5_000 + i * 100, json(5_000 + i * 100))).collect::<Vec<_>>());
     let policy = WatermarkPolicy {
-        max_out_of_orderness_ms: 0,
+        max_out_of_orderness: std::time::Duration::from_millis(0),
         idle_timeout: Some(Duration::from_millis(300)),
-        max_lateness_ms: None,
-        max_ahead_ms: None,
+        max_lateness: None,
+        max_ahead: None,
     };
     let source = source(&broker, &["idle"]);
     for workers in [1, 2] {

@@ -202,7 +202,6 @@ pub fn build<'scope>(query: Query, events: Updates<'scope, Event>) -> QueryStrea
             let windows = bids(events).map_timed(|b| (b.auction, ())).window_aggregate(
                 "BidsPerAuction",
                 Windows::Hopping { size_ms: WINDOW_MS, slide_ms: SLIDE_MS },
-                0,
                 Count,
             );
             let hottest = Fold::new(|counts: &Multiset<(isize, u64)>| {
@@ -251,9 +250,9 @@ pub fn build<'scope>(query: Query, events: Updates<'scope, Event>) -> QueryStrea
             let windows = bids(events)
                 .map(|(b, t, d)| {
                     let b = b.value;
-                    (Timed { event_time: b.date_time, value: (b.auction % Q7_SHARDS, (b.price, b.auction, b.bidder)) }, t, d)
+                    (Timed::new(b.date_time, (b.auction % Q7_SHARDS, (b.price, b.auction, b.bidder))), t, d)
                 })
-                .window_aggregate("HighestPerShard", Windows::Tumbling { size_ms: WINDOW_MS }, 0, highest.clone());
+                .window_aggregate("HighestPerShard", Windows::Tumbling { size_ms: WINDOW_MS }, highest.clone());
             let rows = windows
                 .results
                 .as_collection()
@@ -267,7 +266,7 @@ pub fn build<'scope>(query: Query, events: Updates<'scope, Event>) -> QueryStrea
         Query::Q8 => {
             let people = persons(events.clone()).map_timed(|p| (p.id, p.name));
             let sellers = auctions(events).map_timed(|a| (a.seller, a.id));
-            let joined = people.window_join("NewSellers", sellers, Windows::Tumbling { size_ms: WINDOW_MS }, 0);
+            let joined = people.window_join("NewSellers", sellers, Windows::Tumbling { size_ms: WINDOW_MS }, std::time::Duration::ZERO);
             let rows = joined
                 .results
                 .as_collection()

@@ -67,7 +67,7 @@ impl<V> Aggregator<V> for Count {
     type State = isize;
     type Output = isize;
     fn update(&self, state: &mut isize, _value: &V, diff: isize) {
-        *state += diff;
+        *state = state.wrapping_add(diff);
     }
     fn output(&self, state: &isize) -> Option<isize> {
         (*state != 0).then_some(*state)
@@ -84,6 +84,10 @@ impl<V> Aggregator<V> for Count {
 }
 
 /// Sums values (as `i64`).
+///
+/// Sums wrap around on overflow, in debug and release builds alike: wrapping arithmetic is still exact under
+/// retractions (a retraction undoes its record whatever came between), where saturating is not; a sum that does
+/// not fit an `i64` needs a wider value type.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sum;
 
@@ -92,8 +96,8 @@ impl<V: Copy + Into<i64>> Aggregator<V> for Sum {
     type State = (i64, isize);
     type Output = i64;
     fn update(&self, state: &mut (i64, isize), value: &V, diff: isize) {
-        state.0 += (*value).into() * diff as i64;
-        state.1 += diff;
+        state.0 = state.0.wrapping_add((*value).into().wrapping_mul(diff as i64));
+        state.1 = state.1.wrapping_add(diff);
     }
     fn output(&self, state: &(i64, isize)) -> Option<i64> {
         (state.1 != 0).then_some(state.0)
@@ -118,8 +122,8 @@ impl<V: Copy + Into<i64>> Aggregator<V> for Average {
     type State = (i64, isize);
     type Output = (i64, isize);
     fn update(&self, state: &mut (i64, isize), value: &V, diff: isize) {
-        state.0 += (*value).into() * diff as i64;
-        state.1 += diff;
+        state.0 = state.0.wrapping_add((*value).into().wrapping_mul(diff as i64));
+        state.1 = state.1.wrapping_add(diff);
     }
     fn output(&self, state: &(i64, isize)) -> Option<(i64, isize)> {
         (state.1 != 0).then_some(*state)

@@ -8,7 +8,7 @@
 //! A record whose event time is behind its partition's watermark is *late*: it keeps its event time as data and
 //! travels at the watermark. If the source has a maximum lateness and the record is further behind than that, it
 //! is *too late* and goes to the late output instead of the main stream. A record stamped further ahead of the
-//! wall clock than [`WatermarkPolicy::max_ahead_ms`] would move its partition's watermark for good; it goes to
+//! wall clock than [`WatermarkPolicy::max_ahead`] would move its partition's watermark for good; it goes to
 //! the late output too, as *too far ahead*.
 //!
 //! A [`SourceClock`] holds the clocks of the partitions one worker reads. Its watermark, where the worker holds its
@@ -28,41 +28,150 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::late::Origin;
+
 /// A record with the event time it was read with. Late records keep their event time here while they travel at
 /// their partition's watermark.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Equality, order and hashing look at the event time and the value only: the [`origin`](Timed::origin) is
+/// provenance, not part of the record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Timed<T> {
     /// Event time in ms.
     pub event_time: u64,
     /// The decoded record.
     pub value: T,
+    /// Where the record was read, with its bytes, for a record that arrived behind its partition's watermark
+    /// (only those can be too late for an operator; see [`late`](crate::late)). `None` for on-time records and
+    /// for records an operator derived.
+    pub origin: Option<Box<Origin>>,
+}
+
+impl<T> Timed<T> {
+    /// `value` at `event_time`, with no origin.
+    pub fn new(event_time: u64, value: T) -> Self {
+        Timed { event_time, value, origin: None }
+    }
+
+    /// The same record with its value mapped by `f`, keeping its event time and origin.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Timed<U> {
+        Timed { event_time: self.event_time, value: f(self.value), origin: self.origin }
+    }
+}
+
+impl<T: PartialEq> PartialEq for Timed<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.event_time == other.event_time && self.value == other.value
+    }
+}
+
+impl<T: Eq> Eq for Timed<T> {}
+
+impl<T: PartialOrd> PartialOrd for Timed<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        (self.event_time, &self.value).partial_cmp(&(other.event_time, &other.value))
+    }
+}
+
+impl<T: Ord> Ord for Timed<T> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.event_time, &self.value).cmp(&(other.event_time, &other.value))
+    }
+}
+
+impl<T: std::hash::Hash> std::hash::Hash for Timed<T> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.event_time.hash(state);
+        self.value.hash(state);
+    }
 }
 
 /// How far ahead of the wall clock a record may be stamped by default: one day.
-pub const DEFAULT_MAX_AHEAD_MS: u64 = 24 * 60 * 60 * 1000;
+pub const DEFAULT_MAX_AHEAD: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How a source turns event times into watermarks.
 ///
 /// The default: no out-of-orderness, no idleness, no maximum lateness, and records stamped more than a day ahead
-/// of the wall clock rejected ([`DEFAULT_MAX_AHEAD_MS`]).
+/// of the wall clock rejected ([`DEFAULT_MAX_AHEAD`]). Durations count in whole milliseconds, event time's unit.
+///
+/// ```
+/// use std::time::Duration;
+/// use tributary_operators::WatermarkPolicy;
+/// let policy = WatermarkPolicy::default()
+///     .max_out_of_orderness(Duration::from_secs(5))
+///     .idle_after(Duration::from_secs(30))
+///     .max_lateness(Duration::from_secs(60));
+/// assert_eq!(policy.max_out_of_orderness, Duration::from_secs(5));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WatermarkPolicy {
-    /// How far behind the largest event time seen a record may be and still be on time, in ms.
-    pub max_out_of_orderness_ms: u64,
+    /// How far behind the largest event time seen a record may be and still be on time.
+    pub max_out_of_orderness: Duration,
     /// A partition with nothing to read for this long stops holding back the watermark. `None`: never.
     pub idle_timeout: Option<Duration>,
-    /// Records further behind the watermark than this (in ms) go to the late output. `None`: late records stay in
-    /// the main stream, at the watermark, and the operators decide (e.g. a window's allowed lateness).
-    pub max_lateness_ms: Option<u64>,
-    /// Records whose event time is more than this (in ms) ahead of the wall clock (ms since the Unix epoch) go to
-    /// the late output instead of moving their partition's watermark into the future. `None`: no limit.
-    pub max_ahead_ms: Option<u64>,
+    /// Records further behind the watermark than this go to the late output. `None`: late records stay in the
+    /// main stream, at the watermark, and the operators decide (e.g. a window's allowed lateness).
+    pub max_lateness: Option<Duration>,
+    /// Records whose event time is more than this ahead of the wall clock go to the late output instead of
+    /// moving their partition's watermark into the future. `None`: no limit.
+    pub max_ahead: Option<Duration>,
 }
 
 impl Default for WatermarkPolicy {
     fn default() -> Self {
-        WatermarkPolicy { max_out_of_orderness_ms: 0, idle_timeout: None, max_lateness_ms: None, max_ahead_ms: Some(DEFAULT_MAX_AHEAD_MS) }
+        WatermarkPolicy { max_out_of_orderness: Duration::ZERO, idle_timeout: None, max_lateness: None, max_ahead: Some(DEFAULT_MAX_AHEAD) }
     }
+}
+
+impl WatermarkPolicy {
+    /// Records up to `bound` behind the largest event time seen are on time.
+    pub fn max_out_of_orderness(mut self, bound: Duration) -> Self {
+        self.max_out_of_orderness = bound;
+        self
+    }
+
+    /// A partition with nothing to read for `timeout` stops holding back the watermark.
+    pub fn idle_after(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Records more than `bound` behind the watermark go to the late output (dead letters).
+    pub fn max_lateness(mut self, bound: Duration) -> Self {
+        self.max_lateness = Some(bound);
+        self
+    }
+
+    /// Records stamped more than `bound` ahead of the wall clock go to the late output; `None`: no limit.
+    pub fn max_ahead(mut self, bound: Option<Duration>) -> Self {
+        self.max_ahead = bound;
+        self
+    }
+
+    /// The out-of-orderness bound in ms.
+    pub fn max_out_of_orderness_ms(&self) -> u64 {
+        ms(self.max_out_of_orderness)
+    }
+
+    /// The maximum lateness in ms, if any.
+    pub fn max_lateness_ms(&self) -> Option<u64> {
+        self.max_lateness.map(ms)
+    }
+
+    /// The limit ahead of the wall clock in ms, if any.
+    pub fn max_ahead_ms(&self) -> Option<u64> {
+        self.max_ahead.map(ms)
+    }
+}
+
+/// The largest event time a source accepts (ms since the Unix epoch, about 146 million years): a record stamped
+/// later is malformed. Keeping event times, and durations ([`ms`]), below a quarter of `u64::MAX` lets the
+/// operators add a time, a window size and a lateness without overflow.
+pub const MAX_EVENT_TIME: u64 = u64::MAX / 4;
+
+/// A duration in whole ms, event time's unit, at most [`MAX_EVENT_TIME`] (a longer one means "forever").
+pub fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).min(MAX_EVENT_TIME)
 }
 
 /// Where a record lands in time, as decided by its partition's clock.
@@ -100,7 +209,7 @@ pub enum Arrival {
 ///
 /// ```
 /// use tributary_operators::event_time::{Arrival, PartitionClock, WatermarkPolicy};
-/// let policy = WatermarkPolicy { max_out_of_orderness_ms: 5, ..Default::default() };
+/// let policy = WatermarkPolicy::default().max_out_of_orderness(std::time::Duration::from_millis(5));
 /// let mut clock = PartitionClock::default();
 /// assert_eq!(clock.observe(100, &policy), Arrival::OnTime { time: 100 });
 /// assert_eq!(clock.watermark(), 95);
@@ -127,11 +236,11 @@ impl PartitionClock {
     pub fn observe(&mut self, event_time: u64, policy: &WatermarkPolicy) -> Arrival {
         let watermark = self.watermark;
         if event_time >= watermark {
-            self.watermark = watermark.max(event_time.saturating_sub(policy.max_out_of_orderness_ms));
+            self.watermark = watermark.max(event_time.saturating_sub(policy.max_out_of_orderness_ms()));
             return Arrival::OnTime { time: event_time };
         }
         let behind_ms = watermark - event_time;
-        match policy.max_lateness_ms {
+        match policy.max_lateness_ms() {
             Some(max) if behind_ms > max => Arrival::TooLate { watermark, behind_ms },
             _ => Arrival::Late { time: watermark, behind_ms },
         }
@@ -355,7 +464,7 @@ impl SourceClock {
         let policy = self.policy;
         let state = &mut self.partitions[partition];
         let ahead = |max: u64| event_time > wall_ms.saturating_add(max);
-        let arrival = match policy.max_ahead_ms {
+        let arrival = match policy.max_ahead_ms() {
             // A recorded rejection holds whatever the wall clock says now (and whatever the policy is).
             max if state.history.is_rejected(offset) => {
                 Arrival::TooFarAhead { watermark: state.clock.watermark(), max_ahead_ms: max.unwrap_or_default() }
@@ -446,7 +555,8 @@ impl SourceClock {
     /// When the next partition would turn idle, if any may: the source should look again then.
     pub fn next_idle_check(&self) -> Option<Instant> {
         let timeout = self.policy.idle_timeout?;
-        self.partitions.iter().filter(|p| !p.finished).map(|p| p.last_activity + timeout).min()
+        // A timeout too long for the clock never ends: no check is due.
+        self.partitions.iter().filter(|p| !p.finished).filter_map(|p| p.last_activity.checked_add(timeout)).min()
     }
 }
 
@@ -455,12 +565,12 @@ mod tests {
     use super::*;
 
     fn policy(idle_ms: Option<u64>) -> WatermarkPolicy {
-        WatermarkPolicy { idle_timeout: idle_ms.map(Duration::from_millis), max_ahead_ms: None, ..Default::default() }
+        WatermarkPolicy { idle_timeout: idle_ms.map(Duration::from_millis), max_ahead: None, ..Default::default() }
     }
 
     #[test]
     fn too_late_needs_a_maximum_lateness() {
-        let policy = WatermarkPolicy { max_lateness_ms: Some(10), ..policy(None) };
+        let policy = policy(None).max_lateness(Duration::from_millis(10));
         let mut clock = PartitionClock::default();
         clock.observe(100, &policy);
         assert_eq!(clock.observe(95, &policy), Arrival::Late { time: 100, behind_ms: 5 });
@@ -519,7 +629,7 @@ mod tests {
     #[test]
     fn far_future_records_are_rejected_and_the_rejection_is_recorded() {
         let t0 = Instant::now();
-        let policy = WatermarkPolicy { max_ahead_ms: Some(1_000), ..policy(None) };
+        let policy = policy(None).max_ahead(Some(Duration::from_secs(1)));
         let mut clock = SourceClock::new(1, policy, t0);
         assert_eq!(clock.observe(0, 0, 10_000, 10_000, t0), Arrival::OnTime { time: 10_000 });
         assert_eq!(clock.observe(0, 1, 32_503_680_000_000, 10_000, t0), Arrival::TooFarAhead { watermark: 10_000, max_ahead_ms: 1_000 });

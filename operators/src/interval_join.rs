@@ -1,14 +1,14 @@
 //! Interval joins: each record of one keyed stream with the other stream's records near it in event time.
 //!
 //! [`IntervalJoin::interval_join`] pairs a left record at event time `a` with every right record of the same key
-//! whose event time `b` is in `[a - lower_ms, a + upper_ms]`. A pair is emitted as soon as both records are in
+//! whose event time `b` is in `[a - before, a + after]` (an [`Interval`]). A pair is emitted as soon as both records are in
 //! (at the later of their dataflow times), as `Timed<(key, (left, right))>` at the later of the two event times;
 //! a retraction retracts its pairs.
 //!
-//! Lateness is measured per record: a record whose dataflow time is more than `allowed_lateness_ms` past its
+//! Lateness is measured per record: a record whose dataflow time is more than `allowed_lateness` past its
 //! event time goes to its side's late output (with `window_end = event_time + 1`, its own instant). A left record
-//! is kept until the frontier passes `a + upper_ms + allowed_lateness_ms`, a right one until it passes
-//! `b + lower_ms + allowed_lateness_ms`: after that no record that is not late can match it. Releasing emits
+//! is kept until the frontier passes `a + after + allowed_lateness`, a right one until it passes
+//! `b + before + allowed_lateness`: after that no record that is not late can match it. Releasing emits
 //! nothing.
 //!
 //! Both sides are exchanged by key and processed one time at a time once both frontiers have passed it, so the
@@ -22,7 +22,31 @@ use timely::dataflow::Stream;
 use crate::event_time::Timed;
 use crate::ordered::split_late;
 use crate::timed_join::{Joinable, timed_join};
-use crate::window::LateRecord;
+use crate::late::LateRecord;
+
+/// How far apart in event time two records may be and still join: a left record at `a` joins right records at
+/// `b` in `[a - before, a + after]`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tributary_operators::interval_join::Interval;
+/// let paid_within_a_minute = Interval::between(Duration::ZERO, Duration::from_secs(60));
+/// assert_eq!((paid_within_a_minute.before_ms, paid_within_a_minute.after_ms), (0, 60_000));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interval {
+    /// How long before the left record a right one may be (ms).
+    pub before_ms: u64,
+    /// How long after the left record a right one may be (ms).
+    pub after_ms: u64,
+}
+
+impl Interval {
+    /// Right records from `before` before a left record to `after` after it.
+    pub fn between(before: std::time::Duration, after: std::time::Duration) -> Interval {
+        Interval { before_ms: crate::event_time::ms(before), after_ms: crate::event_time::ms(after) }
+    }
+}
 
 /// The pairs of an interval join, and each side's late records.
 pub struct IntervalJoinStreams<'scope, K, V, W> {
@@ -37,20 +61,22 @@ pub struct IntervalJoinStreams<'scope, K, V, W> {
 /// Joins two keyed streams of `(Timed<(K, V)>, time, diff)` updates by event-time proximity.
 pub trait IntervalJoin<'scope, K, V> {
     /// Pairs each record of `self` at `a` with the records of `other` with the same key at `b` in
-    /// `[a - lower_ms, a + upper_ms]`; see the module docs.
+    /// `[a - before, a + after]` ([`Interval`]); a record more than `allowed_lateness` past its event time when it
+    /// arrives is late. See the module docs.
     ///
     /// ```
     /// use timely::dataflow::operators::{Capture, ToStream, capture::Extract};
     /// use tributary_operators::event_time::Timed;
-    /// use tributary_operators::interval_join::IntervalJoin;
+    /// use std::time::Duration;
+    /// use tributary_operators::interval_join::{Interval, IntervalJoin};
     ///
     /// let pairs = timely::example(|scope| {
-    ///     let orders = vec![(Timed { event_time: 100, value: (1u32, 'o') }, 100u64, 1isize)].to_stream(scope).container::<Vec<_>>();
+    ///     let orders = vec![(Timed::new(100, (1u32, 'o')), 100u64, 1isize)].to_stream(scope).container::<Vec<_>>();
     ///     let payments = vec![
-    ///         (Timed { event_time: 130, value: (1u32, 'p') }, 130u64, 1isize), // within 50 ms after the order
-    ///         (Timed { event_time: 190, value: (1u32, 'q') }, 190, 1),        // too long after
+    ///         (Timed::new(130, (1u32, 'p')), 130u64, 1isize), // within 50 ms after the order
+    ///         (Timed::new(190, (1u32, 'q')), 190, 1),        // too long after
     ///     ].to_stream(scope).container::<Vec<_>>();
-    ///     orders.interval_join("OrdersPaid", payments, 0, 50, 0).results.capture()
+    ///     orders.interval_join("OrdersPaid", payments, Interval::between(Duration::ZERO, Duration::from_millis(50)), Duration::ZERO).results.capture()
     /// });
     /// let pairs: Vec<_> = pairs.extract().into_iter().flat_map(|(_, v)| v).map(|(r, t, d)| (r.event_time, r.value, t, d)).collect();
     /// assert_eq!(pairs, vec![(130, (1, ('o', 'p')), 130, 1)]);
@@ -59,9 +85,8 @@ pub trait IntervalJoin<'scope, K, V> {
         self,
         name: &str,
         other: Stream<'scope, u64, Vec<(Timed<(K, W)>, u64, isize)>>,
-        lower_ms: u64,
-        upper_ms: u64,
-        allowed_lateness_ms: u64,
+        interval: Interval,
+        allowed_lateness: std::time::Duration,
     ) -> IntervalJoinStreams<'scope, K, V, W>
     where
         W: ExchangeData + Clone;
@@ -79,14 +104,13 @@ where
     V: ExchangeData + Clone,
 {
     split_late(stream, "Admit", move |(record, time, diff), out| {
-        let event_time = record.event_time;
-        let (key, value) = record.value;
+        let Timed { event_time, value: (key, value), origin } = record;
         if event_time + allowed_lateness_ms >= time {
             let expires = event_time + keep_ms + allowed_lateness_ms;
             out.push((Joinable { key, event_time, expires, emit_from: 0, value }, time, diff));
             None
         } else {
-            Some(LateRecord { record: (key, value), event_time, arrived_at: time, diff, window_end: event_time + 1, allowed_lateness_ms })
+            Some(LateRecord { record: (key, value), event_time, arrived_at: time, diff, window_end: event_time + 1, allowed_lateness_ms, origin })
         }
     })
 }
@@ -100,13 +124,14 @@ where
         self,
         name: &str,
         other: Stream<'scope, u64, Vec<(Timed<(K, W)>, u64, isize)>>,
-        lower_ms: u64,
-        upper_ms: u64,
-        allowed_lateness_ms: u64,
+        interval: Interval,
+        allowed_lateness: std::time::Duration,
     ) -> IntervalJoinStreams<'scope, K, V, W>
     where
         W: ExchangeData + Clone,
     {
+        let Interval { before_ms: lower_ms, after_ms: upper_ms } = interval;
+        let allowed_lateness_ms = crate::event_time::ms(allowed_lateness);
         let (left, late_left) = admit(self, upper_ms, allowed_lateness_ms);
         let (right, late_right) = admit(other, lower_ms, allowed_lateness_ms);
         let results = timed_join(

@@ -8,6 +8,7 @@
 //! - [`join`]: outer joins of collections; [`temporal_join`]: stream-table joins as of each record's time;
 //!   [`window_join`], [`interval_join`]: stream-stream joins whose state is released as the watermark passes.
 //! - [`upsert`]: tables from keyed streams (latest value per key, `None` deletes).
+//! - [`late`]: records too late for an operator, and the origin (source, offset, bytes) they keep.
 //! - [`timed`]: mapping, keying and filtering timed records without rebuilding their updates.
 //!
 //! The event-time operators process their input one time at a time once the frontier has passed it, so their
@@ -19,6 +20,7 @@ pub mod aggregate;
 pub mod event_time;
 pub mod interval_join;
 pub mod join;
+pub mod late;
 mod ordered;
 pub mod session;
 pub mod temporal_join;
@@ -30,11 +32,12 @@ pub mod window_join;
 
 pub use aggregate::{Aggregate, Aggregator};
 pub use event_time::{Arrival, PartitionClock, SourceClock, Timed, WatermarkPolicy};
-pub use interval_join::IntervalJoin;
+pub use interval_join::{Interval, IntervalJoin};
 pub use join::OuterJoin;
-pub use session::SessionAggregate;
+pub use late::{LateRecord, Origin};
+pub use session::{SessionAggregate, Sessions};
 pub use temporal_join::TemporalJoin;
 pub use timed::TimedStream;
 pub use upsert::Upsert;
-pub use window::{WindowAggregate, Windows};
+pub use window::{Emit, WindowAggregate, WindowSpec, Windows};
 pub use window_join::WindowJoin;

@@ -14,7 +14,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use crate::window::LateRecord;
+use crate::late::LateRecord;
 
 /// Items grouped by time, each group with a capability for its time.
 pub(crate) struct ByTime<D> {

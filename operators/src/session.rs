@@ -33,7 +33,8 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use crate::aggregate::Aggregator;
 use crate::event_time::Timed;
 use crate::ordered::ByTime;
-use crate::window::LateRecord;
+use crate::late::LateRecord;
+use crate::window::WindowError;
 
 /// A session of one key: `[start, end)` in event time (ms).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -42,6 +43,42 @@ pub struct Session {
     pub start: u64,
     /// The event time of its last record plus the gap.
     pub end: u64,
+}
+
+/// Session parameters: the gap that ends a session and the allowed lateness; what
+/// [`SessionAggregate::session_aggregate`] takes.
+///
+/// ```
+/// use std::time::Duration;
+/// use tributary_operators::session::Sessions;
+/// let sessions = Sessions::gap(Duration::from_secs(30))?.allowed_lateness(Duration::from_secs(5));
+/// assert_eq!((sessions.gap_ms, sessions.allowed_lateness_ms), (30_000, 5_000));
+/// assert!(Sessions::gap(Duration::ZERO).is_err());
+/// # Ok::<(), tributary_operators::window::WindowError>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sessions {
+    /// Records of a key closer than this in event time are in one session (ms, at least 1).
+    pub gap_ms: u64,
+    /// How long after a session's end a late record still updates it (ms).
+    pub allowed_lateness_ms: u64,
+}
+
+impl Sessions {
+    /// Sessions ended by `gap` without records; a gap under 1 ms is refused.
+    pub fn gap(gap: std::time::Duration) -> Result<Sessions, WindowError> {
+        let gap_ms = crate::event_time::ms(gap);
+        if gap_ms == 0 {
+            return Err(WindowError::EmptyWindow(gap));
+        }
+        Ok(Sessions { gap_ms, allowed_lateness_ms: 0 })
+    }
+
+    /// A late record within `lateness` after its session's end still updates it.
+    pub fn allowed_lateness(mut self, lateness: std::time::Duration) -> Self {
+        self.allowed_lateness_ms = crate::event_time::ms(lateness);
+        self
+    }
 }
 
 /// A session result update: `(((key, session), output), time, diff)`.
@@ -63,16 +100,17 @@ pub trait SessionAggregate<'scope, K, V> {
     /// use timely::dataflow::operators::{Capture, ToStream, capture::Extract};
     /// use tributary_operators::aggregate::Count;
     /// use tributary_operators::event_time::Timed;
-    /// use tributary_operators::session::{Session, SessionAggregate};
+    /// use std::time::Duration;
+    /// use tributary_operators::session::{Session, SessionAggregate, Sessions};
     ///
     /// let results = timely::example(|scope| {
     ///     let clicks = vec![
-    ///         (Timed { event_time: 1, value: ('u', ()) }, 1u64, 1isize),
-    ///         (Timed { event_time: 4, value: ('u', ()) }, 4, 1),
+    ///         (Timed::new(1, ('u', ())), 1u64, 1isize),
+    ///         (Timed::new(4, ('u', ())), 4, 1),
     ///         // More than the 5 ms gap after the last click: a new session.
-    ///         (Timed { event_time: 20, value: ('u', ()) }, 20, 1),
+    ///         (Timed::new(20, ('u', ())), 20, 1),
     ///     ];
-    ///     clicks.to_stream(scope).container::<Vec<_>>().session_aggregate("Visits", 5, 0, Count).results.capture()
+    ///     clicks.to_stream(scope).container::<Vec<_>>().session_aggregate("Visits", Sessions::gap(Duration::from_millis(5)).unwrap(), Count).results.capture()
     /// });
     /// let mut results: Vec<_> = results.extract().into_iter().flat_map(|(_, v)| v).collect();
     /// results.sort();
@@ -81,13 +119,7 @@ pub trait SessionAggregate<'scope, K, V> {
     ///     ((('u', Session { start: 20, end: 25 }), 1), 24, 1),
     /// ]);
     /// ```
-    fn session_aggregate<A>(
-        self,
-        name: &str,
-        gap_ms: u64,
-        allowed_lateness_ms: u64,
-        aggregator: A,
-    ) -> SessionStreams<'scope, K, A::Output, V>
+    fn session_aggregate<A>(self, name: &str, sessions: Sessions, aggregator: A) -> SessionStreams<'scope, K, A::Output, V>
     where
         A: Aggregator<V>;
 }
@@ -140,16 +172,11 @@ where
     K: ExchangeData + Hash + Eq + Clone + Ord,
     V: ExchangeData + Clone,
 {
-    fn session_aggregate<A>(
-        self,
-        name: &str,
-        gap_ms: u64,
-        allowed_lateness_ms: u64,
-        aggregator: A,
-    ) -> SessionStreams<'scope, K, A::Output, V>
+    fn session_aggregate<A>(self, name: &str, sessions: Sessions, aggregator: A) -> SessionStreams<'scope, K, A::Output, V>
     where
         A: Aggregator<V>,
     {
+        let Sessions { gap_ms, allowed_lateness_ms } = sessions;
         let gap = gap_ms.max(1);
         let mut builder = OperatorBuilder::new(name.to_owned(), self.scope());
         let exchange = Exchange::new(|(record, _time, _diff): &(Timed<(K, V)>, u64, isize)| record.value.0.hashed());
@@ -182,6 +209,7 @@ where
                             diff,
                             window_end,
                             allowed_lateness_ms,
+                            origin: record.origin,
                         });
                     }
                 });

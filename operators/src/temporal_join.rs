@@ -38,9 +38,9 @@ pub trait TemporalJoin<'scope, K, V> {
     ///         .concat(scope.new_collection_from(vec![(1u32, 'A')]).1.negate().delay(|_| 5))
     ///         .concat(scope.new_collection_from(vec![(1u32, 'B')]).1.delay(|_| 5));
     ///     let orders = vec![
-    ///         (Timed { event_time: 3, value: (1u32, 'p') }, 3u64, 1isize),
-    ///         (Timed { event_time: 7, value: (1u32, 'i') }, 7, 1),
-    ///         (Timed { event_time: 8, value: (2u32, 'c') }, 8, 1),
+    ///         (Timed::new(3, (1u32, 'p')), 3u64, 1isize),
+    ///         (Timed::new(7, (1u32, 'i')), 7, 1),
+    ///         (Timed::new(8, (2u32, 'c')), 8, 1),
     ///     ];
     ///     orders.to_stream(scope).container::<Vec<_>>().temporal_join("Enrich", customers).capture()
     /// });
@@ -117,11 +117,11 @@ where
                                 match current.get(&key) {
                                     Some(values) => {
                                         for (w, count) in values {
-                                            let joined = Timed { event_time, value: (key.clone(), (value.clone(), Some(w.clone()))) };
+                                            let joined = Timed::new(event_time, (key.clone(), (value.clone(), Some(w.clone()))));
                                             session.give((joined, r, diff * count));
                                         }
                                     }
-                                    None => session.give((Timed { event_time, value: (key, (value, None)) }, r, diff)),
+                                    None => session.give((Timed::new(event_time, (key, (value, None))), r, diff)),
                                 }
                             }
                         }

@@ -15,8 +15,8 @@
 //!
 //! let captured = timely::example(|scope| {
 //!     let payments = vec![
-//!         (Timed { event_time: 5, value: Payment { card: "a".into(), cents: 250 } }, 0u64, 1isize),
-//!         (Timed { event_time: 7, value: Payment { card: "b".into(), cents: 0 } }, 0, 1),
+//!         (Timed::new(5, Payment { card: "a".into(), cents: 250 }), 0u64, 1isize),
+//!         (Timed::new(7, Payment { card: "b".into(), cents: 0 }), 0, 1),
 //!     ];
 //!     payments
 //!         .to_stream(scope)
@@ -26,7 +26,7 @@
 //!         .capture()
 //! });
 //! let out: Vec<_> = captured.extract().into_iter().flat_map(|(_, v)| v).collect();
-//! assert_eq!(out, vec![(Timed { event_time: 5, value: ("a".to_string(), 250) }, 0, 1)]);
+//! assert_eq!(out, vec![(Timed::new(5, ("a".to_string(), 250)), 0, 1)]);
 //! ```
 
 use timely::dataflow::Stream;
@@ -54,7 +54,7 @@ pub trait TimedStream<'scope, T> {
 
 impl<'scope, T: 'static> TimedStream<'scope, T> for Stream<'scope, u64, Vec<(Timed<T>, u64, isize)>> {
     fn map_timed<U: 'static>(self, mut f: impl FnMut(T) -> U + 'static) -> Stream<'scope, u64, Vec<(Timed<U>, u64, isize)>> {
-        self.map(move |(record, time, diff)| (Timed { event_time: record.event_time, value: f(record.value) }, time, diff))
+        self.map(move |(record, time, diff)| (record.map(&mut f), time, diff))
     }
 
     fn key_by<K: 'static>(self, mut key: impl FnMut(&T) -> K + 'static) -> Stream<'scope, u64, Vec<(Timed<(K, T)>, u64, isize)>> {
@@ -70,8 +70,8 @@ impl<'scope, T: 'static> TimedStream<'scope, T> for Stream<'scope, u64, Vec<(Tim
         I::Item: 'static,
     {
         self.flat_map(move |(record, time, diff)| {
-            let event_time = record.event_time;
-            f(record.value).into_iter().map(move |value| (Timed { event_time, value }, time, diff))
+            let Timed { event_time, value, origin } = record;
+            f(value).into_iter().map(move |value| (Timed { event_time, value, origin: origin.clone() }, time, diff))
         })
     }
 }

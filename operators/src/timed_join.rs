@@ -148,7 +148,7 @@ where
                     for other in rights.matching(&record.key, left_range(record.event_time)) {
                         let pair = (record.key.clone(), (record.value.clone(), other.value.clone()));
                         let event_time = other.event_time.max(record.event_time);
-                        matches.entry(at).or_default().push((Timed { event_time, value: pair }, at, diff * other.diff));
+                        matches.entry(at).or_default().push((Timed::new(event_time, pair), at, diff * other.diff));
                     }
                     lefts.insert(record, diff);
                 }
@@ -157,7 +157,7 @@ where
                     for other in lefts.matching(&record.key, right_range(record.event_time)) {
                         let pair = (record.key.clone(), (other.value.clone(), record.value.clone()));
                         let event_time = other.event_time.max(record.event_time);
-                        matches.entry(at).or_default().push((Timed { event_time, value: pair }, at, other.diff * diff));
+                        matches.entry(at).or_default().push((Timed::new(event_time, pair), at, other.diff * diff));
                     }
                     rights.insert(record, diff);
                 }

@@ -31,10 +31,10 @@ pub trait Upsert<'scope, K, V> {
     ///
     /// let changes = timely::example(|scope| {
     ///     let updates = vec![
-    ///         (Timed { event_time: 1, value: ('a', Some(10)) }, 1u64, 1isize),
-    ///         (Timed { event_time: 2, value: ('b', Some(20)) }, 2, 1),
-    ///         (Timed { event_time: 3, value: ('a', Some(11)) }, 3, 1),
-    ///         (Timed { event_time: 4, value: ('b', None) }, 4, 1),
+    ///         (Timed::new(1, ('a', Some(10))), 1u64, 1isize),
+    ///         (Timed::new(2, ('b', Some(20))), 2, 1),
+    ///         (Timed::new(3, ('a', Some(11))), 3, 1),
+    ///         (Timed::new(4, ('b', None)), 4, 1),
     ///     ];
     ///     updates.to_stream(scope).container::<Vec<_>>().upsert("Customers").inner.capture()
     /// });

@@ -9,7 +9,12 @@
 //! - a record with `window_end + allowed_lateness <= its dataflow time` for every window it falls in goes to the
 //!   late output with the reason (for hopping windows, windows that still accept it count it);
 //! - a window's state is released once the frontier passes `window_end + allowed_lateness`; releasing produces no
-//!   output, so a closed window's result stays.
+//!   output, so a closed window's result stays;
+//! - with [`Emit::Final`] a window's result is emitted once, when the frontier passes `window_end +
+//!   allowed_lateness`, with no corrections: one result per window, later by the allowed lateness.
+//!
+//! Parameters are a [`WindowSpec`]: `Windows::tumbling(size)?.allowed_lateness(lateness).emit_final()`; a bare
+//! [`Windows`] means no lateness and [`Emit::OnClose`].
 //!
 //! Any [`Aggregator`] works: count, sum, average, min, max, count-distinct, top-k, or a user fold over the
 //! window's multiset of values; all accept retractions. Session windows are in [`session`](crate::session).
@@ -25,7 +30,6 @@ use std::hash::Hash;
 use foldhash::HashMap;
 
 use differential_dataflow::Hashable;
-use serde::{Deserialize, Serialize};
 use timely::ExchangeData;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
@@ -34,6 +38,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::aggregate::Aggregator;
 use crate::event_time::Timed;
+use crate::late::LateRecord;
 use crate::ordered::ByTime;
 
 /// The windows a record's event time falls in.
@@ -141,21 +146,67 @@ impl Windows {
     }
 }
 
-/// A record that arrived after every window it falls in had closed for good.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct LateRecord<D> {
-    /// The record.
-    pub record: D,
-    /// Its event time (ms).
-    pub event_time: u64,
-    /// Its dataflow time: the watermark when it arrived (ms).
-    pub arrived_at: u64,
-    /// Its multiplicity (`-1` for a retraction).
-    pub diff: isize,
-    /// The end of the latest window it falls in (ms).
-    pub window_end: u64,
-    /// The allowed lateness (ms).
+/// When a window's result is emitted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Emit {
+    /// When the frontier passes the window's end; a late record within the allowed lateness then corrects it: the
+    /// old result retracted and the new one added at the late record's time. The default.
+    #[default]
+    OnClose,
+    /// Once per window, when the frontier passes its end plus the allowed lateness: no corrections (one alert per
+    /// window), each result later by the allowed lateness.
+    Final,
+}
+
+/// Windows with their allowed lateness and emit mode: what [`WindowAggregate::window_aggregate`] takes.
+///
+/// ```
+/// use std::time::Duration;
+/// use tributary_operators::window::{Emit, WindowSpec, Windows};
+/// let spec = Windows::tumbling(Duration::from_secs(60))?.allowed_lateness(Duration::from_secs(5)).emit_final();
+/// assert_eq!(spec, WindowSpec { windows: Windows::Tumbling { size_ms: 60_000 }, allowed_lateness_ms: 5_000, emit: Emit::Final });
+/// # Ok::<(), tributary_operators::window::WindowError>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowSpec {
+    /// The windows a record falls in.
+    pub windows: Windows,
+    /// How long after a window's end a late record still updates it, in ms.
     pub allowed_lateness_ms: u64,
+    /// When results are emitted.
+    pub emit: Emit,
+}
+
+impl From<Windows> for WindowSpec {
+    fn from(windows: Windows) -> Self {
+        WindowSpec { windows, allowed_lateness_ms: 0, emit: Emit::OnClose }
+    }
+}
+
+impl WindowSpec {
+    /// A late record within `lateness` after a window's end still updates it.
+    pub fn allowed_lateness(mut self, lateness: std::time::Duration) -> Self {
+        self.allowed_lateness_ms = crate::event_time::ms(lateness);
+        self
+    }
+
+    /// Emit each window's result once, when it is final ([`Emit::Final`]).
+    pub fn emit_final(mut self) -> Self {
+        self.emit = Emit::Final;
+        self
+    }
+}
+
+impl Windows {
+    /// These windows with an allowed lateness ([`WindowSpec::allowed_lateness`]).
+    pub fn allowed_lateness(self, lateness: std::time::Duration) -> WindowSpec {
+        WindowSpec::from(self).allowed_lateness(lateness)
+    }
+
+    /// These windows, each result emitted once when final ([`Emit::Final`]).
+    pub fn emit_final(self) -> WindowSpec {
+        WindowSpec::from(self).emit_final()
+    }
 }
 
 /// A window result update: `(((key, window_start), output), time, diff)`.
@@ -174,6 +225,7 @@ pub trait WindowAggregate<'scope, K, V> {
     /// Aggregates each key's values per window with `aggregator`; see the module docs for the semantics.
     ///
     /// ```
+    /// use std::time::Duration;
     /// use timely::dataflow::operators::{ToStream, Capture, capture::Extract};
     /// use tributary_operators::event_time::Timed;
     /// use tributary_operators::aggregate::Count;
@@ -181,13 +233,13 @@ pub trait WindowAggregate<'scope, K, V> {
     ///
     /// let (results, late) = timely::example(|scope| {
     ///     let clicks = vec![
-    ///         (Timed { event_time: 3, value: ("a".to_string(), ()) }, 3u64, 1isize),
-    ///         (Timed { event_time: 7, value: ("a".to_string(), ()) }, 7, 1),
-    ///         (Timed { event_time: 12, value: ("a".to_string(), ()) }, 12, 1),
+    ///         (Timed::new(3, ("a".to_string(), ())), 3u64, 1isize),
+    ///         (Timed::new(7, ("a".to_string(), ())), 7, 1),
+    ///         (Timed::new(12, ("a".to_string(), ())), 12, 1),
     ///         // Arrives when the watermark is 30: window [0, 10) has closed, with 5 ms of lateness for good.
-    ///         (Timed { event_time: 4, value: ("a".to_string(), ()) }, 30, 1),
+    ///         (Timed::new(4, ("a".to_string(), ())), 30, 1),
     ///     ];
-    ///     let windows = clicks.to_stream(scope).container::<Vec<_>>().window_aggregate("Clicks", Windows::Tumbling { size_ms: 10 }, 5, Count);
+    ///     let windows = clicks.to_stream(scope).container::<Vec<_>>().window_aggregate("Clicks", Windows::Tumbling { size_ms: 10 }.allowed_lateness(Duration::from_millis(5)), Count);
     ///     (windows.results.capture(), windows.late.capture())
     /// });
     /// let mut results: Vec<_> = results.extract().into_iter().flat_map(|(_, v)| v).collect();
@@ -195,13 +247,7 @@ pub trait WindowAggregate<'scope, K, V> {
     /// assert_eq!(results, vec![((("a".to_string(), 0), 2), 9, 1), ((("a".to_string(), 10), 1), 19, 1)]);
     /// assert_eq!(late.extract().into_iter().flat_map(|(_, v)| v).count(), 1);
     /// ```
-    fn window_aggregate<A>(
-        self,
-        name: &str,
-        windows: Windows,
-        allowed_lateness_ms: u64,
-        aggregator: A,
-    ) -> WindowStreams<'scope, K, A::Output, V>
+    fn window_aggregate<A>(self, name: &str, spec: impl Into<WindowSpec>, aggregator: A) -> WindowStreams<'scope, K, A::Output, V>
     where
         A: Aggregator<V>;
 }
@@ -220,16 +266,11 @@ where
     K: ExchangeData + Hash + Eq + Clone + Ord,
     V: ExchangeData + Clone,
 {
-    fn window_aggregate<A>(
-        self,
-        name: &str,
-        windows: Windows,
-        allowed_lateness_ms: u64,
-        aggregator: A,
-    ) -> WindowStreams<'scope, K, A::Output, V>
+    fn window_aggregate<A>(self, name: &str, spec: impl Into<WindowSpec>, aggregator: A) -> WindowStreams<'scope, K, A::Output, V>
     where
         A: Aggregator<V>,
     {
+        let WindowSpec { windows, allowed_lateness_ms, emit } = spec.into();
         let size = windows.size().max(1);
         let mut builder = OperatorBuilder::new(name.to_owned(), self.scope());
         let exchange = Exchange::new(|(record, _time, _diff): &(Timed<(K, V)>, u64, isize)| record.value.0.hashed());
@@ -266,6 +307,7 @@ where
                             diff,
                             window_end,
                             allowed_lateness_ms,
+                            origin: record.origin,
                         });
                     }
                 });
@@ -286,8 +328,12 @@ where
                                     scheduled: None,
                                 });
                                 aggregator.update(&mut entry.state, &value, diff);
-                                // The result is due when the window ends; a correction at the late record's time.
-                                let due = now.max(end - 1);
+                                // The result is due when the window ends, a correction at the late record's time; a
+                                // final result when the lateness has passed too (`open` keeps `now` before that).
+                                let due = match emit {
+                                    Emit::OnClose => now.max(end - 1),
+                                    Emit::Final => end + allowed_lateness_ms - 1,
+                                };
                                 if entry.scheduled != Some(due) {
                                     entry.scheduled = Some(due);
                                     pending.push(due, |d| cap.delayed(d), (key.clone(), start));

@@ -23,7 +23,8 @@ use timely::dataflow::operators::vec::Map;
 use crate::event_time::Timed;
 use crate::ordered::split_late;
 use crate::timed_join::{Joinable, timed_join};
-use crate::window::{LateRecord, Windows};
+use crate::late::LateRecord;
+use crate::window::Windows;
 
 /// A windowed join update: `(((key, window_start), (left, right)), time, diff)`.
 pub type WindowJoinUpdate<K, V, W> = (((K, u64), (V, W)), u64, isize);
@@ -45,16 +46,17 @@ pub trait WindowJoin<'scope, K, V> {
     /// ```
     /// use timely::dataflow::operators::{Capture, ToStream, capture::Extract};
     /// use tributary_operators::event_time::Timed;
+    /// use std::time::Duration;
     /// use tributary_operators::window::Windows;
     /// use tributary_operators::window_join::WindowJoin;
     ///
     /// let pairs = timely::example(|scope| {
-    ///     let views = vec![(Timed { event_time: 2, value: (7u32, 'v') }, 2u64, 1isize)].to_stream(scope).container::<Vec<_>>();
+    ///     let views = vec![(Timed::new(2, (7u32, 'v')), 2u64, 1isize)].to_stream(scope).container::<Vec<_>>();
     ///     let clicks = vec![
-    ///         (Timed { event_time: 8, value: (7u32, 'c') }, 8u64, 1isize),
-    ///         (Timed { event_time: 12, value: (7u32, 'x') }, 12, 1), // the next window
+    ///         (Timed::new(8, (7u32, 'c')), 8u64, 1isize),
+    ///         (Timed::new(12, (7u32, 'x')), 12, 1), // the next window
     ///     ].to_stream(scope).container::<Vec<_>>();
-    ///     views.window_join("ViewsToClicks", clicks, Windows::Tumbling { size_ms: 10 }, 0).results.capture()
+    ///     views.window_join("ViewsToClicks", clicks, Windows::Tumbling { size_ms: 10 }, Duration::ZERO).results.capture()
     /// });
     /// let pairs: Vec<_> = pairs.extract().into_iter().flat_map(|(_, v)| v).collect();
     /// assert_eq!(pairs, vec![(((7, 0), ('v', 'c')), 9, 1)]);
@@ -64,7 +66,7 @@ pub trait WindowJoin<'scope, K, V> {
         name: &str,
         other: Stream<'scope, u64, Vec<(Timed<(K, W)>, u64, isize)>>,
         windows: Windows,
-        allowed_lateness_ms: u64,
+        allowed_lateness: std::time::Duration,
     ) -> WindowJoinStreams<'scope, K, V, W>
     where
         W: ExchangeData + Clone;
@@ -82,8 +84,7 @@ where
 {
     let size = windows.size().max(1);
     split_late(stream, "WindowsOf", move |(record, time, diff), out| {
-        let event_time = record.event_time;
-        let (key, value) = record.value;
+        let Timed { event_time, value: (key, value), origin } = record;
         for start in windows.starts(event_time).filter(|start| start + size + allowed_lateness_ms > time) {
             let joinable = Joinable {
                 key: (key.clone(), start),
@@ -98,7 +99,7 @@ where
             return None;
         }
         let window_end = windows.starts(event_time).last().map_or(event_time, |start| start + size);
-        Some(LateRecord { record: (key, value), event_time, arrived_at: time, diff, window_end, allowed_lateness_ms })
+        Some(LateRecord { record: (key, value), event_time, arrived_at: time, diff, window_end, allowed_lateness_ms, origin })
     })
 }
 
@@ -112,11 +113,12 @@ where
         name: &str,
         other: Stream<'scope, u64, Vec<(Timed<(K, W)>, u64, isize)>>,
         windows: Windows,
-        allowed_lateness_ms: u64,
+        allowed_lateness: std::time::Duration,
     ) -> WindowJoinStreams<'scope, K, V, W>
     where
         W: ExchangeData + Clone,
     {
+        let allowed_lateness_ms = crate::event_time::ms(allowed_lateness);
         let (left, late_left) = per_window(self, windows, allowed_lateness_ms);
         let (right, late_right) = per_window(other, windows, allowed_lateness_ms);
         // The window is part of the key, so every event time in it matches.

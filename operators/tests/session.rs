@@ -11,8 +11,8 @@ use common::{Records, Update, arrivals_to_updates, consolidate, feed, listing};
 use proptest::prelude::*;
 use timely::dataflow::operators::{Input, Inspect};
 use tributary_operators::aggregate::Fold;
-use tributary_operators::session::{Session, SessionAggregate};
-use tributary_operators::window::LateRecord;
+use tributary_operators::late::LateRecord;
+use tributary_operators::session::{Session, SessionAggregate, Sessions};
 
 type Multiset = BTreeMap<u8, isize>;
 
@@ -67,7 +67,7 @@ fn run(updates: Vec<Update>, gap: u64, lateness: u64, workers: usize) -> Observe
         let (r, l) = (Arc::clone(&r), Arc::clone(&l));
         let mut input = worker.dataflow::<u64, _, _>(|scope| {
             let (input, updates) = scope.new_input::<Records>();
-            let streams = updates.session_aggregate("Sessions", gap, lateness, Fold::new(listing));
+            let streams = updates.session_aggregate("Sessions", Sessions { gap_ms: gap, allowed_lateness_ms: lateness }, Fold::new(listing));
             streams.results.inspect(move |(((key, session), output), time, diff)| {
                 assert!(*time + 1 >= session.end, "a result before its session ended");
                 r.lock().unwrap().push((((*key, *session), output.clone(), *time), *diff));

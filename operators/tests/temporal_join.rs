@@ -60,7 +60,7 @@ fn run(table: Vec<(u8, u8, u64)>, records: Vec<(u8, u8, u64)>, workers: usize) -
                     table_in.send(((k, w), t, 1));
                 }
                 if let Some(&(k, v, t)) = records.get(i) {
-                    records_in.send((Timed { event_time: t, value: (k, v) }, t, 1));
+                    records_in.send((Timed::new(t, (k, v)), t, 1));
                 }
                 worker.step();
             }

@@ -25,7 +25,7 @@ fn run(updates: Vec<(u8, Option<u8>, u64)>, workers: usize) -> BTreeMap<(u8, u8)
                 if floor > *input.time() {
                     input.advance_to(floor);
                 }
-                input.send((Timed { event_time: time, value: (key, value) }, time, 1));
+                input.send((Timed::new(time, (key, value)), time, 1));
                 worker.step();
             }
         }

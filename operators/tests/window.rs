@@ -10,7 +10,8 @@ use common::{Records, Update, arrivals_to_updates, consolidate, feed, listing};
 use proptest::prelude::*;
 use timely::dataflow::operators::{Input, Inspect};
 use tributary_operators::aggregate::{Aggregator, Count, Fold};
-use tributary_operators::window::{LateRecord, WindowAggregate, Windows};
+use tributary_operators::late::LateRecord;
+use tributary_operators::window::{Emit, WindowAggregate, WindowSpec, Windows};
 
 /// Final values per (key, window start) by the model, and the late updates.
 fn model(updates: &[Update], windows: Windows, lateness: u64) -> (BTreeMap<(u8, u64), BTreeMap<u8, isize>>, Vec<Update>) {
@@ -44,6 +45,14 @@ where
     A: Aggregator<u8, Output = O>,
     O: Ord + Clone + Send + 'static,
 {
+    run_emitting(updates, WindowSpec { windows, allowed_lateness_ms: lateness, emit: Emit::OnClose }, workers, aggregator)
+}
+
+fn run_emitting<A, O>(updates: Vec<Update>, spec: WindowSpec, workers: usize, aggregator: fn() -> A) -> Observed<O>
+where
+    A: Aggregator<u8, Output = O>,
+    O: Ord + Clone + Send + 'static,
+{
     let results = Arc::new(Mutex::new(Vec::new()));
     let late = Arc::new(Mutex::new(Vec::new()));
     let (r, l) = (Arc::clone(&results), Arc::clone(&late));
@@ -51,7 +60,8 @@ where
         let (r, l) = (Arc::clone(&r), Arc::clone(&l));
         let mut input = worker.dataflow::<u64, _, _>(|scope| {
             let (input, updates) = scope.new_input::<Records>();
-            let streams = updates.window_aggregate("Window", windows, lateness, aggregator());
+            let streams = updates.window_aggregate("Window", spec, aggregator());
+            let windows = spec.windows;
             streams.results.inspect(move |(((key, start), output), time, diff)| {
                 assert!(*time + 1 >= start + windows.size(), "a result before its window ended");
                 r.lock().unwrap().push((((*key, *start), output.clone(), *time), *diff));
@@ -122,6 +132,26 @@ proptest! {
         for workers in 2..=3 {
             let (other, _) = run(updates.clone(), windows, lateness, workers, multiset);
             prop_assert_eq!(&other, &timed, "timed results at {} workers", workers);
+        }
+    }
+
+    #[test]
+    fn emit_final_gives_each_window_one_result_once_its_lateness_has_passed(
+        arrivals in arb_arrivals(), ooo in 0u64..40, lateness in 0u64..30, windows in arb_windows(),
+    ) {
+        let updates = arrivals_to_updates(&arrivals, ooo);
+        let (values, late) = model(&updates, windows, lateness);
+        // One `+1` per window, at the last time a record may still reach it, and nothing else: no corrections.
+        let expected: BTreeMap<((u8, u64), isize, u64), isize> = values
+            .into_iter()
+            .map(|((key, start), m)| (((key, start), m.values().sum::<isize>(), start + windows.size() + lateness - 1), 1))
+            .filter(|((_, c, _), _)| *c != 0)
+            .collect();
+        let spec = windows.emit_final().allowed_lateness(std::time::Duration::from_millis(lateness));
+        for workers in 1..=3 {
+            let (timed, observed_late) = run_emitting(updates.clone(), spec, workers, || Count);
+            prop_assert_eq!(&timed, &expected, "workers = {}", workers);
+            prop_assert_eq!(&observed_late, &late, "workers = {}", workers);
         }
     }
 }

@@ -9,8 +9,11 @@ use std::sync::{Arc, Mutex};
 use common::{Records, Update, arrivals_to_updates, consolidate, feed};
 use proptest::prelude::*;
 use timely::dataflow::operators::{Input, Inspect};
-use tributary_operators::interval_join::IntervalJoin;
-use tributary_operators::window::{LateRecord, Windows};
+use std::time::Duration;
+
+use tributary_operators::interval_join::{Interval, IntervalJoin};
+use tributary_operators::late::LateRecord;
+use tributary_operators::window::Windows;
 use tributary_operators::window_join::WindowJoin;
 
 /// `(key, window start or event time, left value, right value, time)`.
@@ -70,14 +73,14 @@ fn run(left: Vec<Update>, right: Vec<Update>, join: Join, workers: usize) -> (BT
             let (right_in, right) = scope.new_input::<Records>();
             let (late_left, late_right) = match join {
                 Join::Window(windows, lateness) => {
-                    let streams = left.window_join("WindowJoin", right, windows, lateness);
+                    let streams = left.window_join("WindowJoin", right, windows, Duration::from_millis(lateness));
                     streams
                         .results
                         .inspect(move |(((k, start), (v, w)), time, diff)| p.lock().unwrap().push(((*k, *start, *v, *w, *time), *diff)));
                     (streams.late_left, streams.late_right)
                 }
                 Join::Interval { lower, upper, lateness } => {
-                    let streams = left.interval_join("IntervalJoin", right, lower, upper, lateness);
+                    let streams = left.interval_join("IntervalJoin", right, Interval { before_ms: lower, after_ms: upper }, Duration::from_millis(lateness));
                     streams.results.inspect(move |(pair, time, diff)| {
                         let (k, (v, w)) = pair.value;
                         p.lock().unwrap().push(((k, pair.event_time, v, w, *time), *diff));

@@ -53,6 +53,9 @@ pub struct ClusterArgs {
     pub peer_timeout: Duration,
 }
 
+/// The longest timeout a flag takes (a year): longer ones are mistakes, and would overflow the clock.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 impl Default for ClusterArgs {
     fn default() -> Self {
         ClusterArgs {
@@ -83,6 +86,11 @@ impl ClusterArgs {
         }
         if self.peer_timeout < Duration::from_millis(100) {
             return Err(Error::Options("--peer-timeout must be at least 100ms".into()));
+        }
+        for (flag, timeout) in [("--connect-timeout", self.connect_timeout), ("--shutdown-timeout", self.shutdown_timeout), ("--peer-timeout", self.peer_timeout)] {
+            if timeout > MAX_TIMEOUT {
+                return Err(Error::Options(format!("{flag} must be at most {}", humantime::format_duration(MAX_TIMEOUT))));
+            }
         }
         let hosts = match &self.hostfile {
             Some(path) => {

@@ -58,6 +58,9 @@ pub fn launch(args: &LaunchArgs) -> Result<i32> {
     if args.processes == 0 || args.workers == 0 {
         return Err(Error::Launch("--processes and --workers must be at least 1".into()));
     }
+    if args.stop_timeout > crate::cli::MAX_TIMEOUT {
+        return Err(Error::Launch(format!("--stop-timeout must be at most {}", humantime::format_duration(crate::cli::MAX_TIMEOUT))));
+    }
     let scratch = std::env::temp_dir().join(format!("tributary-launch-{}", std::process::id()));
     let (hostfile, _cleanup) = match &args.hostfile {
         Some(path) => {
@@ -79,13 +82,16 @@ pub fn launch(args: &LaunchArgs) -> Result<i32> {
         .map_err(|source| Error::Io { what: "cannot install SIGINT/SIGTERM handlers".into(), source })?;
     let signals_handle = signals.handle();
     let signal_events = events.clone();
-    std::thread::spawn(move || {
-        for signal in signals.forever() {
-            if signal_events.send(Event::Signal(signal)).is_err() {
-                break;
+    std::thread::Builder::new()
+        .name("launch-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal_events.send(Event::Signal(signal)).is_err() {
+                    break;
+                }
             }
-        }
-    });
+        })
+        .map_err(|source| Error::Io { what: "cannot start the signal thread".into(), source })?;
 
     let mut pids: Vec<Option<Pid>> = vec![None; args.processes];
     for index in 0..args.processes {
@@ -169,14 +175,22 @@ fn spawn(args: &LaunchArgs, hostfile: &std::path::Path, index: usize, events: mp
     let mut child: Child =
         command.spawn().map_err(|e| Error::Launch(format!("cannot start {} (process {index}): {e}", args.program.display())))?;
     let pid = Pid::from_raw(child.id() as i32);
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let forwarder = std::thread::spawn(move || forward_stderr(index, stderr));
-    std::thread::spawn(move || {
-        let status = child.wait();
-        // Let the last lines through before reporting the exit.
-        let _ = forwarder.join();
-        let _ = events.send(Event::Exited(index, status));
-    });
+    // The process runs from here on: if the threads that watch it cannot start, it must not outlive the error.
+    let watch = |source: std::io::Error| {
+        let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+        Error::Io { what: format!("cannot start the threads that watch process {index}"), source }
+    };
+    let stderr = child.stderr.take().ok_or_else(|| watch(std::io::Error::other("its stderr is not piped")))?;
+    let forwarder = std::thread::Builder::new().name(format!("p{index}-stderr")).spawn(move || forward_stderr(index, stderr)).map_err(watch)?;
+    std::thread::Builder::new()
+        .name(format!("p{index}-wait"))
+        .spawn(move || {
+            let status = child.wait();
+            // Let the last lines through before reporting the exit.
+            let _ = forwarder.join();
+            let _ = events.send(Event::Exited(index, status));
+        })
+        .map_err(watch)?;
     Ok(pid)
 }
 

@@ -90,7 +90,7 @@ struct Coordinator {
 impl Coordinator {
     fn new(log: CommitLog) -> Self {
         let committed = log.latest().map(|c| c.time);
-        let run = log.latest().map_or(1, |c| c.run + 1);
+        let run = log.latest().map_or(1, |c| c.run.saturating_add(1));
         let interval = log.interval();
         Coordinator {
             log,

@@ -517,9 +517,11 @@ impl<T: Clone + 'static> KafkaReader<T> {
                 }
             }
         }
+        // Everything that can fail comes first: the reader's per-partition state changes only once the new
+        // partitions are assigned, so a failed attempt leaves it as it was and can be retried.
         let mut assignment = TopicPartitionList::new();
+        let mut added = Vec::with_capacity(new.len());
         for (i, (topic, p)) in new.iter().enumerate() {
-            let index = self.partitions.len();
             let (low, high) = self.consumer.fetch_watermarks(topic, *p, timeout)?;
             let key = PartitionKey { source: "KafkaSource".into(), origin: topic.clone(), partition: *p };
             if let Some(stored) = resume.partition(&key) {
@@ -556,28 +558,28 @@ impl<T: Clone + 'static> KafkaReader<T> {
                     log_start: low,
                 }));
             }
-            let end = self.bounded.then_some(high);
             let done = self.bounded && first >= high;
+            if !done {
+                assignment.add_partition_offset(topic, *p, Offset::Offset(first))?;
+            }
+            added.push((topic, *p, first, high, done, restored[i]));
+        }
+        self.consumer.incremental_assign(&assignment)?;
+        for (topic, p, first, high, done, restored) in added {
+            let index = self.partitions.len();
             self.starts.push(first.max(0) as u64);
             self.positions.push(first.max(0) as u64);
             self.known_ends.push(Some(high));
-            self.partitions.push((topic.clone(), *p));
-            self.index.insert((topic.clone(), *p), index);
-            self.restored.push(restored[i]);
-            self.ends.push(end);
+            self.partitions.push((topic.clone(), p));
+            self.index.insert((topic.clone(), p), index);
+            self.restored.push(restored);
+            self.ends.push(self.bounded.then_some(high));
             self.ended.push(done);
             self.paused.push(false);
             if done {
                 self.pending_ends.push(index);
-            } else {
-                assignment.add_partition_offset(topic, *p, Offset::Offset(first))?;
             }
-        }
-        self.consumer.incremental_assign(&assignment)?;
-        for (topic, p) in new {
-            let index = self.index[&(topic.clone(), *p)];
-            let queue = if self.ended[index] { None } else { self.consumer.split_partition_queue(topic, *p) };
-            self.queues.push(queue);
+            self.queues.push(if done { None } else { self.consumer.split_partition_queue(topic, p) });
         }
         Ok(())
     }
@@ -590,6 +592,7 @@ impl<T: Clone + 'static> KafkaReader<T> {
         }
         let Some(counts) = latest else { return };
         let mut new = Vec::new();
+        let mut grown = Vec::new();
         for (topic, count) in counts {
             let known = self.known.get(&topic).copied().unwrap_or(0);
             for p in known..count {
@@ -598,15 +601,20 @@ impl<T: Clone + 'static> KafkaReader<T> {
                 }
             }
             if count > known {
-                tracing::info!(topic, from = known, to = count, "partitions added");
-                self.known.insert(topic, count);
+                grown.push((topic, known, count));
             }
         }
-        // New partitions are read from their beginning.
+        // New partitions are read from their beginning. Only once they are assigned do they count as known: a
+        // failed attempt (the broker busy, say) is retried at the next discovery.
         match self.add(&new, &StartFrom::Earliest, Duration::from_secs(5), &SourceResume::default()) {
-            Ok(()) => {}
-            Err(AddError::Kafka(e)) => tracing::error!("cannot assign new partitions {new:?}: {e}"),
-            Err(AddError::Source(e)) => tracing::error!("cannot assign new partitions {new:?}: {e}"),
+            Ok(()) => {
+                for (topic, from, to) in grown {
+                    tracing::info!(topic, from, to, "partitions added");
+                    self.known.insert(topic, to);
+                }
+            }
+            Err(AddError::Kafka(e)) => tracing::warn!("cannot assign new partitions {new:?} yet (retried at the next discovery): {e}"),
+            Err(AddError::Source(e)) => tracing::warn!("cannot assign new partitions {new:?} yet (retried at the next discovery): {e}"),
         }
     }
 

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 pub use tributary_operators::event_time::Timed;
-use tributary_operators::event_time::{Arrival, SourceClock, WatermarkPolicy};
+use tributary_operators::event_time::{Arrival, MAX_EVENT_TIME, SourceClock, WatermarkPolicy};
 use tributary_runtime::Shutdown;
 
 pub use self::control::{Control, DrainMode, PartitionKey, PartitionSnapshot, SourceResume};
@@ -40,9 +40,13 @@ pub use self::operator::partitioned_source;
 use crate::dead_letter::DeadLetter;
 
 /// What a reader hands the source operator.
+///
+/// Records, rejected and malformed records are made only by [`Arrivals::decoded`] (their variants cannot be
+/// built outside this crate), so each is timed by its partition's clock; a reader builds [`Polled::End`] itself.
 #[derive(Debug)]
 pub enum Polled<T> {
     /// A decoded record with its event time, on time or late within the maximum lateness.
+    #[non_exhaustive]
     Record {
         /// The reader's index of the partition.
         partition: usize,
@@ -54,8 +58,12 @@ pub enum Polled<T> {
         value: T,
         /// Where the partition's clock put it ([`Arrival::OnTime`] or [`Arrival::Late`]).
         arrival: Arrival,
+        /// For a late record, its key and value bytes: an operator may find it too late and make it a dead letter
+        /// with them ([`Timed::origin`](tributary_operators::Timed::origin)). `None` for on-time records.
+        late_bytes: Option<Box<(Option<Vec<u8>>, Option<Vec<u8>>)>>,
     },
     /// A decoded record the clock routed away ([`Arrival::TooLate`] or [`Arrival::TooFarAhead`]), with its bytes.
+    #[non_exhaustive]
     Rejected {
         /// The reader's index of the partition.
         partition: usize,
@@ -71,6 +79,7 @@ pub enum Polled<T> {
         payload: Option<Vec<u8>>,
     },
     /// A record that could not be decoded.
+    #[non_exhaustive]
     Malformed {
         /// The reader's index of the partition.
         partition: usize,
@@ -102,7 +111,8 @@ pub struct Arrivals<'a> {
 
 impl Arrivals<'_> {
     /// The event for a record of `partition` at `offset`: `decoded` is its value and event time or why it could
-    /// not be decoded; `bytes` gives its key and value bytes, asked for only when the record is routed away.
+    /// not be decoded; `bytes` gives its key and value bytes, asked for only when the record is routed away or late
+    /// (only a late record can be too late for an operator, which then makes it a dead letter with them).
     pub fn decoded<T>(
         &mut self,
         partition: usize,
@@ -110,10 +120,16 @@ impl Arrivals<'_> {
         decoded: Result<(T, u64), String>,
         bytes: impl FnOnce() -> (Option<Vec<u8>>, Option<Vec<u8>>),
     ) -> Polled<T> {
+        let decoded = decoded.and_then(|(value, event_time)| match event_time {
+            t if t > MAX_EVENT_TIME => Err(format!("event time {t} is beyond the largest supported ({MAX_EVENT_TIME} ms after 1970)")),
+            t => Ok((value, t)),
+        });
         match decoded {
             Ok((value, event_time)) => match self.clock.observe(partition, offset, event_time, self.wall_ms, self.now) {
-                arrival @ (Arrival::OnTime { .. } | Arrival::Late { .. }) => {
-                    Polled::Record { partition, offset, event_time, value, arrival }
+                arrival @ Arrival::OnTime { .. } => Polled::Record { partition, offset, event_time, value, arrival, late_bytes: None },
+                arrival @ Arrival::Late { .. } => {
+                    let late_bytes = Some(Box::new(bytes()));
+                    Polled::Record { partition, offset, event_time, value, arrival, late_bytes }
                 }
                 arrival => {
                     let (key, payload) = bytes();
@@ -233,7 +249,7 @@ pub struct SourceStreams<'scope, T> {
 /// }
 /// let args = Args::parse_from(["prog", "--idle-timeout", "2s"]);
 /// assert_eq!(args.source.policy().idle_timeout, Some(Duration::from_secs(2)));
-/// assert_eq!(args.source.policy().max_ahead_ms, Some(24 * 60 * 60 * 1000));
+/// assert_eq!(args.source.policy().max_ahead, Some(Duration::from_secs(24 * 60 * 60)));
 /// assert!(!args.source.until_end);
 /// ```
 #[derive(clap::Args, Clone, Debug)]
@@ -256,7 +272,7 @@ impl SourceArgs {
     pub fn policy(&self) -> WatermarkPolicy {
         WatermarkPolicy {
             idle_timeout: Some(self.idle_timeout),
-            max_ahead_ms: Some(self.max_ahead.as_millis() as u64),
+            max_ahead: Some(self.max_ahead),
             ..WatermarkPolicy::default()
         }
     }

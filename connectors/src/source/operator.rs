@@ -13,6 +13,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{ConnectLoop, Feedback};
 use tributary_operators::event_time::{Arrival, Lift, SourceClock};
+use tributary_operators::late::Origin;
 use tributary_runtime::Shutdown;
 
 use super::control::{Control, DrainMode, PartitionKey, PartitionSnapshot, SourceResume};
@@ -200,7 +201,7 @@ where
             let mut metrics = shared.partitions.lock().unwrap_or_else(|e| e.into_inner());
             for event in polled.drain(..) {
                 match event {
-                    Polled::Record { partition, offset, event_time, value, arrival } => {
+                    Polled::Record { partition, offset, event_time, value, arrival, late_bytes } => {
                         let m = &mut metrics[partition];
                         m.position = offset + 1;
                         let time = match arrival {
@@ -209,14 +210,19 @@ where
                                 m.late += 1;
                                 time
                             }
-                            Arrival::TooLate { .. } | Arrival::TooFarAhead { .. } => unreachable!("Arrivals::decoded rejects these"),
+                            Arrival::TooLate { .. } | Arrival::TooFarAhead { .. } => unreachable!("only Arrivals::decoded makes records (the variant is non_exhaustive), and it rejects these"),
                         };
                         m.records += 1;
                         if count_outstanding {
                             outstanding.add(time);
                         }
                         reader.commits.mark(partition, offset + 1, time);
-                        records_session.give((Timed { event_time, value }, time, 1));
+                        let origin = late_bytes.map(|bytes| {
+                            let (source, kafka_partition) = reader.origin(partition);
+                            let (key, payload) = *bytes;
+                            Box::new(Origin { source: source.to_owned(), partition: kafka_partition, offset, key, payload })
+                        });
+                        records_session.give((Timed { event_time, value, origin }, time, 1));
                         m.watermark = clock.partition_watermark(partition);
                     }
                     Polled::Rejected { partition, offset, event_time, arrival, key, payload } => {
@@ -229,10 +235,10 @@ where
                             }
                             Arrival::TooLate { watermark, .. } => {
                                 m.too_late += 1;
-                                let max_lateness_ms = options.policy.max_lateness_ms.unwrap_or_default();
+                                let max_lateness_ms = options.policy.max_lateness_ms().unwrap_or_default();
                                 (watermark, Reason::TooLate { event_time, watermark, max_lateness_ms })
                             }
-                            Arrival::OnTime { .. } | Arrival::Late { .. } => unreachable!("Arrivals::decoded keeps these"),
+                            Arrival::OnTime { .. } | Arrival::Late { .. } => unreachable!("only Arrivals::decoded makes rejections (the variant is non_exhaustive), and it keeps these"),
                         };
                         let time = watermark.max(dead_floor);
                         reader.commits.mark(partition, offset + 1, time);

@@ -52,7 +52,7 @@ pub fn feed(inputs: &mut [(&mut Handle, &[Update])], mut step: impl FnMut()) {
             if floor > *input.time() {
                 input.advance_to(floor);
             }
-            input.send((Timed { event_time, value: (key, value) }, time, diff));
+            input.send((Timed::new(event_time, (key, value)), time, diff));
         }
         step();
     }

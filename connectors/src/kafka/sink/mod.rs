@@ -400,6 +400,11 @@ pub trait SinkKafka<'scope, K, V> {
     /// Writes the collection's consolidated changes to the sink's topic, time by time (see the module docs), as
     /// part of `job`.
     ///
+    /// # Panics
+    ///
+    /// If `job` is already finished ([`Job::finish`](crate::Job::finish)): a sink added then would not gate the
+    /// commits. Add every sink before finishing the job.
+    ///
     /// ```no_run
     /// use differential_dataflow::input::Input;
     /// use tributary_connectors::kafka::{CommitLog, KafkaConfig, KafkaSink, SinkKafka};

@@ -154,7 +154,10 @@ impl Suffix {
             until: 0,
             regenerated: HashMap::new(),
         });
-        *entry.shows.entry(value).or_default() += diff;
+        // A diff read from the topic: a foreign or corrupt record may hold any number, so saturate (it then
+        // never reconciles, and the sink refuses the topic) rather than overflow.
+        let shown = entry.shows.entry(value).or_default();
+        *shown = shown.saturating_add(diff);
         entry.until = entry.until.max(time);
     }
 
