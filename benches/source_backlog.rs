@@ -179,7 +179,7 @@ fn tributary_consume() -> anyhow::Result<()> {
         let probe = ProbeHandle::new();
         let options = SourceOptions {
             policy: WatermarkPolicy { max_out_of_orderness: std::time::Duration::from_millis(1_000), ..Default::default() },
-            backpressure: backpressure.map(|max| Backpressure { probe: probe.clone(), max_ahead_ms: None, max_records: Some(max) }),
+            backpressure: backpressure.map(|max| Backpressure { probe: probe.clone(), max_ahead: None, max_records: Some(max) }),
             ..Default::default()
         };
         let counter = Arc::clone(&counter);

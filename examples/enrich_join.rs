@@ -151,7 +151,7 @@ impl std::fmt::Display for Line {
     }
 }
 
-type Input<T> = Box<dyn Source<Item = T> + Send + Sync>;
+type Input<T> = Box<dyn Source<Item = T>>;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();

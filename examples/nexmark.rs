@@ -35,10 +35,11 @@ use tributary::connectors::kafka::{
     CommitLog, Decoder, EventTime, KafkaConfig, KafkaSink, KafkaSource, SinkFormat, SinkKafka, create_topic,
 };
 use tributary::connectors::{Source, SourceOptions, SourceStreams};
-use tributary::operators::{Timed, WatermarkPolicy};
+use tributary::operators::Timed;
 use tributary::timely::dataflow::operators::vec::Map;
 use tributary::timely::dataflow::operators::{Exchange, Input, Inspect, Probe};
-use tributary_nexmark::{Checksum, Config, Event, PartitionClock, Query, Row};
+use tributary::operators::{Arrival, PartitionClock};
+use tributary_nexmark::{Checksum, Config, Event, Query, Row};
 use tributary_testkit::peak_rss_mib;
 
 /// Runs a Nexmark query.
@@ -160,11 +161,7 @@ fn main() -> anyhow::Result<()> {
             let (input, events) = match &source {
                 Some(source) => {
                     // Generated event times may run ahead of the wall clock (a fixed base time): no far-ahead limit.
-                    let policy = WatermarkPolicy {
-                        max_out_of_orderness: std::time::Duration::from_millis(tributary_nexmark::MAX_OUT_OF_ORDERNESS_MS),
-                        max_ahead: None,
-                        ..Default::default()
-                    };
+                    let policy = tributary_nexmark::policy();
                     let options = SourceOptions { policy, ..Default::default() };
                     let SourceStreams { records, .. } = source.build_in(scope, job.as_ref(), options);
                     let counted = Rc::clone(&part);
@@ -205,7 +202,9 @@ fn main() -> anyhow::Result<()> {
             (input, probes)
         });
         if let Some(input) = input.as_mut() {
-            // Generate the partitions this worker owns, round robin, with their clocks.
+            // Generate the partitions this worker owns, round robin, with their clocks (the operators' time model,
+            // as a source applies it).
+            let policy = tributary_nexmark::policy();
             let mut partitions: Vec<_> = (0..config.partitions)
                 .filter(|p| p % peers == index)
                 .map(|p| (config.partition(p).peekable(), PartitionClock::default()))
@@ -237,7 +236,11 @@ fn main() -> anyhow::Result<()> {
                 for (events, clock) in partitions.iter_mut() {
                     for (_, event) in events.by_ref().take(batch) {
                         let event_time = event.date_time();
-                        let time = clock.time(event_time);
+                        let time = match clock.observe(event_time, &policy) {
+                            Arrival::OnTime { time } | Arrival::Late { time, .. } => time,
+                            // No maximum lateness, and a partition clock does not look at the wall clock.
+                            Arrival::TooLate { watermark, .. } | Arrival::TooFarAhead { watermark, .. } => watermark,
+                        };
                         input.send((Timed::new(event_time, event), time, 1));
                         fed += 1;
                     }

@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
     tributary::runtime::logging::init(); // before the cluster starts: opening topics logs too
     let window = Windows::tumbling(args.window).context("--window")?.allowed_lateness(args.allowed_lateness);
     let event_time = |e: &Event| Ok(e.ts_ms);
-    let (input, kafka): (Box<dyn Source<Item = Event> + Send + Sync>, _) = match (&args.csv, &args.brokers) {
+    let (input, kafka): (Box<dyn Source<Item = Event>>, _) = match (&args.csv, &args.brokers) {
         (Some(path), _) => (Box::new(FileSource::new(vec![path.clone()], event_time)?), None),
         (None, Some(brokers)) => {
             let config = KafkaConfig::new(brokers.clone())?;

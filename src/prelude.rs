@@ -23,6 +23,8 @@ pub use tributary_operators::{
     TimedStream, Upsert, WatermarkPolicy, WindowAggregate, WindowJoin, WindowSpec, Windows,
 };
 
+pub use std::time::Duration;
+
 pub use differential_dataflow::{AsCollection, VecCollection};
 pub use timely::dataflow::operators::vec::{Filter, Map};
 pub use timely::dataflow::operators::{Concat, Concatenate, Exchange, Inspect, Probe, ToStream};

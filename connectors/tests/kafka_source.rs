@@ -340,7 +340,7 @@ fn backpressure_reads_everything_once_even_with_a_lagging_partition() {
     let sink = Arc::clone(&seen);
     timely::execute(timely::Config::process(2), move |worker| {
         let probe = timely::dataflow::ProbeHandle::new();
-        let backpressure = tributary_connectors::Backpressure { probe: probe.clone(), max_ahead_ms: Some(10_000), max_records: Some(50) };
+        let backpressure = tributary_connectors::Backpressure { probe: probe.clone(), max_ahead: Some(Duration::from_secs(10)), max_records: Some(50) };
         let options = SourceOptions { backpressure: Some(backpressure), batch: 16, ..Default::default() };
         let sink = Arc::clone(&sink);
         worker.dataflow::<u64, _, _>(|scope| {

@@ -30,6 +30,15 @@ impl Default for Config {
 /// The watermark delay of every Nexmark source: `date_time - 4 s` (the standard definition).
 pub const MAX_OUT_OF_ORDERNESS_MS: u64 = 4_000;
 
+/// The watermark policy of every Nexmark source, for the operators' time model
+/// ([`tributary_operators::PartitionClock`], or a Kafka source's options): the standard 4 s delay, and no limit
+/// ahead of the wall clock (generated times start at a fixed base time).
+pub fn policy() -> tributary_operators::WatermarkPolicy {
+    tributary_operators::WatermarkPolicy::default()
+        .max_out_of_orderness(std::time::Duration::from_millis(MAX_OUT_OF_ORDERNESS_MS))
+        .max_ahead(None)
+}
+
 impl Config {
     fn nexmark(&self) -> nexmark::config::NexmarkConfig {
         nexmark::config::NexmarkConfig {
@@ -55,38 +64,24 @@ impl Config {
     }
 
     /// Every event with its partition and dataflow time, in sequence order (for references and loaders).
+    ///
+    /// The times come from this function's own arithmetic (`max(event time, greatest event time so far - 4 s)`
+    /// per partition), not from the operators' time model the programs use: the references stay independent of
+    /// what they check.
     pub fn all(&self) -> Vec<(u32, Event, u64)> {
-        let mut clocks = vec![PartitionClock::default(); self.partitions.max(1) as usize];
+        let mut watermarks = vec![0u64; self.partitions.max(1) as usize];
         let mut events: Vec<(u64, u32, Event)> =
             (0..self.partitions.max(1)).flat_map(|p| self.partition(p).map(move |(n, e)| (n, p, e))).collect();
         events.sort_by_key(|(n, _, _)| *n);
         events
             .into_iter()
             .map(|(_, p, event)| {
-                let time = clocks[p as usize].time(event.date_time());
+                let (event_time, watermark) = (event.date_time(), &mut watermarks[p as usize]);
+                let time = event_time.max(*watermark);
+                *watermark = (*watermark).max(event_time.saturating_sub(MAX_OUT_OF_ORDERNESS_MS));
                 (p, event, time)
             })
             .collect()
     }
 }
 
-/// One partition's watermark: its greatest event time so far minus [`MAX_OUT_OF_ORDERNESS_MS`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PartitionClock {
-    watermark: u64,
-}
-
-impl PartitionClock {
-    /// The dataflow time of a record with `event_time` arriving now: `max(event_time, watermark)`; then the
-    /// watermark advances.
-    pub fn time(&mut self, event_time: u64) -> u64 {
-        let time = event_time.max(self.watermark);
-        self.watermark = self.watermark.max(event_time.saturating_sub(MAX_OUT_OF_ORDERNESS_MS));
-        time
-    }
-
-    /// The watermark: no later record of this partition gets an earlier time.
-    pub fn watermark(&self) -> u64 {
-        self.watermark
-    }
-}

@@ -21,7 +21,7 @@ pub mod reference;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 pub use event::{Auction, Bid, Event, Person};
-pub use generator::{Config, MAX_OUT_OF_ORDERNESS_MS, PartitionClock};
+pub use generator::{Config, MAX_OUT_OF_ORDERNESS_MS, policy};
 pub use queries::{Query, QueryStreams, Row, build};
 
 /// An order-independent digest of a multiset of rows: the wrapping sum of each row's hash times its

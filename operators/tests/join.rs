@@ -66,9 +66,9 @@ fn run(a: Vec<(u8, u8, isize)>, b: Vec<(u8, u8, isize)>, kind: Kind, workers: us
             let (left, a) = scope.new_collection::<(u8, u8), isize>();
             let (right, b) = scope.new_collection::<(u8, u8), isize>();
             let joined = match kind {
-                Kind::Left => a.left_join(b).map(|(k, (v, w))| (k, (Some(v), w))),
-                Kind::Right => a.right_join(b).map(|(k, (v, w))| (k, (v, Some(w)))),
-                Kind::Full => a.full_join(b),
+                Kind::Left => a.left_join("Left", b).map(|(k, (v, w))| (k, (Some(v), w))),
+                Kind::Right => a.right_join("Right", b).map(|(k, (v, w))| (k, (v, Some(w)))),
+                Kind::Full => a.full_join("Full", b),
             };
             joined.inspect(move |(row, _time, diff)| *sink.lock().unwrap().entry(*row).or_default() += diff);
             (left, right)

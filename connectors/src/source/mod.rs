@@ -22,6 +22,7 @@
 //! The same loop carries a stop: a worker asked to shut down tells the others, so the whole cluster stops
 //! reading, not one process.
 
+mod backpressure;
 pub mod control;
 mod metrics;
 mod operator;
@@ -29,11 +30,12 @@ mod operator;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use timely::dataflow::{ProbeHandle, Scope, Stream};
+use timely::dataflow::{Scope, Stream};
 pub use tributary_operators::event_time::Timed;
 use tributary_operators::event_time::{Arrival, MAX_EVENT_TIME, SourceClock, WatermarkPolicy};
 use tributary_runtime::Shutdown;
 
+pub use self::backpressure::Backpressure;
 pub use self::control::{Control, DrainMode, PartitionKey, PartitionSnapshot, SourceResume};
 pub use self::metrics::{CommitAfter, PartitionMetrics, SourceMetrics};
 pub use self::operator::partitioned_source;
@@ -188,17 +190,6 @@ pub trait PartitionReader: 'static {
     fn pause(&mut self, _paused: &[bool]) {}
 }
 
-/// Limits on how far a source reads ahead of the dataflow, so a backlog is drained with bounded memory.
-#[derive(Clone, Debug)]
-pub struct Backpressure {
-    /// The probe at the end of the dataflow (or wherever "done" is measured).
-    pub probe: ProbeHandle<u64>,
-    /// Do not read while the source's watermark is this far (ms) ahead of the probe's frontier.
-    pub max_ahead_ms: Option<u64>,
-    /// Do not read while this many emitted records are at times the probe has not passed.
-    pub max_records: Option<usize>,
-}
-
 /// Options every source takes.
 #[derive(Clone, Debug)]
 pub struct SourceOptions {
@@ -280,7 +271,11 @@ impl SourceArgs {
 
 /// A source that can be built into a dataflow: Kafka topics, files, or one a user writes (a
 /// [`PartitionReader`] run by this module's generic source operator).
-pub trait Source {
+///
+/// A source is a description shared by every worker thread (each builds its own reader from it), hence `Send +
+/// Sync`; so a `Box<dyn Source<Item = T>>` chosen at run time (files or Kafka) moves into
+/// `tributary::run` as it is.
+pub trait Source: Send + Sync {
     /// The decoded record type.
     type Item;
     /// Builds the source operator in `scope`.

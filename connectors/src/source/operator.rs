@@ -1,7 +1,6 @@
 //! The source operator: a [`PartitionReader`] driven under the time model, with heartbeats between workers,
 //! snapshots and drains on the control output, backpressure, and committed positions for lag reporting.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -18,7 +17,8 @@ use tributary_runtime::Shutdown;
 
 use super::control::{Control, DrainMode, PartitionKey, PartitionSnapshot, SourceResume};
 use super::metrics::{Closing, CommitAfter, Commits, PartitionMetrics, SourceMetrics};
-use super::{Arrivals, Backpressure, PartitionReader, Polled, ReadStatus, SourceOptions, SourceStreams, Timed, wall_ms};
+use super::backpressure::{Outstanding, throttled};
+use super::{Arrivals, PartitionReader, Polled, ReadStatus, SourceOptions, SourceStreams, Timed, wall_ms};
 use crate::dead_letter::{DeadLetter, Reason};
 
 /// The least time between two heartbeats of one worker.
@@ -38,11 +38,49 @@ enum Beat {
     Stop,
 }
 
-/// Output ports of the source operator, in creation order.
-const RECORDS: usize = 0;
-const DEAD: usize = 1;
-const BEATS: usize = 2;
-const CONTROL: usize = 3;
+/// The source operator's capabilities, one per output, all at the source's watermark (the lingering output's is
+/// kept apart).
+struct Ports {
+    records: Capability<u64>,
+    dead: Capability<u64>,
+    beats: Capability<u64>,
+    control: Capability<u64>,
+}
+
+impl Ports {
+    /// The output ports in creation order (see `partitioned_source`).
+    const RECORDS: usize = 0;
+    const DEAD: usize = 1;
+    const BEATS: usize = 2;
+    const CONTROL: usize = 3;
+
+    /// The capabilities `build` hands out for the four outputs, in creation order.
+    fn new(capabilities: Vec<Capability<u64>>) -> Option<Ports> {
+        let [records, dead, beats, control]: [Capability<u64>; 4] = capabilities.try_into().ok()?;
+        Some(Ports { records, dead, beats, control })
+    }
+
+    /// Capabilities for every output at `time`, from an input capability connected to all of them.
+    fn delayed(input: &timely::dataflow::operators::InputCapability<u64>, time: u64) -> Ports {
+        Ports {
+            records: input.delayed(&time, Self::RECORDS),
+            dead: input.delayed(&time, Self::DEAD),
+            beats: input.delayed(&time, Self::BEATS),
+            control: input.delayed(&time, Self::CONTROL),
+        }
+    }
+
+    /// The source's time: where every capability is.
+    fn time(&self) -> u64 {
+        *self.records.time()
+    }
+
+    fn downgrade(&mut self, time: &u64) {
+        for cap in [&mut self.records, &mut self.dead, &mut self.beats, &mut self.control] {
+            cap.downgrade(time);
+        }
+    }
+}
 
 /// Builds a source operator that reads through the reader `make_reader(worker index, peers, resume)` builds.
 ///
@@ -96,7 +134,7 @@ where
 
     builder.build(move |mut capabilities| {
         let mut linger = capabilities.pop();
-        let mut capabilities = Some(capabilities);
+        let mut capabilities = Ports::new(capabilities);
         let mut clock = SourceClock::new(0, options.policy, Instant::now());
         let mut snapshots = Snapshots::default();
         let mut polled = Vec::with_capacity(options.batch);
@@ -105,7 +143,7 @@ where
         let count_outstanding = options.backpressure.as_ref().is_some_and(|bp| bp.max_records.is_some());
         let mut next_heartbeat = Instant::now();
         let mut heartbeat_sent = 0u64;
-        let mut follow: Option<Vec<Capability<u64>>> = None;
+        let mut follow: Option<Ports> = None;
         let mut stop_heard = false;
         let mut paused: Vec<bool> = Vec::new();
         move |_frontiers| {
@@ -130,39 +168,39 @@ where
                 }
                 let Some(caps) = capabilities.as_ref() else { return };
                 let Some(&time) = cap.least() else { return };
-                if time > *caps[RECORDS].time() && follow.as_ref().is_none_or(|f: &Vec<Capability<u64>>| time > *f[RECORDS].time()) {
-                    follow = Some((0..caps.len()).map(|port| cap.delayed(&time, port)).collect());
+                if time > caps.time() && follow.as_ref().is_none_or(|f| time > f.time()) {
+                    follow = Some(Ports::delayed(&cap, time));
                 }
             });
             if let (Some(caps), Some(ahead)) = (capabilities.as_mut(), follow.as_ref())
                 && clock.all_idle(now)
-                && ahead[RECORDS].time() > caps[RECORDS].time()
+                && ahead.time() > caps.time()
             {
-                clock.follow(*ahead[RECORDS].time());
-                snapshots.send(&name, &*reader, &clock, &mut control_output, &caps[CONTROL]);
+                clock.follow(ahead.time());
+                snapshots.send(&name, &*reader, &clock, &mut control_output, &caps.control);
                 *caps = follow.take().expect("checked above");
                 // Not echoed: the others know this time already, and echoes would move all-idle workers on.
-                heartbeat_sent = heartbeat_sent.max(*caps[RECORDS].time());
+                heartbeat_sent = heartbeat_sent.max(caps.time());
             }
             let Some(caps) = capabilities.as_mut() else { return };
             let local_stop = options.shutdown.as_ref().is_some_and(Shutdown::requested);
             if local_stop || stop_heard {
                 if local_stop {
-                    heartbeat_output.activate().session(&caps[BEATS]).give(Beat::Stop);
+                    heartbeat_output.activate().session(&caps.beats).give(Beat::Stop);
                 }
-                tracing::info!(source = %name, "shutdown requested: closing the source; times from {} on are left to the next run", caps[RECORDS].time());
-                snapshots.send(&name, &*reader, &clock, &mut control_output, &caps[CONTROL]);
-                let horizon = *caps[CONTROL].time();
-                control_output.activate().session(&caps[CONTROL]).give(Control::Drain { horizon, mode: DrainMode::Abandon });
+                tracing::info!(source = %name, "shutdown requested: closing the source; times from {} on are left to the next run", caps.time());
+                snapshots.send(&name, &*reader, &clock, &mut control_output, &caps.control);
+                let horizon = *caps.control.time();
+                control_output.activate().session(&caps.control).give(Control::Drain { horizon, mode: DrainMode::Abandon });
                 capabilities = None;
                 follow = None;
                 activator.activate();
                 return;
             }
             if let Some(bp) = &options.backpressure {
-                if throttled(bp, &mut outstanding, *caps[RECORDS].time()) {
+                if throttled(bp, &mut outstanding, caps.time()) {
                     // Read only from the partitions that hold the watermark back; if none can, wait.
-                    let watermark = *caps[RECORDS].time();
+                    let watermark = caps.time();
                     let ahead: Vec<bool> = (0..clock.partitions()).map(|p| clock.partition_watermark(p) > watermark).collect();
                     if ahead.iter().all(|a| *a) || ahead.is_empty() {
                         activator.activate_after(Duration::from_millis(1));
@@ -192,12 +230,12 @@ where
 
             let mut records_handle = records_output.activate();
             let mut dead_handle = dead_output.activate();
-            let mut records_session = records_handle.session(&caps[RECORDS]);
+            let mut records_session = records_handle.session(&caps.records);
             // Dead letters leave at their partition's watermark when they arrived (a function of the partition's
             // history, so the same on a replay), not at the source's current capability.
             let mut letters: Vec<(u64, DeadLetter)> = Vec::new();
             let mut drains: Vec<u64> = Vec::new();
-            let dead_floor = *caps[DEAD].time();
+            let dead_floor = *caps.dead.time();
             let mut metrics = shared.partitions.lock().unwrap_or_else(|e| e.into_inner());
             for event in polled.drain(..) {
                 match event {
@@ -261,7 +299,7 @@ where
                     Polled::End { partition } => {
                         // From here on the partition's times are complete only as far as its input went: a later
                         // run may find more records, so what comes after its watermark is provisional.
-                        drains.push(clock.partition_watermark(partition).max(*caps[CONTROL].time()));
+                        drains.push(clock.partition_watermark(partition).max(*caps.control.time()));
                         clock.finish(partition);
                     }
                 }
@@ -271,11 +309,11 @@ where
             reader.advance_commits();
             letters.sort_by_key(|(time, _)| *time);
             for (time, letter) in letters {
-                dead_handle.session(&caps[DEAD].delayed(&time)).give(letter);
+                dead_handle.session(&caps.dead.delayed(&time)).give(letter);
             }
             if !drains.is_empty() {
                 let mut control = control_output.activate();
-                let mut session = control.session(&caps[CONTROL]);
+                let mut session = control.session(&caps.control);
                 for horizon in drains {
                     session.give(Control::Drain { horizon, mode: DrainMode::Provisional });
                 }
@@ -283,7 +321,7 @@ where
 
             if status == ReadStatus::Finished {
                 tracing::debug!(source = %name, "source finished");
-                snapshots.send(&name, &*reader, &clock, &mut control_output, &caps[CONTROL]);
+                snapshots.send(&name, &*reader, &clock, &mut control_output, &caps.control);
                 capabilities = None;
                 follow = None;
                 activator.activate();
@@ -292,24 +330,22 @@ where
             match clock.watermark(now) {
                 // Every partition ended, but the reader may still discover new ones: hold where we are.
                 None => {}
-                Some(watermark) if watermark > *caps[RECORDS].time() => {
+                Some(watermark) if watermark > caps.time() => {
                     // Everything read so far is in this snapshot, at the time being left: what is read from now on
                     // travels later.
-                    snapshots.send(&name, &*reader, &clock, &mut control_output, &caps[CONTROL]);
-                    for cap in caps.iter_mut() {
-                        cap.downgrade(&watermark);
-                    }
+                    snapshots.send(&name, &*reader, &clock, &mut control_output, &caps.control);
+                    caps.downgrade(&watermark);
                 }
                 Some(_) => {}
             }
             // Only idleness needs heartbeats; send the latest watermark at most every 50 ms.
-            let watermark = *caps[RECORDS].time();
-            if follow.as_ref().is_some_and(|f| *f[RECORDS].time() <= watermark) {
+            let watermark = caps.time();
+            if follow.as_ref().is_some_and(|f| f.time() <= watermark) {
                 follow = None;
             }
             if options.policy.idle_timeout.is_some() && watermark > heartbeat_sent {
                 if now >= next_heartbeat {
-                    heartbeat_output.activate().session(&caps[BEATS]).give(Beat::Watermark { worker: me });
+                    heartbeat_output.activate().session(&caps.beats).give(Beat::Watermark { worker: me });
                     heartbeat_sent = watermark;
                     next_heartbeat = now + HEARTBEAT_EVERY;
                 } else {
@@ -406,36 +442,4 @@ impl Snapshots {
             output.activate().session(cap).give(Control::Snapshot(changed));
         }
     }
-}
-
-/// Records emitted per dataflow time the backpressure probe has not passed yet, and their total.
-#[derive(Default)]
-struct Outstanding {
-    by_time: BTreeMap<u64, usize>,
-    total: usize,
-}
-
-impl Outstanding {
-    fn add(&mut self, time: u64) {
-        *self.by_time.entry(time).or_default() += 1;
-        self.total += 1;
-    }
-
-    /// Forgets the records at times before `frontier`: the dataflow has completed them.
-    fn complete_before(&mut self, frontier: u64) {
-        let pending = self.by_time.split_off(&frontier);
-        self.total -= self.by_time.values().sum::<usize>();
-        self.by_time = pending;
-    }
-}
-
-/// Whether the source must wait for the dataflow to catch up.
-fn throttled(bp: &Backpressure, outstanding: &mut Outstanding, watermark: u64) -> bool {
-    let frontier = bp.probe.with_frontier(|f| f.first().copied());
-    let Some(frontier) = frontier else { return false };
-    outstanding.complete_before(frontier);
-    if bp.max_ahead_ms.is_some_and(|ahead| watermark > frontier.saturating_add(ahead)) {
-        return true;
-    }
-    bp.max_records.is_some_and(|max| outstanding.total >= max)
 }

@@ -1,0 +1,48 @@
+//! Backpressure: how far a source may read ahead of the dataflow, so a backlog is drained with bounded memory.
+
+use std::collections::BTreeMap;
+
+use timely::dataflow::ProbeHandle;
+
+/// Limits on how far a source reads ahead of the dataflow, so a backlog is drained with bounded memory.
+#[derive(Clone, Debug)]
+pub struct Backpressure {
+    /// The probe at the end of the dataflow (or wherever "done" is measured).
+    pub probe: ProbeHandle<u64>,
+    /// Do not read while the source's watermark is this far ahead of the probe's frontier.
+    pub max_ahead: Option<std::time::Duration>,
+    /// Do not read while this many emitted records are at times the probe has not passed.
+    pub max_records: Option<usize>,
+}
+
+/// Records emitted per dataflow time the backpressure probe has not passed yet, and their total.
+#[derive(Default)]
+pub(super) struct Outstanding {
+    by_time: BTreeMap<u64, usize>,
+    total: usize,
+}
+
+impl Outstanding {
+    pub(super) fn add(&mut self, time: u64) {
+        *self.by_time.entry(time).or_default() += 1;
+        self.total += 1;
+    }
+
+    /// Forgets the records at times before `frontier`: the dataflow has completed them.
+    fn complete_before(&mut self, frontier: u64) {
+        let pending = self.by_time.split_off(&frontier);
+        self.total -= self.by_time.values().sum::<usize>();
+        self.by_time = pending;
+    }
+}
+
+/// Whether the source must wait for the dataflow to catch up.
+pub(super) fn throttled(bp: &Backpressure, outstanding: &mut Outstanding, watermark: u64) -> bool {
+    let frontier = bp.probe.with_frontier(|f| f.first().copied());
+    let Some(frontier) = frontier else { return false };
+    outstanding.complete_before(frontier);
+    if bp.max_ahead.is_some_and(|ahead| watermark > frontier.saturating_add(tributary_operators::event_time::ms(ahead))) {
+        return true;
+    }
+    bp.max_records.is_some_and(|max| outstanding.total >= max)
+}
