@@ -76,9 +76,6 @@ struct Args {
     /// Window of the per-customer totals.
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
     window: Duration,
-    /// How far out of order records may arrive and still be on time.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    max_out_of_orderness: Duration,
     /// How long after a window's end a late order may still correct its total.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     allowed_lateness: Duration,
@@ -166,9 +163,9 @@ fn main() -> anyhow::Result<()> {
         (None, _, Some(brokers)) => {
             let config = KafkaConfig::new(brokers.clone())?;
             let topics = (args.topic.as_deref().context("--topic names the orders topic")?, args.customers_topic.as_deref());
-            let orders = KafkaSource::new(config.clone(), &[topics.0], Decoder::json(), EventTime::extract(order_time))?;
+            let orders = KafkaSource::new(config.clone(), &[topics.0], Decoder::json(), order_time)?;
             let customers_topic = topics.1.context("--customers-topic names the customers topic")?;
-            let customers = KafkaSource::new(config.clone(), &[customers_topic], customer_decoder(), EventTime::extract(customer_time))?;
+            let customers = KafkaSource::new(config.clone(), &[customers_topic], customer_decoder(), customer_time)?;
             let until_end = args.source.until_end;
             (Box::new(orders.until_end(until_end)), Box::new(customers.until_end(until_end)), Some(config))
         }
@@ -187,48 +184,47 @@ fn main() -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let policy = WatermarkPolicy { max_out_of_orderness: args.max_out_of_orderness, ..args.source.policy() };
+    let policy = args.source.policy();
 
     let results = tributary::run(&args.cluster, move |scope, _| {
         let options = SourceOptions { policy, ..Default::default() };
-        let job = outputs.as_ref().map(|(_, dead, log)| log.job(scope).dead_letters_to(dead));
-        let (orders, customers) = (orders.build_in(scope, job.as_ref(), options.clone()), customers.build_in(scope, job.as_ref(), options));
+        let job = match &outputs {
+            Some((_, dead, log)) => log.job(scope).dead_letters_to(dead),
+            None => Job::without_commits(scope),
+        };
+        let (orders, customers) = (job.source(&orders, options.clone()), job.source(&customers, options.clone()));
         let table = customers.records.map_timed(|c| (c.customer_id, (!c.deleted).then_some((c.name, c.region)))).upsert("Customers");
         let by_customer = orders.records.key_by(|order| order.customer_id);
         let enriched = by_customer.clone().temporal_join("EnrichOrders", table);
         let amounts = by_customer.map_timed(|(customer, order)| (customer, order.amount_cents));
         let totals = amounts.window_aggregate("CustomerTotals", window, Sum);
-        let late = totals.late.map(|late| DeadLetter::late("CustomerTotals", &late));
-        if let (Some(job), Some(((enriched_sink, totals_sink), _, _))) = (&job, &outputs) {
+        job.dead_letter(totals.late.map(|late| DeadLetter::late("CustomerTotals", &late)));
+        if let Some(((enriched_sink, totals_sink), _, _)) = &outputs {
             let enriched = enriched.map(|(joined, time, diff)| {
                 let (order, customer) = joined.value.1;
                 let (name, region) = customer.map_or((None, None), |(n, r)| (Some(n), Some(r)));
                 let Order { order_id, customer_id, amount_cents, ts_ms } = order;
                 ((order_id, Enriched { order_id, customer_id, amount_cents, ts_ms, name, region }), time, diff)
             });
-            enriched.as_collection().sink_kafka("EnrichedOrders", enriched_sink, job);
-            totals.results.as_collection().sink_kafka("CustomerTotals", totals_sink, job);
-            job.dead_letter(late);
-            return (Some(job.finish()), None);
+            enriched.as_collection().sink_kafka("EnrichedOrders", enriched_sink, &job);
+            totals.results.as_collection().sink_kafka("CustomerTotals", totals_sink, &job);
+            return (job.finish(), None, None);
         }
-        orders.dead_letters.concat(customers.dead_letters).concat(late).inspect(|letter: &DeadLetter| {
-            tracing::warn!(source = letter.source, partition = letter.partition, offset = letter.offset, "dead letter: {}", letter.reason)
-        });
         let enriched = enriched.map(|(joined, time, diff)| (Line::Order(joined.value.1.0, joined.value.1.1), time, diff));
         let lines = enriched.concat(totals.results.map(|(((customer, start), sum), t, d)| (Line::Total(customer, start, sum), t, d)));
         if bounded {
-            return (None, Some(lines.collect_final()));
+            return (job.finish(), None, Some(lines.collect_final()));
         }
         let printed = lines.exchange(|_| 0).inspect(|(line, _, diff)| {
             if *diff > 0 {
                 let _ = writeln!(std::io::stdout(), "{line}");
             }
         });
-        (Some(printed.probe().0), None)
+        (job.finish(), Some(printed.probe().0), None)
     })?;
     let mut out = std::io::stdout().lock();
     // An order seen twice is printed twice; a retracted one not at all.
-    for (line, n) in results.into_iter().flat_map(|(_, lines)| lines.into_iter().flatten()) {
+    for (line, n) in results.into_iter().flat_map(|(_, _, lines)| lines.into_iter().flatten()) {
         for _ in 0..n.max(0) {
             writeln!(out, "{line}").context("writing results")?;
         }

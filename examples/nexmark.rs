@@ -36,9 +36,9 @@ use tributary::connectors::kafka::{
 };
 use tributary::connectors::{Source, SourceOptions, SourceStreams};
 use tributary::operators::Timed;
+use tributary::operators::{Arrival, PartitionClock};
 use tributary::timely::dataflow::operators::vec::Map;
 use tributary::timely::dataflow::operators::{Exchange, Input, Inspect, Probe};
-use tributary::operators::{Arrival, PartitionClock};
 use tributary_nexmark::{Checksum, Config, Event, Query, Row};
 use tributary_testkit::peak_rss_mib;
 

@@ -62,9 +62,6 @@ struct Args {
     /// Window size.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     window: Duration,
-    /// How far out of order records may arrive and still be on time.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    max_out_of_orderness: Duration,
     /// How long after a window's end a late record may still correct it.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     allowed_lateness: Duration,
@@ -86,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         (None, Some(brokers)) => {
             let config = KafkaConfig::new(brokers.clone())?;
             let topics: Vec<&str> = args.topic.iter().map(String::as_str).collect();
-            let source = KafkaSource::new(config.clone(), &topics, Decoder::json(), EventTime::extract(event_time))?;
+            let source = KafkaSource::new(config.clone(), &topics, Decoder::json(), event_time)?;
             (Box::new(source.until_end(args.source.until_end)), Some(config))
         }
         (None, None) => anyhow::bail!("give --csv or --brokers"),
@@ -102,24 +99,22 @@ fn main() -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let policy = WatermarkPolicy { max_out_of_orderness: args.max_out_of_orderness, ..args.source.policy() };
+    let policy = args.source.policy();
 
     let results = tributary::run(&args.cluster, move |scope, _| {
-        let options = SourceOptions { policy, ..Default::default() };
-        let job = outputs.as_ref().map(|(_, dead, log)| log.job(scope).dead_letters_to(dead));
-        let events = input.build_in(scope, job.as_ref(), options);
+        let job = match &outputs {
+            Some((_, dead, log)) => log.job(scope).dead_letters_to(dead),
+            None => Job::without_commits(scope),
+        };
+        let events = job.source(&input, SourceOptions { policy, ..Default::default() });
         let windows = events.records.map_timed(|e| (e.key, ())).window_aggregate("WindowedCount", window, Count);
-        let late = windows.late.map(|late| DeadLetter::late("WindowedCount", &late));
-        if let (Some(job), Some((counts, _, _))) = (&job, &outputs) {
-            job.dead_letter(late);
-            windows.results.as_collection().sink_kafka("Counts", counts, job);
-            return (Some(job.finish()), None);
+        job.dead_letter(windows.late.map(|late| DeadLetter::late("WindowedCount", &late)));
+        if let Some((counts, _, _)) = &outputs {
+            windows.results.as_collection().sink_kafka("Counts", counts, &job);
+            return (job.finish(), None, None);
         }
-        events.dead_letters.concat(late).inspect(|letter: &DeadLetter| {
-            tracing::warn!(source = letter.source, partition = letter.partition, offset = letter.offset, "dead letter: {}", letter.reason)
-        });
         if bounded {
-            return (None, Some(windows.results.collect_final()));
+            return (job.finish(), None, Some(windows.results.collect_final()));
         }
         // Unbounded: each window's count once it closes, and again if a late record corrects it.
         let printed = windows.results.exchange(|_| 0).inspect(|(((key, start), count), _, diff)| {
@@ -127,10 +122,10 @@ fn main() -> anyhow::Result<()> {
                 let _ = writeln!(std::io::stdout(), "{key},{start},{count}");
             }
         });
-        (Some(printed.probe().0), None)
+        (job.finish(), Some(printed.probe().0), None)
     })?;
     let mut out = std::io::stdout().lock();
-    for (((key, start), count), _) in results.into_iter().flat_map(|(_, counts)| counts.into_iter().flatten()) {
+    for (((key, start), count), _) in results.into_iter().flat_map(|(_, _, counts)| counts.into_iter().flatten()) {
         writeln!(out, "{key},{start},{count}").context("writing results")?;
     }
     Ok(())

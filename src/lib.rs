@@ -5,6 +5,8 @@ pub use tributary_connectors as connectors;
 pub use tributary_operators as operators;
 pub use tributary_runtime as runtime;
 
+#[doc = include_str!("../docs/guide.md")]
+pub mod guide {}
 pub mod prelude;
 mod run;
 

@@ -172,7 +172,12 @@ fn several_topics_agree_with_the_model_at_1_2_and_3_workers() {
     let (a, b) = (records(4, 600, 1, 3_000), records(5, 500, 2, 3_000));
     produce(&broker, "agree-a", &a);
     produce(&broker, "agree-b", &b);
-    let policy = WatermarkPolicy { max_out_of_orderness: std::time::Duration::from_millis(2_000), idle_timeout: None, max_lateness: Some(std::time::Duration::from_millis(30_000)), max_ahead: None };
+    let policy = WatermarkPolicy {
+        max_out_of_orderness: std::time::Duration::from_millis(2_000),
+        idle_timeout: None,
+        max_lateness: Some(std::time::Duration::from_millis(30_000)),
+        max_ahead: None,
+    };
     let (mut expected, mut expected_dead) = model("agree-a", &a, &policy);
     let (more, more_dead) = model("agree-b", &b, &policy);
     expected.extend(more);
@@ -223,7 +228,12 @@ fn out_of_order_within_bounds_is_fully_counted_on_time() {
         data.push(((i % 4) as i32, ts, json(ts)));
     }
     produce(&broker, "ooo", &data);
-    let policy = WatermarkPolicy { max_out_of_orderness: std::time::Duration::from_millis(5_000), idle_timeout: None, max_lateness: Some(std::time::Duration::from_millis(0)), max_ahead: None };
+    let policy = WatermarkPolicy {
+        max_out_of_orderness: std::time::Duration::from_millis(5_000),
+        idle_timeout: None,
+        max_lateness: Some(std::time::Duration::from_millis(0)),
+        max_ahead: None,
+    };
     let result = run(&source(&broker, &["ooo"]).until_end(true), policy, 2);
     assert_eq!(result.records.len(), 400);
     assert!(result.dead.is_empty(), "{:?}", result.dead);
@@ -259,7 +269,12 @@ fn resume_from_stored_positions_without_loss_or_duplicates() {
     let all = records(4, 800, 7, 2_000);
     let (before, after) = all.split_at(500);
     produce(&broker, "resume", before);
-    let policy = WatermarkPolicy { max_out_of_orderness: std::time::Duration::from_millis(1_000), idle_timeout: None, max_lateness: Some(std::time::Duration::from_millis(30_000)), max_ahead: None };
+    let policy = WatermarkPolicy {
+        max_out_of_orderness: std::time::Duration::from_millis(1_000),
+        idle_timeout: None,
+        max_lateness: Some(std::time::Duration::from_millis(30_000)),
+        max_ahead: None,
+    };
     let first = run(&source(&broker, &["resume"]).until_end(true), policy, 2);
     let positions: Vec<Position> = first
         .metrics
@@ -340,7 +355,8 @@ fn backpressure_reads_everything_once_even_with_a_lagging_partition() {
     let sink = Arc::clone(&seen);
     timely::execute(timely::Config::process(2), move |worker| {
         let probe = timely::dataflow::ProbeHandle::new();
-        let backpressure = tributary_connectors::Backpressure { probe: probe.clone(), max_ahead: Some(Duration::from_secs(10)), max_records: Some(50) };
+        let backpressure =
+            tributary_connectors::Backpressure { probe: probe.clone(), max_ahead: Some(Duration::from_secs(10)), max_records: Some(50) };
         let options = SourceOptions { backpressure: Some(backpressure), batch: 16, ..Default::default() };
         let sink = Arc::clone(&sink);
         worker.dataflow::<u64, _, _>(|scope| {

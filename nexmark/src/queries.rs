@@ -204,7 +204,7 @@ pub fn build<'scope>(query: Query, events: Updates<'scope, Event>) -> QueryStrea
                 Windows::Hopping { size_ms: WINDOW_MS, slide_ms: SLIDE_MS },
                 Count,
             );
-            let hottest = Fold::new(|counts: &Multiset<(isize, u64)>| {
+            let hottest = Fold::new(|counts: &Multiset<(i64, u64)>| {
                 let top = counts.keys().next_back()?.0;
                 Some((top, counts.iter().rev().take_while(|((n, _), _)| *n == top).map(|((_, a), m)| (*a, *m)).collect::<Vec<_>>()))
             });

@@ -59,17 +59,17 @@ pub trait Aggregator<V>: Clone + 'static {
     }
 }
 
-/// Counts records.
+/// Counts records, as an `i64` (like [`Sum`], so counts and sums compare and combine without casts).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Count;
 
 impl<V> Aggregator<V> for Count {
-    type State = isize;
-    type Output = isize;
-    fn update(&self, state: &mut isize, _value: &V, diff: isize) {
-        *state = state.wrapping_add(diff);
+    type State = i64;
+    type Output = i64;
+    fn update(&self, state: &mut i64, _value: &V, diff: isize) {
+        *state = state.wrapping_add(diff as i64);
     }
-    fn output(&self, state: &isize) -> Option<isize> {
+    fn output(&self, state: &i64) -> Option<i64> {
         (*state != 0).then_some(*state)
     }
     fn is_linear(&self) -> bool {
@@ -78,8 +78,8 @@ impl<V> Aggregator<V> for Count {
     fn linear(&self, _value: &V) -> Option<(isize, isize)> {
         Some((0, 1))
     }
-    fn linear_output(&self, (_, count): (isize, isize)) -> Option<isize> {
-        (count != 0).then_some(count)
+    fn linear_output(&self, (_, count): (isize, isize)) -> Option<i64> {
+        (count != 0).then_some(count as i64)
     }
 }
 

@@ -20,9 +20,9 @@ use timely::ExchangeData;
 use timely::dataflow::Stream;
 
 use crate::event_time::Timed;
+use crate::late::LateRecord;
 use crate::ordered::split_late;
 use crate::timed_join::{Joinable, timed_join};
-use crate::late::LateRecord;
 
 /// How far apart in event time two records may be and still join: a left record at `a` joins right records at
 /// `b` in `[a - before, a + after]`.
@@ -110,7 +110,15 @@ where
             out.push((Joinable { key, event_time, expires, emit_from: 0, value }, time, diff));
             None
         } else {
-            Some(LateRecord { record: (key, value), event_time, arrived_at: time, diff, window_end: event_time + 1, allowed_lateness_ms, origin })
+            Some(LateRecord {
+                record: (key, value),
+                event_time,
+                arrived_at: time,
+                diff,
+                window_end: event_time + 1,
+                allowed_lateness_ms,
+                origin,
+            })
         }
     })
 }

@@ -32,8 +32,8 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::aggregate::Aggregator;
 use crate::event_time::Timed;
-use crate::ordered::ByTime;
 use crate::late::LateRecord;
+use crate::ordered::ByTime;
 use crate::window::WindowError;
 
 /// A session of one key: `[start, end)` in event time (ms).

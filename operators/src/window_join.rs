@@ -21,9 +21,9 @@ use timely::dataflow::Stream;
 use timely::dataflow::operators::vec::Map;
 
 use crate::event_time::Timed;
+use crate::late::LateRecord;
 use crate::ordered::split_late;
 use crate::timed_join::{Joinable, timed_join};
-use crate::late::LateRecord;
 use crate::window::Windows;
 
 /// A windowed join update: `(((key, window_start), (left, right)), time, diff)`.

@@ -67,7 +67,8 @@ fn run(updates: Vec<Update>, gap: u64, lateness: u64, workers: usize) -> Observe
         let (r, l) = (Arc::clone(&r), Arc::clone(&l));
         let mut input = worker.dataflow::<u64, _, _>(|scope| {
             let (input, updates) = scope.new_input::<Records>();
-            let streams = updates.session_aggregate("Sessions", Sessions { gap_ms: gap, allowed_lateness_ms: lateness }, Fold::new(listing));
+            let streams =
+                updates.session_aggregate("Sessions", Sessions { gap_ms: gap, allowed_lateness_ms: lateness }, Fold::new(listing));
             streams.results.inspect(move |(((key, session), output), time, diff)| {
                 assert!(*time + 1 >= session.end, "a result before its session ended");
                 r.lock().unwrap().push((((*key, *session), output.clone(), *time), *diff));

@@ -108,8 +108,8 @@ proptest! {
         let updates = arrivals_to_updates(&arrivals, ooo);
         let (values, late) = model(&updates, windows, lateness);
         // Every window's final result appears exactly once, with +1: corrections cancel, releases emit nothing.
-        let expected: BTreeMap<((u8, u64), isize), isize> =
-            values.into_iter().map(|(w, m)| ((w, m.values().sum::<isize>()), 1)).filter(|((_, c), _)| *c != 0).collect();
+        let expected: BTreeMap<((u8, u64), i64), isize> =
+            values.into_iter().map(|(w, m)| ((w, m.values().sum::<isize>() as i64), 1)).filter(|((_, c), _)| *c != 0).collect();
         let (timed, observed_late) = run(updates.clone(), windows, lateness, 1, || Count);
         prop_assert_eq!(&finals(&timed), &expected);
         prop_assert_eq!(&observed_late, &late);
@@ -142,9 +142,9 @@ proptest! {
         let updates = arrivals_to_updates(&arrivals, ooo);
         let (values, late) = model(&updates, windows, lateness);
         // One `+1` per window, at the last time a record may still reach it, and nothing else: no corrections.
-        let expected: BTreeMap<((u8, u64), isize, u64), isize> = values
+        let expected: BTreeMap<((u8, u64), i64, u64), isize> = values
             .into_iter()
-            .map(|((key, start), m)| (((key, start), m.values().sum::<isize>(), start + windows.size() + lateness - 1), 1))
+            .map(|((key, start), m)| (((key, start), m.values().sum::<isize>() as i64, start + windows.size() + lateness - 1), 1))
             .filter(|((_, c, _), _)| *c != 0)
             .collect();
         let spec = windows.emit_final().allowed_lateness(std::time::Duration::from_millis(lateness));

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use common::{Records, Update, arrivals_to_updates, consolidate, feed};
 use proptest::prelude::*;
-use timely::dataflow::operators::{Input, Inspect};
 use std::time::Duration;
+use timely::dataflow::operators::{Input, Inspect};
 
 use tributary_operators::interval_join::{Interval, IntervalJoin};
 use tributary_operators::late::LateRecord;
@@ -80,7 +80,12 @@ fn run(left: Vec<Update>, right: Vec<Update>, join: Join, workers: usize) -> (BT
                     (streams.late_left, streams.late_right)
                 }
                 Join::Interval { lower, upper, lateness } => {
-                    let streams = left.interval_join("IntervalJoin", right, Interval { before_ms: lower, after_ms: upper }, Duration::from_millis(lateness));
+                    let streams = left.interval_join(
+                        "IntervalJoin",
+                        right,
+                        Interval { before_ms: lower, after_ms: upper },
+                        Duration::from_millis(lateness),
+                    );
                     streams.results.inspect(move |(pair, time, diff)| {
                         let (k, (v, w)) = pair.value;
                         p.lock().unwrap().push(((k, pair.event_time, v, w, *time), *diff));

@@ -87,7 +87,11 @@ impl ClusterArgs {
         if self.peer_timeout < Duration::from_millis(100) {
             return Err(Error::Options("--peer-timeout must be at least 100ms".into()));
         }
-        for (flag, timeout) in [("--connect-timeout", self.connect_timeout), ("--shutdown-timeout", self.shutdown_timeout), ("--peer-timeout", self.peer_timeout)] {
+        for (flag, timeout) in [
+            ("--connect-timeout", self.connect_timeout),
+            ("--shutdown-timeout", self.shutdown_timeout),
+            ("--peer-timeout", self.peer_timeout),
+        ] {
             if timeout > MAX_TIMEOUT {
                 return Err(Error::Options(format!("{flag} must be at most {}", humantime::format_duration(MAX_TIMEOUT))));
             }

@@ -181,7 +181,8 @@ fn spawn(args: &LaunchArgs, hostfile: &std::path::Path, index: usize, events: mp
         Error::Io { what: format!("cannot start the threads that watch process {index}"), source }
     };
     let stderr = child.stderr.take().ok_or_else(|| watch(std::io::Error::other("its stderr is not piped")))?;
-    let forwarder = std::thread::Builder::new().name(format!("p{index}-stderr")).spawn(move || forward_stderr(index, stderr)).map_err(watch)?;
+    let forwarder =
+        std::thread::Builder::new().name(format!("p{index}-stderr")).spawn(move || forward_stderr(index, stderr)).map_err(watch)?;
     std::thread::Builder::new()
         .name(format!("p{index}-wait"))
         .spawn(move || {

@@ -109,6 +109,15 @@ impl Running {
         }
     }
 
+    /// As [`Running::wait`], also returning every stdout line not taken yet.
+    pub fn wait_with_stdout(mut self, timeout: Duration) -> (ExitStatus, String, String) {
+        let stdout = std::mem::replace(&mut self.stdout, mpsc::channel().1);
+        let (status, stderr) = self.wait(timeout);
+        // The stdout reader has finished before the exit is reported: every line is in the channel.
+        let out = stdout.try_iter().map(|line| line + "\n").collect();
+        (status, out, stderr)
+    }
+
     /// Waits for the process to exit; kills it and fails the test after `timeout`.
     pub fn wait(self, timeout: Duration) -> (ExitStatus, String) {
         match self.exit.recv_timeout(timeout) {

@@ -104,9 +104,14 @@ pub(crate) enum Event {
 /// });
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// A program that prints its results instead (files, or bounded Kafka input without an output topic) builds the
+/// same dataflow with [`Job::without_commits`]: sources and dead letters are handled alike, and the dead letters
+/// are logged.
 pub struct Job<'scope> {
     scope: Scope<'scope, u64>,
-    log: CommitLog,
+    /// `None`: a job without commits ([`Job::without_commits`]).
+    log: Option<CommitLog>,
     state: RefCell<JobState<'scope>>,
 }
 
@@ -130,7 +135,7 @@ struct JobState<'scope> {
 const LOGGED_DEAD_LETTERS: usize = 10;
 
 impl<'scope> Job<'scope> {
-    pub(crate) fn new(scope: Scope<'scope, u64>, log: CommitLog) -> Self {
+    fn new(scope: Scope<'scope, u64>, log: Option<CommitLog>) -> Self {
         let state = JobState {
             controls: Vec::new(),
             broadcast: None,
@@ -145,14 +150,36 @@ impl<'scope> Job<'scope> {
         Job { scope, log, state: RefCell::new(state) }
     }
 
+    /// A job without a commit log, for a program that prints its results: [`Job::source`] builds sources from
+    /// their start, [`Job::dead_letter`] and the sources' dead letters are logged (every one: nothing else keeps
+    /// them), and [`Job::finish`] returns a probe that is done once the sources and dead letters are. Kafka
+    /// sinks need a job with a commit log ([`CommitLog::job`]).
+    ///
+    /// ```
+    /// use tributary_connectors::Job;
+    /// use timely::dataflow::operators::ToStream;
+    ///
+    /// timely::execute_directly(|worker| {
+    ///     let done = worker.dataflow::<u64, _, _>(|scope| {
+    ///         let job = Job::without_commits(scope);
+    ///         job.dead_letter(Vec::new().to_stream(scope).container::<Vec<_>>());
+    ///         job.finish()
+    ///     });
+    ///     worker.step_while(|| !done.done());
+    /// });
+    /// ```
+    pub fn without_commits(scope: Scope<'scope, u64>) -> Self {
+        Job::new(scope, None)
+    }
+
     /// The scope the job's dataflow is built in.
     pub fn scope(&self) -> Scope<'scope, u64> {
         self.scope
     }
 
-    /// The commit log the job resumes from and writes to.
-    pub fn log(&self) -> &CommitLog {
-        &self.log
+    /// The commit log the job resumes from and writes to (`None` for [`Job::without_commits`]).
+    pub fn log(&self) -> Option<&CommitLog> {
+        self.log.as_ref()
     }
 
     /// Builds `source` in the job's dataflow: on a restart it gets back what the last commit recorded of its
@@ -162,8 +189,10 @@ impl<'scope> Job<'scope> {
     /// If a sink was built already: build every source of a job before its sinks.
     pub fn source<S: Source + ?Sized>(&self, source: &S, options: SourceOptions) -> SourceStreams<'scope, S::Item> {
         let mut options = options;
-        let commit = self.log.latest();
-        options.resume = Some(SourceResume::new(commit.map(|c| c.time), commit.map(|c| c.sources.clone()).unwrap_or_default()));
+        if let Some(log) = &self.log {
+            let commit = log.latest();
+            options.resume = Some(SourceResume::new(commit.map(|c| c.time), commit.map(|c| c.sources.clone()).unwrap_or_default()));
+        }
         let streams = source.build(self.scope, options);
         let mut state = self.state.borrow_mut();
         assert!(state.broadcast.is_none(), "Job::source after a sink: build every source of a job before its sinks");
@@ -217,6 +246,7 @@ impl<'scope> Job<'scope> {
 
     /// Registers a sink: its acknowledged positions, and the probe that passes the times it has written.
     pub(crate) fn add_sink(&self, progress: Stream<'scope, u64, Vec<SinkProgress>>, written: ProbeHandle<u64>) {
+        assert!(self.log.is_some(), "a Kafka sink needs a job with a commit log (CommitLog::job), not Job::without_commits");
         let mut state = self.state.borrow_mut();
         assert!(state.finished.is_none(), "a sink was added to a job after Job::finish");
         state.progress.push(progress);
@@ -233,6 +263,7 @@ impl<'scope> Job<'scope> {
             let mut state = self.state.borrow_mut();
             (state.dead_letter_sink.take(), std::mem::take(&mut state.dead))
         };
+        let mut logged_letters = None;
         if !dead.is_empty() {
             let topic = sink.as_ref().map(|sink| sink.topic().to_owned());
             let mut logged = 0usize;
@@ -257,8 +288,20 @@ impl<'scope> Job<'scope> {
                 // topic) must not come back into the list just taken.
                 self.state.borrow_mut().dead_letters_routed = true;
                 letters.sink_dead_letters("DeadLetters", &sink, self);
+            } else {
+                logged_letters = Some(letters);
             }
         }
+        let Some(log) = self.log.clone() else {
+            // No commits: done once the sources (their control streams) and the dead letters are.
+            let mut state = self.state.borrow_mut();
+            let mut done: Vec<Stream<'scope, u64, Vec<()>>> = state.controls.iter().map(|c| c.clone().map(|_| ())).collect();
+            done.extend(logged_letters.map(|letters| letters.map(|_| ())));
+            done.push(Vec::<()>::new().to_stream(self.scope).container::<Vec<_>>());
+            let (probe, _) = self.scope.concatenate(done).probe();
+            state.finished = Some(probe.clone());
+            return probe;
+        };
         let mut state = self.state.borrow_mut();
         // Committed positions (for lag tools) wait for every sink of the job.
         for commits in &state.commits {
@@ -270,9 +313,9 @@ impl<'scope> Job<'scope> {
         let mut events: Vec<Stream<'scope, u64, Vec<Event>>> = Vec::new();
         events.extend(state.controls.iter().map(|c| c.clone().map(Event::Control)));
         events.extend(state.progress.iter().map(|p| p.clone().map(Event::Sink)));
-        let resumed = Event::Resumed { worker: scope.index(), commit: self.log.latest_offset() };
+        let resumed = Event::Resumed { worker: scope.index(), commit: log.latest_offset() };
         events.push(vec![resumed].to_stream(scope).container::<Vec<_>>());
-        let committed = coordinator::build(scope.concatenate(events), self.log.clone());
+        let committed = coordinator::build(scope.concatenate(events), log);
         let (probe, _) = committed.probe();
         state.finished = Some(probe.clone());
         probe
@@ -390,6 +433,6 @@ impl JobArgs {
 impl CommitLog {
     /// The job's plumbing in one worker's dataflow (see [`Job`]).
     pub fn job<'scope>(&self, scope: Scope<'scope, u64>) -> Job<'scope> {
-        Job::new(scope, self.clone())
+        Job::new(scope, Some(self.clone()))
     }
 }

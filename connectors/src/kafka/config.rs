@@ -55,13 +55,17 @@ pub enum ConfigError {
 /// assert_eq!(config.setting("linger.ms"), Some("5"));
 /// let bad = Args::parse_from(["prog", "--brokers", "127.0.0.1:9092", "--kafka-option", "linger.ms"]);
 /// assert!(bad.kafka.config().is_err());
+/// // Without --brokers (a run on files), asking for the config says what is missing.
+/// let files = Args::parse_from(["prog"]);
+/// assert!(files.kafka.config().unwrap_err().to_string().contains("--brokers"));
 /// # Ok::<(), tributary_connectors::kafka::ConfigError>(())
 /// ```
 #[derive(clap::Args, Clone, Debug)]
 pub struct KafkaArgs {
-    /// Kafka brokers (host:port[,host:port]).
-    #[arg(long)]
-    pub brokers: String,
+    /// Kafka brokers (host:port[,host:port]). Optional, so a program can also run on files: [`KafkaArgs::config`]
+    /// says when it needs them.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub brokers: Option<String>,
     /// A librdkafka setting for every client, as `KEY=VALUE` (repeat for several), e.g.
     /// `message.timeout.ms=60000`.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
@@ -70,8 +74,10 @@ pub struct KafkaArgs {
 
 impl KafkaArgs {
     /// The configuration the flags describe.
+    ///
+    /// Fails with [`ConfigError::NoBrokers`] without `--brokers`.
     pub fn config(&self) -> Result<KafkaConfig, ConfigError> {
-        let mut config = KafkaConfig::new(self.brokers.clone())?;
+        let mut config = KafkaConfig::new(self.brokers.clone().unwrap_or_default())?;
         for option in &self.kafka_options {
             let (key, value) = option.split_once('=').ok_or_else(|| ConfigError::NotKeyValue { given: option.clone() })?;
             config = config.set(key.trim(), value.trim())?;

@@ -117,6 +117,14 @@ impl<T> Clone for EventTime<T> {
     }
 }
 
+/// A closure is an [`EventTime::Extract`]: `KafkaSource::new(config, &topics, decoder, |r: &T| Ok(r.ts_ms))`
+/// takes the same closure as [`FileSource::new`](crate::file::FileSource::new).
+impl<T, F: Fn(&T) -> Result<u64, String> + Send + Sync + 'static> From<F> for EventTime<T> {
+    fn from(f: F) -> Self {
+        EventTime::Extract(Arc::new(f))
+    }
+}
+
 impl<T> EventTime<T> {
     /// Event time from the decoded value.
     pub fn extract(f: impl Fn(&T) -> Result<u64, String> + Send + Sync + 'static) -> Self {

@@ -227,7 +227,7 @@ pub struct SourceStreams<'scope, T> {
 }
 
 /// The time flags of a program's sources, to `#[command(flatten)]` into its clap arguments: `--until-end`,
-/// `--idle-timeout`, `--max-ahead`.
+/// `--max-out-of-orderness`, `--max-lateness`, `--idle-timeout`, `--max-ahead`.
 ///
 /// ```
 /// use clap::Parser;
@@ -238,9 +238,10 @@ pub struct SourceStreams<'scope, T> {
 ///     #[command(flatten)]
 ///     source: SourceArgs,
 /// }
-/// let args = Args::parse_from(["prog", "--idle-timeout", "2s"]);
-/// assert_eq!(args.source.policy().idle_timeout, Some(Duration::from_secs(2)));
-/// assert_eq!(args.source.policy().max_ahead, Some(Duration::from_secs(24 * 60 * 60)));
+/// let args = Args::parse_from(["prog", "--idle-timeout", "2s", "--max-out-of-orderness", "5s"]);
+/// let policy = args.source.policy();
+/// assert_eq!((policy.idle_timeout, policy.max_out_of_orderness), (Some(Duration::from_secs(2)), Duration::from_secs(5)));
+/// assert_eq!((policy.max_ahead, policy.max_lateness), (Some(Duration::from_secs(24 * 60 * 60)), None));
 /// assert!(!args.source.until_end);
 /// ```
 #[derive(clap::Args, Clone, Debug)]
@@ -248,23 +249,30 @@ pub struct SourceArgs {
     /// Kafka: read up to the end offsets seen at start, then exit (files are always read to their end).
     #[arg(long)]
     pub until_end: bool,
+    /// How far behind the largest event time seen a record may be and still be on time.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub max_out_of_orderness: Duration,
+    /// Records further behind the watermark than this go to the dead letters at the source (default: none do;
+    /// the operators' allowed lateness decides).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_lateness: Option<Duration>,
     /// A partition with nothing to read for this long stops holding the watermark back.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
     /// Records stamped further ahead of the wall clock than this go to the dead letters instead of moving the
     /// watermark into the future.
-    #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1d", value_parser = humantime::parse_duration)]
     pub max_ahead: Duration,
 }
 
 impl SourceArgs {
-    /// The watermark policy the flags describe (no out-of-orderness, no maximum lateness: set those on the
-    /// result as the program needs).
+    /// The watermark policy the flags describe.
     pub fn policy(&self) -> WatermarkPolicy {
         WatermarkPolicy {
+            max_out_of_orderness: self.max_out_of_orderness,
+            max_lateness: self.max_lateness,
             idle_timeout: Some(self.idle_timeout),
             max_ahead: Some(self.max_ahead),
-            ..WatermarkPolicy::default()
         }
     }
 }

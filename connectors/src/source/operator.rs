@@ -15,9 +15,9 @@ use tributary_operators::event_time::{Arrival, Lift, SourceClock};
 use tributary_operators::late::Origin;
 use tributary_runtime::Shutdown;
 
+use super::backpressure::{Outstanding, throttled};
 use super::control::{Control, DrainMode, PartitionKey, PartitionSnapshot, SourceResume};
 use super::metrics::{Closing, CommitAfter, Commits, PartitionMetrics, SourceMetrics};
-use super::backpressure::{Outstanding, throttled};
 use super::{Arrivals, PartitionReader, Polled, ReadStatus, SourceOptions, SourceStreams, Timed, wall_ms};
 use crate::dead_letter::{DeadLetter, Reason};
 
@@ -320,7 +320,19 @@ where
             }
 
             if status == ReadStatus::Finished {
-                tracing::debug!(source = %name, "source finished");
+                // A bounded job's one line of what it read (per worker that read anything), so a run that
+                // succeeds says what it did, and a run that read only dead letters says so.
+                let totals = shared.snapshot().iter().fold([0u64; 5], |t, m| {
+                    [t[0] + m.records, t[1] + m.late, t[2] + m.too_late, t[3] + m.malformed, t[4] + m.too_far_ahead]
+                });
+                if clock.partitions() > 0 {
+                    let [records, late, too_late, malformed, too_far_ahead] = totals;
+                    let dead = too_late + malformed + too_far_ahead;
+                    tracing::info!(
+                        source = %name, partitions = clock.partitions(), records, late, too_late, malformed, too_far_ahead,
+                        "source finished: {records} records read ({late} behind the watermark), {dead} dead letters"
+                    );
+                }
                 snapshots.send(&name, &*reader, &clock, &mut control_output, &caps.control);
                 capabilities = None;
                 follow = None;

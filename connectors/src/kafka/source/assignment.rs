@@ -41,7 +41,11 @@ pub(super) fn late_owner(topic: &str, partition: i32, active: &[usize], peers: u
 }
 
 /// The partition count of `topic`, or `None` if it does not exist.
-pub(super) fn partition_count<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, timeout: Duration) -> Result<Option<i32>, KafkaError> {
+pub(super) fn partition_count<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<i32>, KafkaError> {
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     Ok(metadata.topics().iter().find(|t| t.name() == topic).and_then(|t| {
         let count = t.partitions().len() as i32;
@@ -49,7 +53,11 @@ pub(super) fn partition_count<C: ConsumerContext>(consumer: &BaseConsumer<C>, to
     }))
 }
 
-pub(super) fn spawn_discovery<C: ConsumerContext + 'static>(consumer: Arc<BaseConsumer<C>>, topics: Vec<String>, interval: Duration) -> Receiver<BTreeMap<String, i32>> {
+pub(super) fn spawn_discovery<C: ConsumerContext + 'static>(
+    consumer: Arc<BaseConsumer<C>>,
+    topics: Vec<String>,
+    interval: Duration,
+) -> Receiver<BTreeMap<String, i32>> {
     let (sender, receiver) = mpsc::channel();
     let spawned = std::thread::Builder::new().name("tributary:kafka-discovery".into()).spawn(move || {
         loop {
@@ -74,7 +82,6 @@ pub(super) fn spawn_discovery<C: ConsumerContext + 'static>(consumer: Arc<BaseCo
     }
     receiver
 }
-
 
 #[cfg(test)]
 mod tests {

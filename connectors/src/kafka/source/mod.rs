@@ -158,10 +158,17 @@ impl<T> Clone for KafkaSource<T> {
 }
 
 impl<T: Clone + 'static> KafkaSource<T> {
-    /// A source over `topics`, decoding with `decoder` and taking event time from `event_time`.
+    /// A source over `topics`, decoding with `decoder` and taking event time from `event_time`: an [`EventTime`], or
+    /// a closure `|record: &T| Ok(ms)` extracting it from the decoded value.
     ///
     /// Connects to the brokers to read the topics' partition counts; fails if a topic does not exist.
-    pub fn new(config: KafkaConfig, topics: &[&str], decoder: Decoder<T>, event_time: EventTime<T>) -> Result<Self, SourceError> {
+    pub fn new(
+        config: KafkaConfig,
+        topics: &[&str],
+        decoder: Decoder<T>,
+        event_time: impl Into<EventTime<T>>,
+    ) -> Result<Self, SourceError> {
+        let event_time = event_time.into();
         if topics.is_empty() {
             return Err(SourceError::NoTopics);
         }
@@ -240,4 +247,3 @@ impl<T: Clone + 'static> Source for KafkaSource<T> {
         KafkaSource::build(self, scope, options)
     }
 }
-

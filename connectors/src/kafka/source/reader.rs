@@ -527,4 +527,3 @@ impl<T: Clone + 'static> PartitionReader for KafkaReader<T> {
         }
     }
 }
-
