@@ -7,7 +7,9 @@
 //! - an unbounded run stopped with SIGTERM once it has written output, more input, a restart (a rolling deploy),
 //!   also at another layout;
 //! - a quiet partition past the idle timeout (so the job writes ahead of it), kill -9, a record with an older
-//!   timestamp on the quiet partition, a restart.
+//!   timestamp on the quiet partition, a restart;
+//! - `tributary launch --restart on-failure`: a process killed while the job runs, and a process of the
+//!   restarted cluster killed as soon as it starts; the launcher restarts the whole cluster each time.
 
 mod common;
 
@@ -15,8 +17,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::Scratch;
 use common::kafka::{Job, changelog, lines_of, produce, sqlite_broker, table, word_counts};
+use common::{Running, Scratch, example, launcher};
 use nix::sys::signal::Signal;
 
 const LONG: Duration = Duration::from_secs(180);
@@ -247,4 +249,92 @@ fn a_stopped_process_stops_the_job_within_the_peer_timeout_and_a_restart_is_exac
     all.extend(more);
     bounded(&scratch.0, &bootstrap, (2, 2), "the restart");
     check(&bootstrap, &all, "after a stopped process and a restart");
+}
+
+/// The processes whose parent is `pid` (from /proc).
+fn children(pid: i32) -> std::collections::BTreeSet<i32> {
+    let mut out = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // `pid (comm) state ppid ...`: the command may hold spaces and parentheses, so read after the last `)`.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.insert(child);
+        }
+    }
+    out
+}
+
+/// Waits until `launcher` has `n` children none of which is in `old` (a new cluster), and returns them.
+fn next_cluster(launcher: i32, n: usize, old: &std::collections::BTreeSet<i32>) -> std::collections::BTreeSet<i32> {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let now = children(launcher);
+        if now.len() == n && now.is_disjoint(old) {
+            return now;
+        }
+        assert!(std::time::Instant::now() < deadline, "no new cluster of {n} processes under the launcher: {now:?} (old {old:?})");
+        // Polling /proc is how the test sees the launcher restart the cluster.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `launch --restart on-failure` at 2x2: SIGKILL one process while the job runs, then one of the restarted
+/// cluster as soon as it is up (so during its restore); more input; the output is exact and the launcher, stopped
+/// with SIGTERM, exits cleanly after two restarts.
+#[test]
+fn launch_restart_on_failure_restarts_the_cluster_after_kills_and_the_output_stays_exact() {
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+    let (scratch, broker) = setup("eo-restart");
+    let bootstrap = broker.bootstrap();
+    let mut all = lines(0, 10_000, 10, 400, 41);
+    all.extend(lines(1, 10_000, 10, 400, 42));
+    produce(&bootstrap, "lines", &all);
+    let launch = std::process::Command::new(launcher())
+        .args(["launch", "-n", "2", "-w", "2", "--restart", "on-failure", "--restart-delay", "200ms", "--"])
+        .arg(example("kafka_word_count"))
+        .args(args(&bootstrap, false, "1s"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the launcher");
+    let launcher = Running::new(launch);
+    let first = next_cluster(launcher.pid, 2, &Default::default());
+    common::kafka::wait_for_records(&bootstrap, "counts", 1, LONG);
+    let victim = *first.iter().next_back().expect("a process");
+    kill(Pid::from_raw(victim), Signal::SIGKILL).expect("kill a running process");
+    let second = next_cluster(launcher.pid, 2, &first);
+    let victim = *second.iter().next().expect("a process");
+    kill(Pid::from_raw(victim), Signal::SIGKILL).expect("kill a process of the restarted cluster");
+    let third = next_cluster(launcher.pid, 2, &second);
+
+    let more = lines_of(LATE_WORDS, 1, 14_000, 10, 100, 43);
+    produce(&bootstrap, "lines", &more);
+    all.extend(more);
+    // Running, the job writes every time the watermark has passed: all but the last record (partition 0 is idle,
+    // so partition 1's watermark leads).
+    let written: Vec<_> = all.iter().filter(|(_, ts, _)| *ts < 14_000 + 99 * 10).cloned().collect();
+    let expected = reference(&written);
+    let deadline = std::time::Instant::now() + LONG;
+    while outputs(&bootstrap).0 != expected {
+        if std::time::Instant::now() > deadline {
+            let _ = kill(Pid::from_raw(launcher.pid), Signal::SIGKILL);
+            for pid in children(launcher.pid).iter().chain(&third) {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+            panic!("the restarted job's output did not reach the reference; it is {:?}", outputs(&bootstrap).0);
+        }
+        // Polling the topic is how the test sees the job's progress.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill(Pid::from_raw(launcher.pid), Signal::SIGTERM).expect("stop the launcher");
+    let (status, stderr) = launcher.wait(LONG);
+    assert!(status.success(), "the launcher, stopped with SIGTERM after the restarts: {status}\n{stderr}");
+    assert_eq!(stderr.matches("restarting the cluster").count(), 2, "two restarts: {stderr}");
+    check(&bootstrap, &written, "after two kills under launch --restart on-failure and a SIGTERM");
+    bounded(&scratch.0, &bootstrap, (2, 2), "the bounded rerun after the restarts");
+    check(&bootstrap, &all, "after the bounded rerun");
 }

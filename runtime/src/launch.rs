@@ -7,8 +7,14 @@
 //! exits non-zero. SIGINT/SIGTERM sent to the launcher are forwarded once to every process.
 //!
 //! Children run in their own process group, so a Ctrl-C in a terminal reaches them once, through the launcher.
-//! Supervision is one loop over process events (`Exited`, `Signal`); a restart policy slots in where a process
-//! exit is handled.
+//!
+//! With `--restart on-failure` a failure restarts the whole cluster instead: when any process fails (it crashed,
+//! was killed, or could not form the cluster), the others are stopped as above, the launcher waits until every
+//! one of them is gone, waits `--restart-delay` (doubling after each restart in a row, up to
+//! `--max-restart-delay`; a cluster that ran for a minute starts again from the first delay) and starts all of
+//! them again, with a fresh host file of free ports (or the given one), up to `--max-restarts` times. A job whose
+//! output is exactly once (a commit log) resumes from its last commit, so the output stays exact across restarts.
+//! SIGINT/SIGTERM to the launcher stop the cluster for good, also while it waits to restart.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -39,6 +45,19 @@ pub struct LaunchArgs {
     /// After one process fails (or on SIGINT/SIGTERM), how long the others get to stop before SIGKILL.
     #[arg(long = "stop-timeout", value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub stop_timeout: Duration,
+    /// Whether to restart the whole cluster when a process fails.
+    #[arg(long = "restart", value_name = "POLICY", value_enum, default_value_t = Restart::Never)]
+    pub restart: Restart,
+    /// With `--restart on-failure`: how many restarts before giving up (the launcher then exits with the last
+    /// failure's code).
+    #[arg(long = "max-restarts", value_name = "N", default_value_t = 10)]
+    pub max_restarts: u32,
+    /// With `--restart on-failure`: the wait before the first restart, doubled after each restart in a row.
+    #[arg(long = "restart-delay", value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub restart_delay: Duration,
+    /// With `--restart on-failure`: the longest wait between restarts.
+    #[arg(long = "max-restart-delay", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub max_restart_delay: Duration,
     /// The program to run, then its own arguments (after `--`).
     #[arg(value_name = "PROGRAM", required = true)]
     pub program: PathBuf,
@@ -47,9 +66,32 @@ pub struct LaunchArgs {
     pub args: Vec<String>,
 }
 
+/// What the launcher does when a process fails.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Restart {
+    /// Stop the others and exit with the failure's code.
+    #[default]
+    Never,
+    /// Stop the others, wait until all are gone, and start the whole cluster again.
+    OnFailure,
+}
+
+/// A cluster that ran this long before failing restarts after the first delay again.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+
 enum Event {
     Exited(usize, std::io::Result<ExitStatus>),
     Signal(i32),
+}
+
+/// How one run of the cluster ended.
+enum Ended {
+    /// Every process exited 0.
+    Succeeded,
+    /// A process failed with this code (the others were stopped).
+    Failed(i32),
+    /// The launcher was told to stop (SIGINT/SIGTERM); exit with this code.
+    Stopped(i32),
 }
 
 /// Runs the cluster and returns the exit code the launcher should exit with: 0 when every process succeeded,
@@ -77,6 +119,12 @@ pub fn launch(args: &LaunchArgs) -> Result<i32> {
         }
     };
 
+    for (flag, delay) in [("--restart-delay", args.restart_delay), ("--max-restart-delay", args.max_restart_delay)] {
+        if delay > crate::cli::MAX_TIMEOUT {
+            return Err(Error::Launch(format!("{flag} must be at most {}", humantime::format_duration(crate::cli::MAX_TIMEOUT))));
+        }
+    }
+
     let (events, receiver) = mpsc::channel::<Event>();
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
         .map_err(|source| Error::Io { what: "cannot install SIGINT/SIGTERM handlers".into(), source })?;
@@ -93,20 +141,79 @@ pub fn launch(args: &LaunchArgs) -> Result<i32> {
         })
         .map_err(|source| Error::Io { what: "cannot start the signal thread".into(), source })?;
 
+    let mut restarts = 0u32;
+    let mut delay = args.restart_delay;
+    let code = loop {
+        if restarts > 0 && args.hostfile.is_none() {
+            // The old processes' ports may still be taken (TIME_WAIT): a fresh set for every run.
+            HostFile::write(&hostfile, &free_loopback_ports(args.processes)?)?;
+        }
+        let started = Instant::now();
+        let ended = run_once(args, &hostfile, &events, &receiver)?;
+        let code = match ended {
+            Ended::Succeeded => break 0,
+            Ended::Stopped(code) => break code,
+            Ended::Failed(code) if args.restart == Restart::Never => break code,
+            Ended::Failed(code) if restarts >= args.max_restarts => {
+                tracing::error!(restarts, "the cluster failed again (code {code}); giving up after {restarts} restarts (--max-restarts)");
+                break code;
+            }
+            Ended::Failed(code) => code,
+        };
+        if started.elapsed() >= STABLE_RUN {
+            delay = args.restart_delay;
+        }
+        restarts += 1;
+        tracing::warn!(
+            restart = restarts,
+            of = args.max_restarts,
+            "every process is stopped after a failure (code {code}); restarting the cluster in {}",
+            humantime::format_duration(delay)
+        );
+        // Waiting to restart, the launcher still answers SIGINT/SIGTERM: then nothing restarts.
+        match receiver.recv_timeout(delay) {
+            Ok(Event::Signal(signal)) => {
+                tracing::info!(signal, "received a signal while waiting to restart; not restarting");
+                break code;
+            }
+            Ok(Event::Exited(..)) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break code,
+        }
+        delay = (delay * 2).min(args.max_restart_delay.max(args.restart_delay));
+    };
+    signals_handle.close();
+    Ok(code)
+}
+
+/// Starts every process and supervises them until all have exited.
+fn run_once(
+    args: &LaunchArgs,
+    hostfile: &std::path::Path,
+    events: &mpsc::Sender<Event>,
+    receiver: &mpsc::Receiver<Event>,
+) -> Result<Ended> {
     let mut pids: Vec<Option<Pid>> = vec![None; args.processes];
     for index in 0..args.processes {
-        match spawn(args, &hostfile, index, events.clone()) {
+        match spawn(args, hostfile, index, events.clone()) {
             Ok(pid) => pids[index] = Some(pid),
             Err(error) => {
                 signal_all(&pids, Signal::SIGKILL);
+                // Reap what was started, so nothing of this run outlives the error.
+                while pids.iter().any(Option::is_some) {
+                    match receiver.recv_timeout(args.stop_timeout) {
+                        Ok(Event::Exited(index, _)) => pids[index] = None,
+                        Ok(Event::Signal(_)) => {}
+                        Err(_) => break,
+                    }
+                }
                 return Err(error);
             }
         }
     }
-    drop(events);
     tracing::info!(processes = args.processes, workers = args.workers, hostfile = %hostfile.display(), "launched");
 
-    let mut code: Option<i32> = None;
+    let mut failed: Option<i32> = None;
+    let mut stopped: Option<i32> = None;
     let mut kill_at: Option<Instant> = None;
     while pids.iter().any(Option::is_some) {
         let event = match kill_at {
@@ -127,8 +234,13 @@ pub fn launch(args: &LaunchArgs) -> Result<i32> {
                     tracing::debug!("process {index} finished");
                     continue;
                 }
-                if code.is_none() {
-                    code = Some(exit);
+                if stopped.is_some() {
+                    // Stopping on a signal: the processes' own codes say how they stopped.
+                    stopped = stopped.filter(|code| *code != 0).or(Some(exit));
+                    continue;
+                }
+                if failed.is_none() {
+                    failed = Some(exit);
                     if pids.iter().any(Option::is_some) {
                         tracing::error!("process {index} exited with code {exit}; stopping the others");
                         signal_all(&pids, Signal::SIGTERM);
@@ -142,6 +254,7 @@ pub fn launch(args: &LaunchArgs) -> Result<i32> {
                 let Ok(signal) = Signal::try_from(signal) else { continue };
                 tracing::info!("received {signal}; forwarding it to every process");
                 signal_all(&pids, signal);
+                stopped.get_or_insert(failed.unwrap_or(0));
                 kill_at.get_or_insert(Instant::now() + args.stop_timeout);
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -152,8 +265,11 @@ pub fn launch(args: &LaunchArgs) -> Result<i32> {
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    signals_handle.close();
-    Ok(code.unwrap_or(0))
+    Ok(match (stopped, failed) {
+        (Some(code), _) => Ended::Stopped(code),
+        (None, Some(code)) => Ended::Failed(code),
+        (None, None) => Ended::Succeeded,
+    })
 }
 
 fn spawn(args: &LaunchArgs, hostfile: &std::path::Path, index: usize, events: mpsc::Sender<Event>) -> Result<Pid> {

@@ -156,13 +156,16 @@ impl<'scope> Job<'scope> {
     /// sinks need a job with a commit log ([`CommitLog::job`]).
     ///
     /// ```
-    /// use tributary_connectors::Job;
+    /// use tributary_connectors::{DeadLetter, Job, Reason};
     /// use timely::dataflow::operators::ToStream;
     ///
     /// timely::execute_directly(|worker| {
     ///     let done = worker.dataflow::<u64, _, _>(|scope| {
     ///         let job = Job::without_commits(scope);
-    ///         job.dead_letter(Vec::new().to_stream(scope).container::<Vec<_>>());
+    ///         let reason = Reason::Malformed { error: "not JSON".into() };
+    ///         let letter = DeadLetter { source: "lines".into(), partition: 0, offset: 3, reason, key: None, payload: None };
+    ///         // Logged at WARN with its origin and reason.
+    ///         job.dead_letter(vec![letter].to_stream(scope).container::<Vec<_>>());
     ///         job.finish()
     ///     });
     ///     worker.step_while(|| !done.done());
