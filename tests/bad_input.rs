@@ -141,3 +141,33 @@ fn window_parameters_that_make_no_window_are_refused_with_the_reason() {
         assert!(output.stdout.is_empty(), "{window}: no result printed");
     }
 }
+
+/// A CSV file without its header line: every row is malformed. The run says so early and why, logs a bounded
+/// number of lines (the first dead letters in full, then counts), and says that nothing reached the dataflow.
+#[test]
+fn a_csv_file_without_its_header_line_is_reported_in_a_few_lines_with_the_likely_cause() {
+    let scratch = Scratch::new("no-header");
+    let rows: String = (0..200_000u64).map(|i| format!("{},{}\n", ["apple", "pear"][(i % 2) as usize], 1_000 + i)).collect();
+    let path = scratch.0.join("events.csv");
+    std::fs::write(&path, rows).unwrap();
+    let child = Command::new(example("windowed_count"))
+        .arg("--csv")
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run windowed_count");
+    let (status, stdout, stderr) = common::Running::new(child).wait_with_stdout(Duration::from_secs(120));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, "", "no record reached a window");
+    let lines = stderr.lines().count();
+    assert!(lines <= 40, "{lines} log lines for 199,999 malformed rows:\n{stderr}");
+    assert!(
+        stderr.contains("are all malformed") && stderr.contains("must start with its header line"),
+        "the likely cause, early: {stderr}"
+    );
+    assert_eq!(stderr.matches("dead letter (no dead-letter topic keeps it)").count(), 10, "the first ten in full: {stderr}");
+    assert!(stderr.contains("more dead letters (") && stderr.contains(" malformed"), "the rest counted by reason: {stderr}");
+    assert!(stderr.contains("every one of its 199999 records was a dead letter"), "{stderr}");
+}

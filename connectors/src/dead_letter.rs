@@ -68,6 +68,20 @@ pub enum Reason {
     },
 }
 
+impl Reason {
+    /// The kind of reason, for counts: `malformed`, `too late for its window`, `too late`, `too far ahead`,
+    /// `refused`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reason::Malformed { .. } => "malformed",
+            Reason::LateForWindow { .. } => "too late for its window",
+            Reason::TooLate { .. } => "too late",
+            Reason::TooFarAhead { .. } => "too far ahead",
+            Reason::Refused { .. } => "refused",
+        }
+    }
+}
+
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -217,4 +231,65 @@ impl DeadLetter {
 
     /// How many bytes of a key or payload a dead letter's JSON keeps (128 KiB).
     pub const MAX_BYTES: usize = 128 * 1024;
+}
+
+/// How many dead letters a worker logs in full before it only counts them.
+pub(crate) const LOGGED_IN_FULL: usize = 10;
+
+/// How often a worker logs the counts of the dead letters it did not log in full.
+const SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A worker's log of dead letters, never a line per record: the first [`LOGGED_IN_FULL`] with their origin and
+/// reason, then counts by reason every few seconds and once the stream ends.
+pub(crate) struct DeadLetterLog {
+    /// The dead-letter topic that keeps every letter, if any.
+    topic: Option<String>,
+    logged: usize,
+    /// Letters not logged in full since the last summary, by reason.
+    pending: std::collections::BTreeMap<&'static str, u64>,
+    since: std::time::Instant,
+    total: u64,
+}
+
+impl DeadLetterLog {
+    pub(crate) fn new(topic: Option<String>) -> Self {
+        DeadLetterLog { topic, logged: 0, pending: Default::default(), since: std::time::Instant::now(), total: 0 }
+    }
+
+    /// Logs or counts one letter.
+    pub(crate) fn letter(&mut self, letter: &DeadLetter) {
+        self.total += 1;
+        let (source, partition, offset) = (&letter.source, letter.partition, letter.offset);
+        if self.logged < LOGGED_IN_FULL {
+            self.logged += 1;
+            match &self.topic {
+                Some(topic) => tracing::warn!(source, partition, offset, topic, "dead letter: {}", letter.reason),
+                None => tracing::warn!(source, partition, offset, "dead letter (no dead-letter topic keeps it): {}", letter.reason),
+            }
+            if self.logged == LOGGED_IN_FULL {
+                tracing::warn!("further dead letters of this worker are counted, not logged one by one");
+            }
+            return;
+        }
+        *self.pending.entry(letter.reason.kind()).or_default() += 1;
+        if self.since.elapsed() >= SUMMARY_EVERY {
+            self.summary();
+        }
+    }
+
+    /// Logs the counts not logged yet (called every few seconds, and when the stream ends).
+    pub(crate) fn summary(&mut self) {
+        self.since = std::time::Instant::now();
+        if self.pending.is_empty() {
+            return;
+        }
+        let counts: Vec<String> = self.pending.iter().map(|(kind, n)| format!("{n} {kind}")).collect();
+        let count: u64 = self.pending.values().sum();
+        let kept = match &self.topic {
+            Some(topic) => format!("kept in {topic}"),
+            None => "not kept: give the job a dead-letter topic to keep them".to_owned(),
+        };
+        tracing::warn!(total = self.total, "{count} more dead letters ({}); {kept}", counts.join(", "));
+        self.pending.clear();
+    }
 }

@@ -21,7 +21,7 @@ use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::{Concatenate, Inspect, Probe, ToStream};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{DeadLetter, DeadLetterLog};
 use crate::kafka::{AdminError, CommitLog, CommitLogError, Delivery, KafkaConfig, KafkaSink, SinkDeadLetters, SinkError};
 use crate::source::{CommitAfter, Control, PartitionSnapshot, Source, SourceOptions, SourceResume, SourceStreams};
 
@@ -131,9 +131,6 @@ struct JobState<'scope> {
     dead_letters_routed: bool,
 }
 
-/// How many dead letters a worker logs in full when a dead-letter topic keeps them all.
-const LOGGED_DEAD_LETTERS: usize = 10;
-
 impl<'scope> Job<'scope> {
     fn new(scope: Scope<'scope, u64>, log: Option<CommitLog>) -> Self {
         let state = JobState {
@@ -151,8 +148,8 @@ impl<'scope> Job<'scope> {
     }
 
     /// A job without a commit log, for a program that prints its results: [`Job::source`] builds sources from
-    /// their start, [`Job::dead_letter`] and the sources' dead letters are logged (every one: nothing else keeps
-    /// them), and [`Job::finish`] returns a probe that is done once the sources and dead letters are. Kafka
+    /// their start, [`Job::dead_letter`] and the sources' dead letters are logged (the first ten of each worker in full,
+    /// the rest counted by reason every few seconds: nothing else keeps them), and [`Job::finish`] returns a probe that is done once the sources and dead letters are. Kafka
     /// sinks need a job with a commit log ([`CommitLog::job`]).
     ///
     /// ```
@@ -207,8 +204,8 @@ impl<'scope> Job<'scope> {
 
     /// Sends the job's dead letters to `sink`: every source's (malformed, too late, too far ahead), every Kafka
     /// sink's refused records, and whatever [`Job::dead_letter`] adds, written exactly once like the other
-    /// outputs when the job is finished. The first few of each worker are also logged at WARN with their origin
-    /// and reason; without a dead-letter sink every one is, so none is dropped unseen. The streams in [`SourceStreams::dead_letters`] and
+    /// outputs when the job is finished. The first ten of each worker are also logged at WARN with their origin
+    /// and reason, the rest counted by reason in a line every few seconds. The streams in [`SourceStreams::dead_letters`] and
     /// [`Written::refused`](crate::kafka::Written::refused) stay available to count or log: do not write them
     /// to the sink again.
     ///
@@ -268,23 +265,12 @@ impl<'scope> Job<'scope> {
         };
         let mut logged_letters = None;
         if !dead.is_empty() {
-            let topic = sink.as_ref().map(|sink| sink.topic().to_owned());
-            let mut logged = 0usize;
-            let letters = self.scope.concatenate(dead).inspect(move |letter: &DeadLetter| {
-                let (source, partition, offset) = (&letter.source, letter.partition, letter.offset);
-                match &topic {
-                    // The topic keeps every one: log the first few in full, not a line per record.
-                    Some(topic) if logged < LOGGED_DEAD_LETTERS => {
-                        logged += 1;
-                        tracing::warn!(source, partition, offset, topic, "dead letter: {}", letter.reason);
-                        if logged == LOGGED_DEAD_LETTERS {
-                            tracing::warn!(topic, "further dead letters of this worker go to the topic without a log line each");
-                        }
-                    }
-                    Some(_) => {}
-                    // Nothing else keeps it: every one is logged.
-                    None => tracing::warn!(source, partition, offset, "dead letter (no dead-letter topic): {}", letter.reason),
-                }
+            let mut log = DeadLetterLog::new(sink.as_ref().map(|sink| sink.topic().to_owned()));
+            let letters = self.scope.concatenate(dead).inspect_core(move |event| match event {
+                Ok((_, letters)) => letters.iter().for_each(|letter: &DeadLetter| log.letter(letter)),
+                // The stream has ended (or moved on): what was only counted is logged now, at the end at the latest.
+                Err(frontier) if frontier.is_empty() => log.summary(),
+                Err(_) => {}
             });
             if let Some(sink) = sink {
                 // Set before the sink is built: its own refused records (none: dead letters are fitted to the

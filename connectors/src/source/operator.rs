@@ -26,6 +26,9 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(50);
 /// How often a finished source looks whether the sinks have written its last records.
 const COMMIT_CHECK_EVERY: Duration = Duration::from_millis(10);
 
+/// After this many malformed records and none decoded, a partition warns that its input looks wrong.
+const ALL_MALFORMED_WARNING: u64 = 100;
+
 /// What the source operators of a dataflow tell each other through their feedback loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Beat {
@@ -293,6 +296,16 @@ where
                         reader.commits.mark(partition, offset + 1, time);
                         let (source, kafka_partition) = reader.origin(partition);
                         tracing::debug!(source, partition = kafka_partition, offset, "malformed record: {error}");
+                        if m.records == 0 && m.malformed == ALL_MALFORMED_WARNING {
+                            // Early, once: a wrong format (or a CSV file without its header line) would otherwise
+                            // show only as a stream of dead letters and an empty result.
+                            let hint = if source.ends_with(".csv") { "; a CSV file must start with its header line" } else { "" };
+                            tracing::warn!(
+                                source,
+                                partition = kafka_partition,
+                                "the first {ALL_MALFORMED_WARNING} records are all malformed (the last: {error}): is the input in the format the program decodes{hint}?"
+                            );
+                        }
                         let reason = Reason::Malformed { error };
                         letters.push((time, DeadLetter { source: source.to_owned(), partition: kafka_partition, offset, reason, key, payload }));
                     }
@@ -328,10 +341,17 @@ where
                 if clock.partitions() > 0 {
                     let [records, late, too_late, malformed, too_far_ahead] = totals;
                     let dead = too_late + malformed + too_far_ahead;
-                    tracing::info!(
-                        source = %name, partitions = clock.partitions(), records, late, too_late, malformed, too_far_ahead,
-                        "source finished: {records} records read ({late} behind the watermark), {dead} dead letters"
-                    );
+                    if records == 0 && dead > 0 {
+                        tracing::warn!(
+                            source = %name, partitions = clock.partitions(), too_late, malformed, too_far_ahead,
+                            "source finished: every one of its {dead} records was a dead letter, none reached the dataflow"
+                        );
+                    } else {
+                        tracing::info!(
+                            source = %name, partitions = clock.partitions(), records, late, too_late, malformed, too_far_ahead,
+                            "source finished: {records} records read ({late} behind the watermark), {dead} dead letters"
+                        );
+                    }
                 }
                 snapshots.send(&name, &*reader, &clock, &mut control_output, &caps.control);
                 capabilities = None;
