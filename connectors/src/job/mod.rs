@@ -269,7 +269,7 @@ impl<'scope> Job<'scope> {
             let letters = self.scope.concatenate(dead).inspect_core(move |event| match event {
                 Ok((_, letters)) => letters.iter().for_each(|letter: &DeadLetter| log.letter(letter)),
                 // The stream has ended (or moved on): what was only counted is logged now, at the end at the latest.
-                Err(frontier) if frontier.is_empty() => log.summary(),
+                Err([]) => log.summary(),
                 Err(_) => {}
             });
             if let Some(sink) = sink {
