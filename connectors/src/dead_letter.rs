@@ -226,7 +226,9 @@ impl DeadLetter {
                 value[field] = serde_json::json!(b.len());
             }
         }
-        serde_json::to_vec(&value).expect("JSON values serialize")
+        #[allow(clippy::expect_used, reason = "a JSON value with string keys always serializes")]
+        let json = serde_json::to_vec(&value).expect("JSON values serialize");
+        json
     }
 
     /// How many bytes of a key or payload a dead letter's JSON keeps (128 KiB).

@@ -209,6 +209,7 @@ impl<T: DeserializeOwned + 'static> PartitionReader for FileReader<T> {
                     Err(error) => Err(format!("no event time: {error}")),
                 })
             };
+            #[allow(clippy::expect_used, reason = "opened just above, or the loop went on to the next file")]
             let event = match self.open.as_mut().expect("opened above") {
                 OpenFile::Json { lines, line } => {
                     self.line.clear();

@@ -15,6 +15,12 @@
 //! output, with its times, is the same for any number of workers and processes and on every replay.
 //! This crate builds only on timely and differential; it never imports connectors or rdkafka.
 #![deny(missing_docs)]
+// No panic on a path a broker, the network, a peer or a user's input can reach: every remaining site says why it
+// cannot fail (`#[allow(.., reason = ..)]`), and clippy (`-D warnings` in CI) refuses new ones.
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::todo, clippy::unimplemented)
+)]
 
 pub mod aggregate;
 pub mod event_time;

@@ -155,6 +155,7 @@ impl<V, O: Clone + PartialEq> KeySessions<V, O> {
                     current = Some((event_time, event_time, A::State::default()));
                 }
             }
+            #[allow(clippy::expect_used, reason = "every arm of the match above leaves `current` set")]
             let (_, _, state) = current.as_mut().expect("set above");
             for (value, diff) in values {
                 aggregator.update(state, value, *diff);
@@ -260,7 +261,7 @@ where
                             .map(|(&start, _)| start)
                             .collect();
                         for start in stale {
-                            let (end, old) = state.emitted.remove(&start).expect("listed above");
+                            let Some((end, old)) = state.emitted.remove(&start) else { continue };
                             session.give((((key.clone(), Session { start, end }), old), now, -1));
                         }
                         for (s, output) in closed {

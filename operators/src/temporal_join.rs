@@ -109,6 +109,7 @@ where
                             }
                         }
                         (_, Some(r)) if done(&r) => {
+                            #[allow(clippy::expect_used, reason = "`r` is a key of `records`, just read")]
                             let (cap, batch) = records.remove(&r).expect("present");
                             let mut session = output.session(&cap);
                             for (record, diff) in batch {

@@ -139,6 +139,7 @@ where
             while let Some(now) = left_stash.earliest(&right_stash).filter(done) {
                 let left_batch = left_stash.take(now);
                 let right_batch = right_stash.take(now);
+                #[allow(clippy::unreachable, reason = "`now` is the earliest time of the two stashes, so one holds it")]
                 let cap = match (&left_batch, &right_batch) {
                     (Some((cap, _)), _) | (None, Some((cap, _))) => cap.clone(),
                     (None, None) => unreachable!("`now` is the first time of one of the stashes"),

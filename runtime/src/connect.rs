@@ -52,7 +52,9 @@ impl Hello {
         if &bytes[..8] != MAGIC {
             return Err("the peer is not a Tributary process (wrong greeting)".into());
         }
+        #[allow(clippy::expect_used, reason = "constant ranges of a fixed-size array: the lengths match")]
         let u64_at = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        #[allow(clippy::expect_used, reason = "a constant range of a fixed-size array")]
         let protocol = u32::from_be_bytes(bytes[8..12].try_into().expect("4 bytes"));
         if protocol != PROTOCOL {
             return Err(format!("the peer speaks cluster protocol {protocol}, this process {PROTOCOL}; run the same build everywhere"));

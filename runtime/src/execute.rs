@@ -288,7 +288,9 @@ where
             if let Some((signal, _)) = stopping {
                 tracing::info!("stopped cleanly after {signal}");
             }
-            Ok(results.into_iter().map(|r| r.expect("every worker reported")).collect())
+            #[allow(clippy::expect_used, reason = "the loop above ends with Ok only once every worker sent Done(Ok)")]
+            let results = results.into_iter().map(|r| r.expect("every worker reported")).collect();
+            Ok(results)
         }
         // Workers or network threads may still be unwinding or blocked: the guards are not joined.
         Err(error) => Err(error),

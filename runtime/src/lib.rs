@@ -9,6 +9,12 @@
 //!
 //! This crate knows nothing of operators or connectors.
 #![deny(missing_docs)]
+// No panic on a path a broker, the network, a peer or a user's input can reach: every remaining site says why it
+// cannot fail (`#[allow(.., reason = ..)]`), and clippy (`-D warnings` in CI) refuses new ones.
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::todo, clippy::unimplemented)
+)]
 
 mod cli;
 mod connect;

@@ -52,6 +52,7 @@ pub(super) fn build<'scope>(events: Stream<'scope, u64, Vec<Event>>, log: Commit
                 if due {
                     let wait = state.interval.saturating_sub(state.last_write.elapsed());
                     if finished || wait.is_zero() {
+                        #[allow(clippy::expect_used, reason = "`due` holds only with a candidate")]
                         state.write(candidate.expect("checked above"));
                     } else {
                         activator.activate_after(wait);

@@ -237,11 +237,8 @@ impl<'scope> Job<'scope> {
     /// The sources' control messages, at every worker (for sinks).
     pub(crate) fn controls(&self) -> Stream<'scope, u64, Vec<Control>> {
         let mut state = self.state.borrow_mut();
-        if state.broadcast.is_none() {
-            let all = self.scope.concatenate(state.controls.clone());
-            state.broadcast = Some(all.broadcast());
-        }
-        state.broadcast.clone().expect("set above")
+        let controls = state.controls.clone();
+        state.broadcast.get_or_insert_with(|| self.scope.concatenate(controls).broadcast()).clone()
     }
 
     /// Registers a sink: its acknowledged positions, and the probe that passes the times it has written.

@@ -181,7 +181,9 @@ where
             {
                 clock.follow(ahead.time());
                 snapshots.send(&name, &*reader, &clock, &mut control_output, &caps.control);
-                *caps = follow.take().expect("checked above");
+                if let Some(ahead) = follow.take() {
+                    *caps = ahead;
+                }
                 // Not echoed: the others know this time already, and echoes would move all-idle workers on.
                 heartbeat_sent = heartbeat_sent.max(caps.time());
             }
@@ -251,6 +253,7 @@ where
                                 m.late += 1;
                                 time
                             }
+                            #[allow(clippy::unreachable, reason = "the variant is non_exhaustive: only Arrivals::decoded makes it")]
                             Arrival::TooLate { .. } | Arrival::TooFarAhead { .. } => unreachable!("only Arrivals::decoded makes records (the variant is non_exhaustive), and it rejects these"),
                         };
                         m.records += 1;
@@ -279,6 +282,7 @@ where
                                 let max_lateness_ms = options.policy.max_lateness_ms().unwrap_or_default();
                                 (watermark, Reason::TooLate { event_time, watermark, max_lateness_ms })
                             }
+                            #[allow(clippy::unreachable, reason = "the variant is non_exhaustive: only Arrivals::decoded makes it")]
                             Arrival::OnTime { .. } | Arrival::Late { .. } => unreachable!("only Arrivals::decoded makes rejections (the variant is non_exhaustive), and it keeps these"),
                         };
                         let time = watermark.max(dead_floor);

@@ -204,6 +204,7 @@ impl Suffix {
             }
         }
         if time >= entry.until && base.is_none_or(|b| time > b) {
+            #[allow(clippy::expect_used, reason = "`key` was found in the map just above")]
             let entry = self.upsert.remove(key).expect("present");
             resolve_upsert(key.to_vec(), entry, time, out);
         }
@@ -220,6 +221,7 @@ impl Suffix {
             *entry.regenerated.entry(embed(value)).or_default() += diff;
         }
         if time >= entry.until {
+            #[allow(clippy::expect_used, reason = "`key` was found in the map just above")]
             let entry = self.changelog.remove(key).expect("present");
             resolve_changelog(key.to_vec(), entry, time, out);
         }
