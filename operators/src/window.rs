@@ -154,7 +154,8 @@ pub enum Emit {
     #[default]
     OnClose,
     /// Once per window, when the frontier passes its end plus the allowed lateness: no corrections (one alert per
-    /// window), each result later by the allowed lateness.
+    /// window), each result later by the allowed lateness. (A bounded run's last times are final only
+    /// provisionally: a later run with more input may correct them; see docs/exactly-once.md.)
     Final,
 }
 

@@ -29,6 +29,8 @@ use crate::hostfile::HostFile;
 /// # Ok::<(), tributary_runtime::Error>(())
 /// ```
 #[derive(clap::Args, Clone, Debug)]
+// Without this a program with no doc comment of its own would show these docs as its `--help` text.
+#[command(about = None, long_about = None)]
 pub struct ClusterArgs {
     /// Worker threads in this process.
     #[arg(short = 'w', long = "workers", value_name = "N", default_value_t = 1)]

@@ -376,6 +376,8 @@ pub enum JobError {
 /// assert_eq!(args.job.dead_letter_topic("lines"), "lines.dead-letters");
 /// ```
 #[derive(clap::Args, Clone, Debug)]
+// Without this a program with no doc comment of its own would show these docs as its `--help` text.
+#[command(about = None, long_about = None)]
 pub struct JobArgs {
     /// The job's commit log topic (default `<job>.commits`, the job named after its output).
     #[arg(long)]

@@ -61,6 +61,8 @@ pub enum ConfigError {
 /// # Ok::<(), tributary_connectors::kafka::ConfigError>(())
 /// ```
 #[derive(clap::Args, Clone, Debug)]
+// Without this a program with no doc comment of its own would show these docs as its `--help` text.
+#[command(about = None, long_about = None)]
 pub struct KafkaArgs {
     /// Kafka brokers (host:port[,host:port]). Optional, so a program can also run on files: [`KafkaArgs::config`]
     /// says when it needs them.
@@ -196,5 +198,30 @@ mod tests {
         let c = KafkaConfig::new("b:1").unwrap().set("ssl.key.password", "p").unwrap().set("sasl.oauthbearer.client.secret", "s").unwrap();
         let shown = format!("{c:?}");
         assert!(shown.contains("<redacted>") && !shown.contains("\"p\"") && !shown.contains("\"s\""), "{shown}");
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use clap::{CommandFactory, Parser};
+
+    // A program without a doc comment of its own.
+    #[derive(Parser)]
+    struct Bare {
+        #[command(flatten)]
+        kafka: super::KafkaArgs,
+        #[command(flatten)]
+        source: crate::SourceArgs,
+        #[command(flatten)]
+        job: crate::JobArgs,
+        #[command(flatten)]
+        cluster: tributary_runtime::ClusterArgs,
+    }
+
+    #[test]
+    fn flattened_flags_do_not_lend_their_docs_to_the_program() {
+        let command = Bare::command();
+        assert_eq!(command.get_about().map(ToString::to_string), None);
+        assert_eq!(command.get_long_about().map(ToString::to_string), None);
     }
 }

@@ -245,6 +245,8 @@ pub struct SourceStreams<'scope, T> {
 /// assert!(!args.source.until_end);
 /// ```
 #[derive(clap::Args, Clone, Debug)]
+// Without this a program with no doc comment of its own would show these docs as its `--help` text.
+#[command(about = None, long_about = None)]
 pub struct SourceArgs {
     /// Kafka: read up to the end offsets seen at start, then exit (files are always read to their end).
     #[arg(long)]
