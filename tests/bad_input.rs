@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::OutputWithin;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -31,8 +33,12 @@ fn a_far_future_record_is_a_dead_letter_not_a_new_watermark() {
     }
     let path = scratch.0.join("events.csv");
     std::fs::write(&path, csv).unwrap();
-    let output =
-        Command::new(example("windowed_count")).arg("--csv").arg(&path).args(["--window", "10s"]).output().expect("run windowed_count");
+    let output = Command::new(example("windowed_count"))
+        .arg("--csv")
+        .arg(&path)
+        .args(["--window", "10s"])
+        .output_within(common::RUN_LIMIT)
+        .expect("run windowed_count");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let expected: String = expected.iter().map(|((key, start), count)| format!("{key},{start},{count}\n")).collect();
@@ -133,7 +139,7 @@ fn window_parameters_that_make_no_window_are_refused_with_the_reason() {
             .arg("--csv")
             .arg(&path)
             .args(["--window", window])
-            .output()
+            .output_within(common::RUN_LIMIT)
             .expect("run windowed_count");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "--window {window} was accepted: {stderr}");

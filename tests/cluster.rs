@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::OutputWithin;
+
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,7 +56,7 @@ fn word_count_is_byte_identical_for_1x1_2x2_3x1() {
             .arg("--input")
             .args(&files)
             .stdin(Stdio::null())
-            .output()
+            .output_within(common::RUN_LIMIT)
             .expect("run launcher");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{processes}x{workers} failed: {stderr}");
@@ -78,7 +80,7 @@ fn bad_host_files_fail_naming_file_and_line() {
         let output = Command::new(example("word_count"))
             .args(["--input", "Cargo.toml", "--processes", &processes.to_string(), "--process", process, "--hostfile"])
             .arg(&path)
-            .output()
+            .output_within(common::RUN_LIMIT)
             .expect("run word_count");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "a bad host file was accepted: {text:?}");
@@ -97,7 +99,7 @@ fn missing_peer_fails_within_the_deadline() {
     let output = Command::new(example("cluster_check"))
         .args(["--processes", "3", "--process", "1", "--connect-timeout", "2s", "--hostfile"])
         .arg(&hosts)
-        .output()
+        .output_within(common::RUN_LIMIT)
         .expect("run cluster_check");
     let elapsed = started.elapsed();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -200,7 +202,10 @@ fn launcher_stops_the_rest_and_propagates_failure() {
 
 #[test]
 fn launcher_reports_a_program_that_cannot_start() {
-    let output = Command::new(launcher()).args(["launch", "-n", "2", "--", "/nonexistent/program"]).output().expect("run launcher");
+    let output = Command::new(launcher())
+        .args(["launch", "-n", "2", "--", "/nonexistent/program"])
+        .output_within(common::RUN_LIMIT)
+        .expect("run launcher");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot start /nonexistent/program"));
 }
@@ -256,4 +261,24 @@ fn a_stopped_peer_stops_the_cluster_within_the_peer_timeout_naming_it() {
 /// Line `index` of a host file.
 fn hosts_line(path: &std::path::Path, index: usize) -> String {
     std::fs::read_to_string(path).expect("host file").lines().filter(|l| !l.trim().is_empty()).nth(index).expect("a line").trim().to_owned()
+}
+
+/// The harness: a program that hangs (here a shell whose child keeps the pipes open) is killed with its
+/// descendants at the deadline and fails the test, instead of hanging the suite.
+#[test]
+fn a_hung_program_fails_the_test_at_its_deadline_and_leaves_no_process_behind() {
+    let started = Instant::now();
+    let pid_file = std::env::temp_dir().join(format!("tributary-hung-{}", std::process::id()));
+    let script = format!("sleep 600 & echo $! > {}; wait", pid_file.display());
+    let outcome = std::panic::catch_unwind(|| Command::new("sh").args(["-c", &script]).output_within(Duration::from_secs(2)));
+    let message = outcome.expect_err("a hung program fails the test");
+    let message = message.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("did not finish within 2s"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(30), "gave up after {:?}", started.elapsed());
+    let grandchild: i32 = std::fs::read_to_string(&pid_file).expect("the shell wrote its child's pid").trim().parse().unwrap();
+    let _ = std::fs::remove_file(&pid_file);
+    // Killed with the shell (it may linger as a zombie of the shell's reaper for a moment, never running).
+    let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+    let running = state.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z");
+    assert!(!running, "the hung program's child {grandchild} still runs: {state}");
 }

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::kafka::{Job, changelog, lines_of, produce, sqlite_broker, table, word_counts};
-use common::{Running, Scratch, example, launcher};
+use common::{Running, Scratch, children, example, launcher};
 use nix::sys::signal::Signal;
 
 const LONG: Duration = Duration::from_secs(180);
@@ -249,21 +249,6 @@ fn a_stopped_process_stops_the_job_within_the_peer_timeout_and_a_restart_is_exac
     all.extend(more);
     bounded(&scratch.0, &bootstrap, (2, 2), "the restart");
     check(&bootstrap, &all, "after a stopped process and a restart");
-}
-
-/// The processes whose parent is `pid` (from /proc).
-fn children(pid: i32) -> std::collections::BTreeSet<i32> {
-    let mut out = std::collections::BTreeSet::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // `pid (comm) state ppid ...`: the command may hold spaces and parentheses, so read after the last `)`.
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<i32>().ok());
-        if ppid == Some(pid) {
-            out.insert(child);
-        }
-    }
-    out
 }
 
 /// Waits until `launcher` has `n` children none of which is in `old` (a new cluster), and returns them.

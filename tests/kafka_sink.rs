@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::OutputWithin;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -106,7 +108,7 @@ fn run_with(bootstrap: &str, layout: (usize, usize), output: &str, failpoint: Op
         Some(failpoint) => command.env("TRIBUTARY_FAILPOINT", failpoint),
         None => command.env_remove("TRIBUTARY_FAILPOINT"),
     };
-    let output = command.output().expect("run launcher");
+    let output = command.output_within(common::RUN_LIMIT).expect("run launcher");
     if std::env::var("DEBUG_SINK").is_ok() {
         eprintln!("{}", String::from_utf8_lossy(&output.stderr));
     }

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::OutputWithin;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -63,7 +65,7 @@ fn run(processes: usize, workers: usize, input: &[String]) -> String {
         .arg(example("windowed_count"))
         .args(input)
         .args(["--window", "10s", "--max-out-of-orderness", "5s", "--allowed-lateness", "2s"])
-        .output()
+        .output_within(common::RUN_LIMIT)
         .expect("run launcher");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{processes}x{workers} failed: {stderr}");

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::OutputWithin;
+
 use std::process::Command;
 
 use common::{example, launcher};
@@ -23,7 +25,7 @@ fn run(query: Query, processes: usize, workers: usize) -> std::collections::BTre
         .arg(example("nexmark"))
         .args(["--query", &query.to_string(), "--events", &EVENTS.to_string(), "--partitions", &PARTITIONS.to_string()])
         .args(["--out-of-order-group-size", "500"])
-        .output()
+        .output_within(common::RUN_LIMIT)
         .expect("run launcher");
     assert!(output.status.success(), "{query} at {processes}x{workers}: {}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8(output.stdout).expect("utf-8");
