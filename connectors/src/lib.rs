@@ -16,6 +16,7 @@ mod error;
 pub mod file;
 pub mod job;
 pub mod kafka;
+mod metrics;
 pub mod source;
 
 pub use dead_letter::{DeadLetter, Reason};

@@ -53,6 +53,9 @@ pub struct ClusterArgs {
     /// A peer process that sends no heartbeat for this long (stopped, hung, cut off) stops the cluster.
     #[arg(long = "peer-timeout", value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
     pub peer_timeout: Duration,
+    /// Serve this process's metrics at http://HOST:PORT/metrics (Prometheus text format; docs/metrics.md).
+    #[arg(long = "metrics-addr", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The longest timeout a flag takes (a year): longer ones are mistakes, and would overflow the clock.
@@ -68,6 +71,7 @@ impl Default for ClusterArgs {
             connect_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
             peer_timeout: Duration::from_secs(20),
+            metrics_addr: None,
         }
     }
 }

@@ -89,6 +89,9 @@ where
     let layout = args.layout()?;
     let span = tracing::info_span!("process", process = layout.process);
     let _entered = span.enter();
+    if let Some(addr) = args.metrics_addr {
+        crate::metrics::serve(addr)?;
+    }
     run(&layout, func)
 }
 

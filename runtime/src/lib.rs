@@ -27,6 +27,7 @@ mod hostfile;
 pub mod launch;
 mod liveness;
 pub mod logging;
+pub mod metrics;
 pub mod shutdown;
 
 pub use cli::{ClusterArgs, Layout};

@@ -194,6 +194,11 @@ impl Coordinator {
             Some(Ok(())) => {
                 self.in_flight = None;
                 self.committed = Some(time);
+                let labels = crate::metrics::labels(&[("commit_log", self.log.topic())]);
+                let metrics = crate::metrics::metrics();
+                metrics.commits.get_or_create(&labels).inc();
+                metrics.commit_latency.get_or_create(&labels).observe(self.last_write.elapsed().as_secs_f64());
+                metrics.committed_time.get_or_create(&labels).set(i64::try_from(time).unwrap_or(i64::MAX));
                 tracing::debug!(topic = self.log.topic(), time, "committed");
                 // Keep, per partition, the latest entry at or before the committed time and everything after.
                 for snapshots in self.partitions.values_mut() {

@@ -190,3 +190,94 @@ mod tests {
         assert_eq!(committed(&metrics), vec![3, 7]);
     }
 }
+
+/// The sources of this process whose counters the metrics endpoint reports: (operator name, worker, counters).
+static EXPORTED: Mutex<Vec<(String, usize, SourceMetrics)>> = Mutex::new(Vec::new());
+
+/// Reports `metrics` (the counters of source `name` on `worker`) at the process's metrics endpoint
+/// ([`tributary_runtime::metrics`]); the first source registers the collector.
+pub(crate) fn export(name: &str, worker: usize, metrics: &SourceMetrics) {
+    let mut exported = EXPORTED.lock().unwrap_or_else(|e| e.into_inner());
+    if exported.is_empty() {
+        let mut registry = tributary_runtime::metrics::registry().lock().unwrap_or_else(|e| e.into_inner());
+        registry.register_collector(Box::new(SourceCollector));
+    }
+    exported.push((name.to_owned(), worker, metrics.clone()));
+}
+
+/// Encodes every exported source's partitions on each scrape, one family per metric (docs/metrics.md).
+#[derive(Debug)]
+struct SourceCollector;
+
+impl prometheus_client::collector::Collector for SourceCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        let exported = EXPORTED.lock().unwrap_or_else(|e| e.into_inner());
+        let now_ms = crate::source::wall_ms();
+        // (labels, partition) for every partition of every source of the process.
+        let partitions: Vec<([(&'static str, String); 4], PartitionMetrics)> = exported
+            .iter()
+            .flat_map(|(name, worker, metrics)| {
+                metrics.snapshot().into_iter().map(move |m| {
+                    let labels = [
+                        ("source", name.clone()),
+                        ("origin", m.source.clone()),
+                        ("partition", m.partition.to_string()),
+                        ("worker", worker.to_string()),
+                    ];
+                    (labels, m)
+                })
+            })
+            .collect();
+        drop(exported);
+
+        type Counter = fn(&PartitionMetrics) -> u64;
+        let counters: [(&str, &str, Counter); 3] = [
+            ("tributary_source_records", "Records read into the dataflow (late ones included)", |m| m.records),
+            ("tributary_source_late_records", "Records that arrived behind their partition's watermark (kept)", |m| m.late),
+            ("tributary_source_dead_letters", "Records sent to the dead letters, by reason", |_| 0),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+            for (labels, m) in &partitions {
+                if name == "tributary_source_dead_letters" {
+                    for (reason, n) in [("malformed", m.malformed), ("too_late", m.too_late), ("too_far_ahead", m.too_far_ahead)] {
+                        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).chain([("reason", reason)]).collect();
+                        ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                    }
+                } else {
+                    ConstCounter::new(value(m)).encode(family.encode_family(labels)?)?;
+                }
+            }
+        }
+        type Gauge = fn(&PartitionMetrics, u64) -> Option<f64>;
+        let gauges: [(&str, &str, Gauge); 6] = [
+            ("tributary_source_position", "The next offset (or line) to read", |m, _| Some(m.position as f64)),
+            ("tributary_source_committed_position", "The position up to which every record's output is written", |m, _| {
+                Some(m.committed as f64)
+            }),
+            ("tributary_source_end_offset", "The partition's end (Kafka high watermark) as last seen", |m, _| m.end.map(|e| e as f64)),
+            ("tributary_source_lag", "Records in the partition not read yet (end offset - position)", |m, _| {
+                m.end.map(|e| e.saturating_sub(m.position) as f64)
+            }),
+            ("tributary_source_watermark_seconds", "The partition's event-time watermark (seconds since the Unix epoch)", |m, _| {
+                Some(m.watermark as f64 / 1000.0)
+            }),
+            ("tributary_source_watermark_delay_seconds", "How far the watermark is behind the wall clock", |m, now| {
+                (m.watermark > 0).then(|| now.saturating_sub(m.watermark) as f64 / 1000.0)
+            }),
+        ];
+        for (name, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
+            for (labels, m) in &partitions {
+                if let Some(v) = value(m, now_ms) {
+                    ConstGauge::new(v).encode(family.encode_family(labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -119,6 +119,7 @@ where
     let mut control_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(control_output);
     heartbeats_out.broadcast().connect_loop(loop_handle);
     let metrics = SourceMetrics::default();
+    super::metrics::export(name, scope.index(), &metrics);
     let shared = metrics.clone();
     let commits_after = CommitAfter::default();
     let resume = options.resume.clone().unwrap_or_default();

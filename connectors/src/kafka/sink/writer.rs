@@ -139,6 +139,8 @@ pub(super) struct Writer {
     last_time: u64,
     failpoints: Failpoints,
     sent: u64,
+    /// `tributary_sink_records_total` of this sink and topic.
+    sent_metric: prometheus_client::metrics::counter::Counter,
     acked_batches: u64,
     retractions_ignored: u64,
     /// Records to write, reused.
@@ -196,6 +198,8 @@ impl Writer {
             producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner()).starts.insert(partition, end);
             parts.insert(partition, Part { start: end, sent: 0, base, suffix });
         }
+        let labels = crate::metrics::labels(&[("sink", &name), ("topic", &shared.topic)]);
+        let sent_metric = crate::metrics::metrics().sink_records.get_or_create(&labels).clone();
         Writer {
             shared,
             name,
@@ -206,6 +210,7 @@ impl Writer {
             last_time: 0,
             failpoints: Failpoints::from_env(),
             sent: 0,
+            sent_metric,
             acked_batches: 0,
             retractions_ignored: 0,
             out: Vec::new(),
@@ -398,6 +403,7 @@ impl Writer {
             part.sent += 1;
         }
         self.sent += 1;
+        self.sent_metric.inc();
         if self.failpoints.after_records == Some(self.sent) {
             // Crash in the middle of a batch whose first records the broker has stored.
             let _ = self.producer.flush(Duration::from_secs(30));

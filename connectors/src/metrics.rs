@@ -1,0 +1,57 @@
+//! The connectors' metrics at the process's endpoint ([`tributary_runtime::metrics`]): sources report their
+//! partitions (`source::metrics`), sinks the records they wrote, jobs their commits. Listed in docs/metrics.md.
+
+use std::sync::OnceLock;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+type Labels = Vec<(String, String)>;
+
+pub(crate) struct Metrics {
+    /// Records a sink handed to Kafka, by sink and topic.
+    pub(crate) sink_records: Family<Labels, Counter>,
+    /// Commits written and acknowledged, by commit log.
+    pub(crate) commits: Family<Labels, Counter>,
+    /// From sending a commit to its acknowledgement, by commit log.
+    pub(crate) commit_latency: Family<Labels, Histogram>,
+    /// The dataflow time of the last acknowledged commit (ms), by commit log.
+    pub(crate) committed_time: Family<Labels, Gauge>,
+}
+
+/// The connectors' metrics, registered at the process's endpoint on first use.
+pub(crate) fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let latency: fn() -> Histogram = || Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let metrics = Metrics {
+            sink_records: Family::default(),
+            commits: Family::default(),
+            commit_latency: Family::new_with_constructor(latency),
+            committed_time: Family::default(),
+        };
+        let mut registry = tributary_runtime::metrics::registry().lock().unwrap_or_else(|e| e.into_inner());
+        registry.register("tributary_sink_records", "Records a sink handed to Kafka", metrics.sink_records.clone());
+        registry.register("tributary_commits", "Commits of exactly-once jobs written and acknowledged", metrics.commits.clone());
+        registry.register_with_unit(
+            "tributary_commit_latency",
+            "From writing a commit to its acknowledgement",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.commit_latency.clone(),
+        );
+        registry.register(
+            "tributary_committed_time_milliseconds",
+            "The dataflow (event) time of the last acknowledged commit",
+            metrics.committed_time.clone(),
+        );
+        drop(registry);
+        metrics
+    })
+}
+
+/// Labels from `(name, value)` pairs.
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
