@@ -1,5 +1,5 @@
 //! What an operator of a running job sees: the metrics endpoint of a job on the real broker, scraped while
-//! records are produced.
+//! records are produced, and the progress line on a terminal.
 
 mod common;
 
@@ -129,4 +129,58 @@ fn the_metrics_endpoint_shows_counts_positions_lag_and_watermarks_move_as_record
 
     job.signal(nix::sys::signal::Signal::SIGTERM);
     job.stopped("the job", LONG);
+}
+
+/// Runs `windowed_count` over `csv` under a pseudo-terminal (util-linux `script`), stdout to `out`, with `flags`;
+/// returns what the terminal showed.
+fn on_a_terminal(scratch: &Scratch, csv: &std::path::Path, out: &std::path::Path, flags: &str) -> String {
+    use common::OutputWithin;
+    let typescript = scratch.0.join(format!("typescript{}", flags.replace(' ', "")));
+    let command = format!(
+        "{} --csv {} {flags} > {}",
+        common::example("windowed_count").display(),
+        csv.display(),
+        out.display()
+    );
+    let output = std::process::Command::new("script")
+        .args(["-qfec", &command])
+        .arg(&typescript)
+        .stdin(std::process::Stdio::null())
+        .output_within(LONG)
+        .unwrap_or_else(|e| panic!("cannot run `script` (util-linux) to give the job a terminal: {e}; install util-linux"));
+    assert!(output.status.success(), "windowed_count under a terminal failed: {}", String::from_utf8_lossy(&output.stderr));
+    std::fs::read_to_string(&typescript).expect("the typescript")
+}
+
+#[test]
+fn the_progress_line_is_drawn_on_a_terminal_and_not_with_quiet_or_without_a_terminal() {
+    use common::OutputWithin;
+    let scratch = Scratch::new("progress");
+    let csv = scratch.0.join("events.csv");
+    let mut rows = String::from("key,ts_ms\n");
+    for i in 0..20_000u64 {
+        rows.push_str(&format!("k{},{}\n", i % 7, 1_000 * i));
+    }
+    std::fs::write(&csv, rows).unwrap();
+    let marker = "] records ";
+
+    let shown = on_a_terminal(&scratch, &csv, &scratch.0.join("terminal.out"), "");
+    assert!(shown.contains(marker), "a progress line on the terminal: {shown:?}");
+    // Drawn on stderr, cleared at the end: the results are untouched.
+    let results = std::fs::read_to_string(scratch.0.join("terminal.out")).unwrap();
+    assert!(!results.contains(marker) && results.lines().count() > 100, "{results}");
+
+    let quiet = on_a_terminal(&scratch, &csv, &scratch.0.join("quiet.out"), "--quiet");
+    assert!(!quiet.contains(marker), "--quiet: no progress line: {quiet:?}");
+    assert_eq!(std::fs::read_to_string(scratch.0.join("quiet.out")).unwrap(), results);
+
+    let piped = std::process::Command::new(common::example("windowed_count"))
+        .arg("--csv")
+        .arg(&csv)
+        .output_within(LONG)
+        .unwrap();
+    assert!(piped.status.success());
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(stderr.contains("source finished") && !stderr.contains(marker), "no progress line on a pipe: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&piped.stdout), results);
 }

@@ -56,6 +56,9 @@ pub struct ClusterArgs {
     /// Serve this process's metrics at http://HOST:PORT/metrics (Prometheus text format; docs/metrics.md).
     #[arg(long = "metrics-addr", value_name = "HOST:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// No progress line on stderr (it is drawn only when stderr is a terminal anyway).
+    #[arg(short = 'q', long = "quiet")]
+    pub quiet: bool,
 }
 
 /// The longest timeout a flag takes (a year): longer ones are mistakes, and would overflow the clock.
@@ -72,6 +75,7 @@ impl Default for ClusterArgs {
             shutdown_timeout: Duration::from_secs(10),
             peer_timeout: Duration::from_secs(20),
             metrics_addr: None,
+            quiet: false,
         }
     }
 }

@@ -92,6 +92,7 @@ where
     if let Some(addr) = args.metrics_addr {
         crate::metrics::serve(addr)?;
     }
+    let _progress = crate::progress::start(args.quiet);
     run(&layout, func)
 }
 

@@ -28,6 +28,7 @@ pub mod launch;
 mod liveness;
 pub mod logging;
 pub mod metrics;
+pub mod progress;
 pub mod shutdown;
 
 pub use cli::{ClusterArgs, Layout};

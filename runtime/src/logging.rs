@@ -12,7 +12,24 @@ pub fn init() {
     let _already_set = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr)
+        .with_writer(|| AboveProgress)
         .log_internal_errors(false)
         .try_init();
+}
+
+/// Stderr, with the progress line (if one is drawn) cleared for each log line and redrawn below it.
+struct AboveProgress;
+
+impl std::io::Write for AboveProgress {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        crate::progress::suspend(|| std::io::stderr().write(buf))
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        crate::progress::suspend(|| std::io::stderr().write_all(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }

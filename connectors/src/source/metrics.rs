@@ -201,8 +201,28 @@ pub(crate) fn export(name: &str, worker: usize, metrics: &SourceMetrics) {
     if exported.is_empty() {
         let mut registry = tributary_runtime::metrics::registry().lock().unwrap_or_else(|e| e.into_inner());
         registry.register_collector(Box::new(SourceCollector));
+        tributary_runtime::progress::report(progress);
     }
     exported.push((name.to_owned(), worker, metrics.clone()));
+}
+
+/// The progress line's view of every exported source: records, lag, lowest watermark, dead letters.
+fn progress() -> tributary_runtime::progress::Status {
+    let exported = EXPORTED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut status = tributary_runtime::progress::Status::default();
+    for (_, _, metrics) in exported.iter() {
+        for m in metrics.snapshot() {
+            status.records = status.records.saturating_add(m.records);
+            status.dead_letters = status.dead_letters.saturating_add(m.malformed + m.too_late + m.too_far_ahead);
+            if let Some(end) = m.end {
+                status.lag = Some(status.lag.unwrap_or(0).saturating_add(end.saturating_sub(m.position)));
+            }
+            if m.watermark > 0 {
+                status.watermark = Some(status.watermark.map_or(m.watermark, |w| w.min(m.watermark)));
+            }
+        }
+    }
+    status
 }
 
 /// Encodes every exported source's partitions on each scrape, one family per metric (docs/metrics.md).
