@@ -211,6 +211,24 @@ fn launcher_reports_a_program_that_cannot_start() {
 }
 
 #[test]
+fn a_program_that_cannot_be_started_again_counts_as_a_failed_run_and_is_retried_up_to_the_limit() {
+    // The program fails, and deletes itself first: every restart fails to start it.
+    let scratch = Scratch::new("launch-vanishing");
+    let program = scratch.0.join("vanishing.sh");
+    std::fs::write(&program, "#!/bin/sh\nrm -f -- \"$0\"\nexit 3\n").unwrap();
+    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let output = Command::new(launcher())
+        .args(["launch", "--restart", "on-failure", "--max-restarts", "2", "--restart-delay", "10ms", "--"])
+        .arg(&program)
+        .output_within(common::RUN_LIMIT)
+        .expect("run launcher");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("cannot start the cluster again").count(), 2, "both restarts were tried: {stderr}");
+    assert!(stderr.contains("giving up after 2 restarts"), "{stderr}");
+}
+
+#[test]
 fn sigterm_to_the_launcher_stops_the_cluster_cleanly() {
     let run = spawn(
         Command::new(launcher())

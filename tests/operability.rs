@@ -126,6 +126,8 @@ fn the_metrics_endpoint_shows_counts_positions_lag_and_watermarks_move_as_record
     });
     assert!(sum(&committed, "tributary_sink_records_total{") > 0.0, "the sink's records: {committed:#?}");
     assert!(sum(&committed, "tributary_commit_latency_seconds_count{") >= 1.0, "commit latencies observed: {committed:#?}");
+    // The word counts live in differential arrangements: their sizes are reported.
+    assert!(sum(&committed, "tributary_arrangement_records{") > 0.0, "arrangement sizes: {committed:#?}");
 
     job.signal(nix::sys::signal::Signal::SIGTERM);
     job.stopped("the job", LONG);
@@ -136,12 +138,7 @@ fn the_metrics_endpoint_shows_counts_positions_lag_and_watermarks_move_as_record
 fn on_a_terminal(scratch: &Scratch, csv: &std::path::Path, out: &std::path::Path, flags: &str) -> String {
     use common::OutputWithin;
     let typescript = scratch.0.join(format!("typescript{}", flags.replace(' ', "")));
-    let command = format!(
-        "{} --csv {} {flags} > {}",
-        common::example("windowed_count").display(),
-        csv.display(),
-        out.display()
-    );
+    let command = format!("{} --csv {} {flags} > {}", common::example("windowed_count").display(), csv.display(), out.display());
     let output = std::process::Command::new("script")
         .args(["-qfec", &command])
         .arg(&typescript)
@@ -174,11 +171,7 @@ fn the_progress_line_is_drawn_on_a_terminal_and_not_with_quiet_or_without_a_term
     assert!(!quiet.contains(marker), "--quiet: no progress line: {quiet:?}");
     assert_eq!(std::fs::read_to_string(scratch.0.join("quiet.out")).unwrap(), results);
 
-    let piped = std::process::Command::new(common::example("windowed_count"))
-        .arg("--csv")
-        .arg(&csv)
-        .output_within(LONG)
-        .unwrap();
+    let piped = std::process::Command::new(common::example("windowed_count")).arg("--csv").arg(&csv).output_within(LONG).unwrap();
     assert!(piped.status.success());
     let stderr = String::from_utf8_lossy(&piped.stderr);
     assert!(stderr.contains("source finished") && !stderr.contains(marker), "no progress line on a pipe: {stderr}");

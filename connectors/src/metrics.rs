@@ -55,3 +55,28 @@ pub(crate) fn metrics() -> &'static Metrics {
 pub(crate) fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
+
+/// Encodes the state sizes the operators report ([`tributary_operators::state`]) on each scrape.
+#[derive(Debug)]
+pub(crate) struct StateCollector;
+
+impl prometheus_client::collector::Collector for StateCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        let sizes = tributary_operators::state::sizes();
+        let mut family = encoder.encode_descriptor(
+            "tributary_operator_state_entries",
+            "Entries an operator holds (kind=held: window-key states, session keys, join records, table keys) or has buffered until the frontier passes their time (kind=buffered)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for size in sizes {
+            let worker = size.worker.to_string();
+            let labels = [("operator", size.operator.as_str()), ("worker", worker.as_str()), ("kind", size.kind)];
+            ConstGauge::new(size.entries as i64).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

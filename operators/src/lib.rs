@@ -29,6 +29,7 @@ pub mod join;
 pub mod late;
 mod ordered;
 pub mod session;
+pub mod state;
 pub mod temporal_join;
 pub mod timed;
 mod timed_join;

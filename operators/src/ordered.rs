@@ -19,11 +19,13 @@ use crate::late::LateRecord;
 /// Items grouped by time, each group with a capability for its time.
 pub(crate) struct ByTime<D> {
     groups: BTreeMap<u64, (Capability<u64>, Vec<D>)>,
+    /// Items held, over all times.
+    len: usize,
 }
 
 impl<D> Default for ByTime<D> {
     fn default() -> Self {
-        ByTime { groups: BTreeMap::new() }
+        ByTime { groups: BTreeMap::new(), len: 0 }
     }
 }
 
@@ -31,6 +33,12 @@ impl<D> ByTime<D> {
     /// Adds `item` at `time`; `capability` makes the group's capability if the time is new.
     pub(crate) fn push(&mut self, time: u64, capability: impl FnOnce(&u64) -> Capability<u64>, item: D) {
         self.groups.entry(time).or_insert_with(|| (capability(&time), Vec::new())).1.push(item);
+        self.len += 1;
+    }
+
+    /// Items held, over all times.
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
 
     /// The earliest time held.
@@ -40,7 +48,11 @@ impl<D> ByTime<D> {
 
     /// Removes the group at `time`.
     pub(crate) fn take(&mut self, time: u64) -> Option<(Capability<u64>, Vec<D>)> {
-        self.groups.remove(&time)
+        let group = self.groups.remove(&time);
+        if let Some((_, items)) = &group {
+            self.len -= items.len();
+        }
+        group
     }
 
     /// The earliest time held by either.

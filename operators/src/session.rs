@@ -179,6 +179,7 @@ where
     {
         let Sessions { gap_ms, allowed_lateness_ms } = sessions;
         let gap = gap_ms.max(1);
+        let gauges = crate::state::Gauges::new(name, self.scope().index());
         let mut builder = OperatorBuilder::new(name.to_owned(), self.scope());
         let exchange = Exchange::new(|(record, _time, _diff): &(Timed<(K, V)>, u64, isize)| record.value.0.hashed());
         let mut input = builder.new_input(self, exchange);
@@ -309,6 +310,7 @@ where
                         }
                     }
                 }
+                gauges.set(keys.len(), stash.len());
             }
         });
         SessionStreams { results, late }

@@ -72,7 +72,8 @@ where
     {
         let by_record_key = Exchange::new(|(record, _, _): &(Timed<(K, V)>, u64, isize)| record.value.0.hashed());
         let by_table_key = Exchange::new(|((key, _), _, _): &((K, W), u64, isize)| key.hashed());
-        self.binary_frontier(table.inner, by_record_key, by_table_key, name, |_capability, _info| {
+        let gauges = crate::state::Gauges::new(name, self.scope().index());
+        self.binary_frontier(table.inner, by_record_key, by_table_key, name, move |_capability, _info| {
             // The table as of the last time processed: key -> value -> multiplicity.
             let mut current: HashMap<K, BTreeMap<W, isize>> = HashMap::default();
             let mut records: BTreeMap<u64, (Capability<u64>, Vec<(Timed<(K, V)>, isize)>)> = BTreeMap::new();
@@ -129,6 +130,9 @@ where
                         _ => break,
                     }
                 }
+                let buffered =
+                    records.values().map(|(_, batch)| batch.len()).sum::<usize>() + changes.values().map(Vec::len).sum::<usize>();
+                gauges.set(current.len(), buffered);
             }
         })
     }

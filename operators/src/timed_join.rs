@@ -45,6 +45,8 @@ struct Side<K, V> {
     by_key: HashMap<K, Vec<Entry<V>>>,
     /// Keys by the time after which their first records can go.
     expiry: BTreeMap<u64, Vec<K>>,
+    /// Entries held, over all keys.
+    len: usize,
 }
 
 struct Entry<V> {
@@ -56,7 +58,7 @@ struct Entry<V> {
 
 impl<K: Hash + Eq + Clone, V> Side<K, V> {
     fn new() -> Self {
-        Side { by_key: HashMap::default(), expiry: BTreeMap::new() }
+        Side { by_key: HashMap::default(), expiry: BTreeMap::new(), len: 0 }
     }
 
     /// The records of `key` with event times in `range`.
@@ -76,6 +78,7 @@ impl<K: Hash + Eq + Clone, V> Side<K, V> {
         // Mostly in order: usually an append.
         let at = entries.partition_point(|e| e.event_time <= entry.event_time);
         entries.insert(at, entry);
+        self.len += 1;
     }
 
     fn release_before(&mut self, horizon: u64) {
@@ -87,6 +90,7 @@ impl<K: Hash + Eq + Clone, V> Side<K, V> {
                 let Some(entries) = self.by_key.get_mut(&key) else { continue };
                 let gone = entries.partition_point(|e| e.expires < horizon);
                 entries.drain(..gone);
+                self.len -= gone;
                 match entries.first() {
                     Some(first) => self.expiry.entry(first.expires).or_default().push(key),
                     None => {
@@ -118,6 +122,7 @@ where
 {
     let by_left_key = Exchange::new(|(record, _, _): &(Joinable<K, V>, u64, isize)| record.key.hashed());
     let by_right_key = Exchange::new(|(record, _, _): &(Joinable<K, W>, u64, isize)| record.key.hashed());
+    let gauges = crate::state::Gauges::new(name, left.scope().index());
     left.binary_frontier(right, by_left_key, by_right_key, name, move |_capability, _info| {
         let mut lefts: Side<K, V> = Side::new();
         let mut rights: Side<K, W> = Side::new();
@@ -173,6 +178,7 @@ where
                 .unwrap_or(u64::MAX);
             lefts.release_before(horizon);
             rights.release_before(horizon);
+            gauges.set(lefts.len + rights.len, left_stash.len() + right_stash.len());
         }
     })
 }

@@ -57,7 +57,8 @@ where
 {
     fn upsert(self, name: &str) -> VecCollection<'scope, u64, (K, V), isize> {
         let exchange = Exchange::new(|(update, _time, _diff): &(Timed<(K, Option<V>)>, u64, isize)| update.value.0.hashed());
-        self.unary_frontier(exchange, name, |_capability, _info| {
+        let gauges = crate::state::Gauges::new(name, self.scope().index());
+        self.unary_frontier(exchange, name, move |_capability, _info| {
             let mut table: HashMap<K, V> = HashMap::default();
             // Updates waiting for their time to complete, in arrival order, with a capability for that time.
             let mut pending: BTreeMap<u64, (Capability<u64>, Vec<(K, Option<V>)>)> = BTreeMap::new();
@@ -87,6 +88,7 @@ where
                         }
                     }
                 }
+                gauges.set(table.len(), pending.values().map(|(_, updates)| updates.len()).sum());
             }
         })
         .as_collection()

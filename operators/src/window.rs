@@ -88,7 +88,7 @@ impl Windows {
     /// assert!(Windows::tumbling(Duration::ZERO).is_err());
     /// ```
     pub fn tumbling(size: std::time::Duration) -> Result<Windows, WindowError> {
-        let size_ms = size.as_millis() as u64;
+        let size_ms = crate::event_time::ms(size);
         if size_ms == 0 {
             return Err(WindowError::EmptyWindow(size));
         }
@@ -107,7 +107,7 @@ impl Windows {
     /// assert!(Windows::hopping(minute, Duration::ZERO).is_err());
     /// ```
     pub fn hopping(size: std::time::Duration, slide: std::time::Duration) -> Result<Windows, WindowError> {
-        let (size_ms, slide_ms) = (size.as_millis() as u64, slide.as_millis() as u64);
+        let (size_ms, slide_ms) = (crate::event_time::ms(size), crate::event_time::ms(slide));
         if size_ms == 0 {
             return Err(WindowError::EmptyWindow(size));
         }
@@ -273,6 +273,7 @@ where
     {
         let WindowSpec { windows, allowed_lateness_ms, emit } = spec.into();
         let size = windows.size().max(1);
+        let gauges = crate::state::Gauges::new(name, self.scope().index());
         let mut builder = OperatorBuilder::new(name.to_owned(), self.scope());
         let exchange = Exchange::new(|(record, _time, _diff): &(Timed<(K, V)>, u64, isize)| record.value.0.hashed());
         let mut input = builder.new_input(self, exchange);
@@ -373,6 +374,7 @@ where
                     }
                     window.remove();
                 }
+                gauges.set(state.values().map(HashMap::len).sum(), stash.len());
             }
         });
         WindowStreams { results, late }
@@ -382,6 +384,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_windows_are_capped_like_every_duration() {
+        let max = crate::event_time::MAX_EVENT_TIME;
+        assert_eq!(Windows::tumbling(std::time::Duration::MAX), Ok(Windows::Tumbling { size_ms: max }));
+        let hop = Windows::hopping(std::time::Duration::MAX, std::time::Duration::MAX);
+        assert_eq!(hop, Ok(Windows::Hopping { size_ms: max, slide_ms: max }));
+        // The operators' arithmetic (start + size + lateness) stays in range.
+        assert!(max.checked_add(max).and_then(|t| t.checked_add(max)).is_some());
+    }
 
     #[test]
     fn window_starts() {

@@ -91,12 +91,15 @@ where
     let _entered = span.enter();
     if let Some(addr) = args.metrics_addr {
         crate::metrics::serve(addr)?;
+        let mut registry = crate::metrics::registry().lock().unwrap_or_else(|e| e.into_inner());
+        registry.register_collector(Box::new(crate::arrangements::Collector));
     }
     let _progress = crate::progress::start(args.quiet);
-    run(&layout, func)
+    run(&layout, args.metrics_addr.is_some(), func)
 }
 
-fn run<T, F>(layout: &Layout, func: F) -> Result<Vec<T>>
+/// `arrangements`: log differential's arrangement sizes for the metrics endpoint.
+fn run<T, F>(layout: &Layout, arrangements: bool, func: F) -> Result<Vec<T>>
 where
     T: Send + 'static,
     F: Fn(&mut Worker, &WorkerContext) -> T + Send + Sync + 'static,
@@ -173,6 +176,9 @@ where
     worker_config.set(Shutdown::CONFIG_KEY.to_owned(), shutdown.clone());
     let guards = initialize_from(builders, Box::new(()), move |allocator| {
         let mut worker = Worker::new(worker_config.clone(), allocator, Some(Instant::now()));
+        if arrangements {
+            crate::arrangements::log(&mut worker);
+        }
         let context = WorkerContext { index: worker.index(), ..template.clone() };
         let local = context.index - first_worker;
         let span = tracing::info_span!("worker", process, worker = context.index);

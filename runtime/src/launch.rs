@@ -149,7 +149,16 @@ pub fn launch(args: &LaunchArgs) -> Result<i32> {
             HostFile::write(&hostfile, &free_loopback_ports(args.processes)?)?;
         }
         let started = Instant::now();
-        let ended = run_once(args, &hostfile, &events, &receiver)?;
+        let ended = match run_once(args, &hostfile, &events, &receiver) {
+            Ok(ended) => ended,
+            // The program started before: a failure to start it again (resources, a replaced binary being
+            // written) is a failed run, which the restart policy retries with its backoff and limit.
+            Err(error) if restarts > 0 => {
+                tracing::error!("cannot start the cluster again: {error}");
+                Ended::Failed(1)
+            }
+            Err(error) => return Err(error),
+        };
         let code = match ended {
             Ended::Succeeded => break 0,
             Ended::Stopped(code) => break code,

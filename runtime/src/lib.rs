@@ -16,6 +16,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::todo, clippy::unimplemented)
 )]
 
+mod arrangements;
 pub mod checkpoint;
 mod cli;
 mod connect;

@@ -201,6 +201,7 @@ pub(crate) fn export(name: &str, worker: usize, metrics: &SourceMetrics) {
     if exported.is_empty() {
         let mut registry = tributary_runtime::metrics::registry().lock().unwrap_or_else(|e| e.into_inner());
         registry.register_collector(Box::new(SourceCollector));
+        registry.register_collector(Box::new(crate::metrics::StateCollector));
         tributary_runtime::progress::report(progress);
     }
     exported.push((name.to_owned(), worker, metrics.clone()));

@@ -304,7 +304,8 @@ where
                         if m.records == 0 && m.malformed == ALL_MALFORMED_WARNING {
                             // Early, once: a wrong format (or a CSV file without its header line) would otherwise
                             // show only as a stream of dead letters and an empty result.
-                            let hint = if source.ends_with(".csv") { "; a CSV file must start with its header line" } else { "" };
+                            let csv = std::path::Path::new(source).extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+                            let hint = if csv { "; a CSV file must start with its header line" } else { "" };
                             tracing::warn!(
                                 source,
                                 partition = kafka_partition,
