@@ -262,6 +262,16 @@ pub struct Lift {
     pub floor: u64,
 }
 
+/// Where a replay of a partition starts: an offset and the partition's watermark just before reading it
+/// ([`SourceClock::resume_point`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ResumePoint {
+    /// The first offset to read again.
+    pub offset: u64,
+    /// The partition's watermark before that offset was read.
+    pub watermark: u64,
+}
+
 /// The decisions about a partition's records that were not a function of its records alone, in offset order:
 /// what a replay must apply again to assign the same times.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -351,6 +361,12 @@ struct PartitionState {
     history: PartitionHistory,
     /// Restored lifts not reached yet, in offset order.
     pending: Vec<Lift>,
+    /// The records that travel later than every record before them (their times strictly increase), from the
+    /// first one after the last [`SourceClock::release_resume_points`] on: where [`SourceClock::resume_point`]
+    /// finds the first record after a time.
+    breakers: std::collections::VecDeque<(u64, ResumePoint)>,
+    /// The latest dataflow time of any record read so far.
+    latest: Option<u64>,
 }
 
 impl PartitionState {
@@ -362,6 +378,8 @@ impl PartitionState {
             position: 0,
             history: PartitionHistory::default(),
             pending: Vec::new(),
+            breakers: std::collections::VecDeque::new(),
+            latest: None,
         }
     }
 
@@ -374,6 +392,14 @@ impl PartitionState {
     }
 
     /// Applies the restored lifts that `position` has reached.
+    /// Notes a record at `offset` travelling at `time`, read when the watermark was `before`.
+    fn read(&mut self, offset: u64, time: u64, before: u64) {
+        if self.latest.is_none_or(|latest| time > latest) {
+            self.latest = Some(time);
+            self.breakers.push_back((time, ResumePoint { offset, watermark: before }));
+        }
+    }
+
     fn apply_pending(&mut self) {
         while let Some(lift) = self.pending.first().copied().filter(|l| l.offset <= self.position) {
             self.pending.remove(0);
@@ -463,6 +489,7 @@ impl SourceClock {
         self.touch(partition, offset, now);
         let policy = self.policy;
         let state = &mut self.partitions[partition];
+        let before = state.clock.watermark();
         let ahead = |max: u64| event_time > wall_ms.saturating_add(max);
         let arrival = match policy.max_ahead_ms() {
             // A recorded rejection holds whatever the wall clock says now (and whatever the policy is).
@@ -475,6 +502,11 @@ impl SourceClock {
             }
             _ => state.clock.observe(event_time, &policy),
         };
+        let time = match arrival {
+            Arrival::OnTime { time } | Arrival::Late { time, .. } => time,
+            Arrival::TooLate { watermark, .. } | Arrival::TooFarAhead { watermark, .. } => watermark,
+        };
+        state.read(offset, time, before);
         state.position = state.position.max(offset + 1);
         state.apply_pending();
         arrival
@@ -486,9 +518,36 @@ impl SourceClock {
         self.touch(partition, offset, now);
         let state = &mut self.partitions[partition];
         let watermark = state.clock.watermark();
+        state.read(offset, watermark, watermark);
         state.position = state.position.max(offset + 1);
         state.apply_pending();
         watermark
+    }
+
+    /// Where a replay of `partition` must start so that every record read so far whose dataflow time is after
+    /// `after` is read again, and the partition's watermark there: the first record (by offset) with a later
+    /// time, or the position if there is none. A replay from that point, with the partition's
+    /// [`history`](SourceClock::history), assigns every record the time it had (records at times up to `after`
+    /// among them are what a restored state already holds, for a caller to skip).
+    ///
+    /// Valid for every `after` at or above the last [`release_resume_points`](SourceClock::release_resume_points).
+    pub fn resume_point(&self, partition: usize, after: u64) -> ResumePoint {
+        let state = &self.partitions[partition];
+        let i = state.breakers.partition_point(|(time, _)| *time <= after);
+        match state.breakers.get(i) {
+            Some((_, point)) => *point,
+            None => ResumePoint { offset: state.position, watermark: state.clock.watermark() },
+        }
+    }
+
+    /// Forgets what [`resume_point`](SourceClock::resume_point) needs only for times before `time`: call it
+    /// once no resume point before `time` will be asked for (the source's capability has passed it).
+    pub fn release_resume_points(&mut self, time: u64) {
+        for state in &mut self.partitions {
+            while state.breakers.front().is_some_and(|(t, _)| *t < time) {
+                state.breakers.pop_front();
+            }
+        }
     }
 
     /// Marks `partition` as finished (bounded input read to its end): it no longer holds the watermark back.
@@ -677,5 +736,88 @@ mod tests {
         assert_eq!(clock.watermark(t0), Some(10));
         clock.finish(0);
         assert_eq!(clock.watermark(t0), None);
+    }
+
+    /// Reads `record` (at `offset`) into `clock`; returns its dataflow time.
+    fn read(clock: &mut SourceClock, partition: usize, offset: u64, (event_time, malformed): (u64, bool), now: Instant) -> u64 {
+        if malformed {
+            return clock.malformed(partition, offset, now);
+        }
+        match clock.observe(partition, offset, event_time, 0, now) {
+            Arrival::OnTime { time } | Arrival::Late { time, .. } => time,
+            Arrival::TooLate { watermark, .. } | Arrival::TooFarAhead { watermark, .. } => watermark,
+        }
+    }
+
+    proptest::proptest! {
+        /// The invariant checkpoints rest on, at every snapshot of a run of two partitions with disorder,
+        /// lateness, malformed records and idleness: a replay of a partition from its resume point for a time `c`, with
+        /// its history, reads every record whose dataflow time is after `c` again (none is before the point), and
+        /// assigns every record from the point on the time it had, whatever idleness decided in between.
+        #[test]
+        fn a_replay_from_the_resume_point_reads_every_later_record_again_at_its_time(
+            events in proptest::collection::vec((0usize..2, 0u64..1_000, 0u64..30, proptest::bool::weighted(0.05)), 1..300),
+            ooo in 0u64..50,
+            idle in proptest::option::of(1u64..40),
+            lateness in proptest::option::of(0u64..100),
+        ) {
+            let policy = WatermarkPolicy {
+                max_out_of_orderness: Duration::from_millis(ooo),
+                idle_timeout: idle.map(Duration::from_millis),
+                max_lateness: lateness.map(Duration::from_millis),
+                max_ahead: None,
+            };
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut clock = SourceClock::new(2, policy, t0);
+            // Per partition: (event time, malformed) by offset, and the dataflow time each record got.
+            let mut records: [Vec<(u64, bool)>; 2] = Default::default();
+            let mut times: [Vec<u64>; 2] = Default::default();
+            let mut cap = 0;
+            // Per snapshot: its time, and per partition the resume point, position and history then.
+            let mut snapshots: Vec<(u64, Vec<(ResumePoint, u64, PartitionHistory)>)> = Vec::new();
+            for &(partition, event_time, gap, malformed) in &events {
+                now += Duration::from_millis(gap);
+                let offset = records[partition].len() as u64;
+                records[partition].push((event_time, malformed));
+                let time = read(&mut clock, partition, offset, (event_time, malformed), now);
+                proptest::prop_assert!(time >= cap, "a record travels no earlier than the source's capability");
+                times[partition].push(time);
+                // As the source operator does: a snapshot at the capability just before it moves past it.
+                if let Some(watermark) = clock.watermark(now).filter(|w| *w > cap) {
+                    let state = (0..2).map(|p| (clock.resume_point(p, cap), clock.position(p), clock.history(p))).collect();
+                    snapshots.push((cap, state));
+                    cap = watermark;
+                    clock.release_resume_points(cap);
+                }
+            }
+            for (c, state) in &snapshots {
+                for (partition, (point, position, history_then)) in state.iter().enumerate() {
+                    for (offset, time) in times[partition].iter().enumerate() {
+                        proptest::prop_assert!(
+                            *time <= *c || offset as u64 >= point.offset,
+                            "partition {partition}: the record at {offset} travels at {time}, after {c}, but the resume point is {point:?}"
+                        );
+                    }
+                    // A replay with everything recorded since, and one with what was recorded at the snapshot (valid up to
+                    // the position then: a restart lifts what follows above the commit).
+                    for (history, end) in [(clock.history(partition), records[partition].len() as u64), (history_then.clone(), *position)] {
+                        // Only what is recorded from the point on: what came before is in the point's watermark.
+                        let history = PartitionHistory {
+                            lifts: history.lifts.iter().copied().filter(|l| l.offset >= point.offset).collect(),
+                            rejected: history.rejected.iter().copied().filter(|(_, to)| *to > point.offset).collect(),
+                        };
+                        let mut replay = SourceClock::new(1, policy, t0);
+                        replay.set_watermark(0, point.watermark);
+                        replay.restore(0, &history, None);
+                        replay.start_at(0, point.offset);
+                        for offset in point.offset..end {
+                            let time = read(&mut replay, 0, offset, records[partition][offset as usize], t0);
+                            proptest::prop_assert_eq!(time, times[partition][offset as usize], "partition {}, offset {}", partition, offset);
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tributary_operators::event_time::PartitionHistory;
+use tributary_operators::event_time::{PartitionHistory, ResumePoint};
 
 /// A partition of a source, as named in commits: the source operator's name, the topic or file, the Kafka
 /// partition (0 for files).
@@ -53,6 +53,12 @@ pub struct PartitionSnapshot {
     /// Lifts and rejections a replay must apply again.
     #[serde(default)]
     pub history: PartitionHistory,
+    /// Where a replay that restores the state as of this snapshot's time can start instead of `start`: the first
+    /// record read so far whose dataflow time is later (or `position`), with the watermark there
+    /// ([`SourceClock::resume_point`](tributary_operators::SourceClock::resume_point)). What checkpoints
+    /// (issue 12) resume from; restarts without them replay from `start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<ResumePoint>,
 }
 
 /// How a drained source's unfinished times are treated.

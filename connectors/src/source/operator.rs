@@ -373,6 +373,7 @@ where
                     // travels later.
                     snapshots.send(&name, &*reader, &clock, &mut control_output, &caps.control);
                     caps.downgrade(&watermark);
+                    clock.release_resume_points(watermark);
                 }
                 Some(_) => {}
             }
@@ -474,6 +475,7 @@ impl Snapshots {
                 position: state.0,
                 watermark: state.1,
                 history,
+                resume: Some(clock.resume_point(partition, *cap.time())),
             });
         }
         if !changed.is_empty() {
