@@ -77,6 +77,19 @@ impl prometheus_client::collector::Collector for StateCollector {
             let labels = [("operator", size.operator.as_str()), ("worker", worker.as_str()), ("kind", size.kind)];
             ConstGauge::new(size.entries as i64).encode(family.encode_family(&labels)?)?;
         }
+        let mut family = encoder.encode_descriptor(
+            "tributary_operator_records",
+            "Updates a Tributary operator received (direction=received, all inputs) and emitted on its results (direction=emitted)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for counts in tributary_operators::state::records() {
+            let worker = counts.worker.to_string();
+            for (direction, n) in [("received", counts.received), ("emitted", counts.emitted)] {
+                let labels = [("operator", counts.operator.as_str()), ("worker", worker.as_str()), ("direction", direction)];
+                prometheus_client::metrics::counter::ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
     }
 }

@@ -196,8 +196,10 @@ where
             // Keys with a closed session, by the time after which it can be released.
             let mut releases: BTreeMap<u64, Vec<K>> = BTreeMap::new();
             move |frontiers| {
+                let (mut received, mut emitted) = (0, 0);
                 let mut late_handle = late_output.activate();
                 input.for_each(|cap, data| {
+                    received += data.len();
                     for (record, time, diff) in data.drain(..) {
                         let window_end = record.event_time + gap;
                         if window_end + allowed_lateness_ms > time {
@@ -264,6 +266,7 @@ where
                         for start in stale {
                             let Some((end, old)) = state.emitted.remove(&start) else { continue };
                             session.give((((key.clone(), Session { start, end }), old), now, -1));
+                            emitted += 1;
                         }
                         for (s, output) in closed {
                             let Some(output) = output else { continue };
@@ -272,8 +275,10 @@ where
                             }
                             if let Some((end, old)) = state.emitted.insert(s.start, (s.end, output.clone())) {
                                 session.give((((key.clone(), Session { start: s.start, end }), old), now, -1));
+                                emitted += 1;
                             }
                             session.give((((key.clone(), s), output), now, 1));
+                            emitted += 1;
                             releases.entry(s.end + gap + allowed_lateness_ms).or_default().push(key.clone());
                         }
                         if let Some(next) = open.iter().map(|(s, _)| s.end - 1).min()
@@ -311,6 +316,7 @@ where
                     }
                 }
                 gauges.set(keys.len(), stash.len());
+                gauges.count(received, emitted);
             }
         });
         SessionStreams { results, late }

@@ -1,5 +1,6 @@
-//! How much state each stateful operator holds, per worker: for the metrics endpoint
-//! (`tributary_operator_state_entries`, docs/metrics.md) and for tests that check that state is released.
+//! How much state each stateful operator holds, and how many records it received and emitted, per worker: for
+//! the metrics endpoint (`tributary_operator_state_entries`, `tributary_operator_records_total`,
+//! docs/metrics.md) and for tests that check that state is released.
 //!
 //! Every windowed, session, join and table operator reports, after each of its activations, two counts:
 //! - `held`: what it keeps for later: window × key states (windows), keys with sessions (sessions), records on
@@ -49,49 +50,98 @@ pub struct StateSize {
     pub entries: u64,
 }
 
+/// Records into and out of one operator on one worker, as [`records`] reports them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordCounts {
+    /// The operator's name.
+    pub operator: String,
+    /// The worker (global index).
+    pub worker: usize,
+    /// Updates received (on all inputs).
+    pub received: u64,
+    /// Updates emitted on the results output (late records are counted as dead letters where they end up).
+    pub emitted: u64,
+}
+
+#[derive(Default)]
+struct Counts {
+    held: AtomicU64,
+    buffered: AtomicU64,
+    received: AtomicU64,
+    emitted: AtomicU64,
+}
+
 struct Registered {
     operator: String,
     worker: usize,
-    kind: &'static str,
-    entries: Weak<AtomicU64>,
+    counts: Weak<Counts>,
 }
 
 static REGISTERED: Mutex<Vec<Registered>> = Mutex::new(Vec::new());
 
+/// The live operators of this process with their counts.
+fn live() -> Vec<(String, usize, Arc<Counts>)> {
+    let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
+    registered.retain(|r| r.counts.strong_count() > 0);
+    registered.iter().filter_map(|r| Some((r.operator.clone(), r.worker, r.counts.upgrade()?))).collect()
+}
+
 /// The state sizes of every live operator of this process.
 pub fn sizes() -> Vec<StateSize> {
-    let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
-    registered.retain(|r| r.entries.strong_count() > 0);
-    registered
-        .iter()
-        .filter_map(|r| {
-            let entries = r.entries.upgrade()?.load(Ordering::Relaxed);
-            Some(StateSize { operator: r.operator.clone(), worker: r.worker, kind: r.kind, entries })
+    live()
+        .into_iter()
+        .flat_map(|(operator, worker, counts)| {
+            [("held", &counts.held), ("buffered", &counts.buffered)].map(|(kind, entries)| StateSize {
+                operator: operator.clone(),
+                worker,
+                kind,
+                entries: entries.load(Ordering::Relaxed),
+            })
         })
         .collect()
 }
 
-/// An operator's two counts; they leave [`sizes`] when it is dropped.
+/// The record counts of every live operator of this process.
+pub fn records() -> Vec<RecordCounts> {
+    live()
+        .into_iter()
+        .map(|(operator, worker, counts)| RecordCounts {
+            operator,
+            worker,
+            received: counts.received.load(Ordering::Relaxed),
+            emitted: counts.emitted.load(Ordering::Relaxed),
+        })
+        .collect()
+}
+
+/// An operator's counts; they leave [`sizes`] and [`records`] when it is dropped.
 pub(crate) struct Gauges {
-    held: Arc<AtomicU64>,
-    buffered: Arc<AtomicU64>,
+    counts: Arc<Counts>,
 }
 
 impl Gauges {
     /// Registers the counts of operator `operator` on `worker`.
     pub(crate) fn new(operator: &str, worker: usize) -> Gauges {
-        let (held, buffered) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let counts = Arc::new(Counts::default());
         let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
-        registered.retain(|r| r.entries.strong_count() > 0);
-        for (kind, entries) in [("held", &held), ("buffered", &buffered)] {
-            registered.push(Registered { operator: operator.to_owned(), worker, kind, entries: Arc::downgrade(entries) });
-        }
-        Gauges { held, buffered }
+        registered.retain(|r| r.counts.strong_count() > 0);
+        registered.push(Registered { operator: operator.to_owned(), worker, counts: Arc::downgrade(&counts) });
+        Gauges { counts }
     }
 
-    /// Sets both counts.
+    /// Sets both state counts.
     pub(crate) fn set(&self, held: usize, buffered: usize) {
-        self.held.store(held as u64, Ordering::Relaxed);
-        self.buffered.store(buffered as u64, Ordering::Relaxed);
+        self.counts.held.store(held as u64, Ordering::Relaxed);
+        self.counts.buffered.store(buffered as u64, Ordering::Relaxed);
+    }
+
+    /// Adds an activation's records received and emitted.
+    pub(crate) fn count(&self, received: usize, emitted: usize) {
+        if received > 0 {
+            self.counts.received.fetch_add(received as u64, Ordering::Relaxed);
+        }
+        if emitted > 0 {
+            self.counts.emitted.fetch_add(emitted as u64, Ordering::Relaxed);
+        }
     }
 }

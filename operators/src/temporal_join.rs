@@ -79,12 +79,15 @@ where
             let mut records: BTreeMap<u64, (Capability<u64>, Vec<(Timed<(K, V)>, isize)>)> = BTreeMap::new();
             let mut changes: BTreeMap<u64, Vec<((K, W), isize)>> = BTreeMap::new();
             move |(stream, stream_frontier), (updates, table_frontier), output| {
+                let (mut received, mut emitted) = (0, 0);
                 stream.for_each(|cap, data| {
+                    received += data.len();
                     for (record, time, diff) in data.drain(..) {
                         records.entry(time).or_insert_with(|| (cap.delayed(&time, 0), Vec::new())).1.push((record, diff));
                     }
                 });
                 updates.for_each(|_cap, data| {
+                    received += data.len();
                     for (row, time, diff) in data.drain(..) {
                         changes.entry(time).or_default().push((row, diff));
                     }
@@ -121,9 +124,13 @@ where
                                         for (w, count) in values {
                                             let joined = Timed::new(event_time, (key.clone(), (value.clone(), Some(w.clone()))));
                                             session.give((joined, r, diff * count));
+                                            emitted += 1;
                                         }
                                     }
-                                    None => session.give((Timed::new(event_time, (key, (value, None))), r, diff)),
+                                    None => {
+                                        session.give((Timed::new(event_time, (key, (value, None))), r, diff));
+                                        emitted += 1;
+                                    }
                                 }
                             }
                         }
@@ -133,6 +140,7 @@ where
                 let buffered =
                     records.values().map(|(_, batch)| batch.len()).sum::<usize>() + changes.values().map(Vec::len).sum::<usize>();
                 gauges.set(current.len(), buffered);
+                gauges.count(received, emitted);
             }
         })
     }

@@ -130,12 +130,15 @@ where
         let mut right_stash: ByTime<(Joinable<K, W>, isize)> = ByTime::default();
         let mut matches: BTreeMap<u64, Vec<Joined<K, V, W>>> = BTreeMap::new();
         move |(left_input, left_frontier), (right_input, right_frontier), output| {
+            let (mut received, mut emitted) = (0, 0);
             left_input.for_each(|cap, data| {
+                received += data.len();
                 for (record, time, diff) in data.drain(..) {
                     left_stash.push(time, |t| cap.delayed(t, 0), (record, diff));
                 }
             });
             right_input.for_each(|cap, data| {
+                received += data.len();
                 for (record, time, diff) in data.drain(..) {
                     right_stash.push(time, |t| cap.delayed(t, 0), (record, diff));
                 }
@@ -168,6 +171,7 @@ where
                     rights.insert(record, diff);
                 }
                 for (at, batch) in std::mem::take(&mut matches) {
+                    emitted += batch.len();
                     output.session(&cap.delayed(&at)).give_iterator(batch.into_iter());
                 }
             }
@@ -179,6 +183,7 @@ where
             lefts.release_before(horizon);
             rights.release_before(horizon);
             gauges.set(lefts.len + rights.len, left_stash.len() + right_stash.len());
+            gauges.count(received, emitted);
         }
     })
 }

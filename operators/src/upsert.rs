@@ -63,7 +63,9 @@ where
             // Updates waiting for their time to complete, in arrival order, with a capability for that time.
             let mut pending: BTreeMap<u64, (Capability<u64>, Vec<(K, Option<V>)>)> = BTreeMap::new();
             move |(input, frontier), output| {
+                let (mut received, mut emitted) = (0, 0);
                 input.for_each(|cap, data| {
+                    received += data.len();
                     for (update, time, _diff) in data.drain(..) {
                         let entry = pending.entry(time).or_insert_with(|| (cap.delayed(&time, 0), Vec::new()));
                         entry.1.push(update.value);
@@ -79,16 +81,19 @@ where
                         let old = match value {
                             Some(value) => {
                                 session.give(((key.clone(), value.clone()), time, 1));
+                                emitted += 1;
                                 table.insert(key.clone(), value)
                             }
                             None => table.remove(&key),
                         };
                         if let Some(old) = old {
                             session.give(((key, old), time, -1));
+                            emitted += 1;
                         }
                     }
                 }
                 gauges.set(table.len(), pending.values().map(|(_, updates)| updates.len()).sum());
+                gauges.count(received, emitted);
             }
         })
         .as_collection()

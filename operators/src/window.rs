@@ -292,8 +292,10 @@ where
             // Windows with changes to emit once the frontier passes the time.
             let mut pending: ByTime<(K, u64)> = ByTime::default();
             move |frontiers| {
+                let (mut received, mut emitted) = (0, 0);
                 let mut late_handle = late_output.activate();
                 input.for_each(|cap, data| {
+                    received += data.len();
                     for (record, time, diff) in data.drain(..) {
                         if windows.starts(record.event_time).any(|start| open(start, time)) {
                             stash.push(time, |t| cap.delayed(t, 0), (record, diff));
@@ -358,9 +360,11 @@ where
                             }
                             if let Some(old) = entry.emitted.take() {
                                 session.give(((window.clone(), old), now, -1));
+                                emitted += 1;
                             }
                             if let Some(new) = &output {
                                 session.give(((window.clone(), new.clone()), now, 1));
+                                emitted += 1;
                             }
                             entry.emitted = output;
                         }
@@ -375,6 +379,7 @@ where
                     window.remove();
                 }
                 gauges.set(state.values().map(HashMap::len).sum(), stash.len());
+                gauges.count(received, emitted);
             }
         });
         WindowStreams { results, late }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use timely::dataflow::operators::{Input, Probe};
 use tributary_operators::aggregate::Count;
-use tributary_operators::state::sizes;
+use tributary_operators::state::{self, sizes};
 use tributary_operators::{Interval, IntervalJoin, SessionAggregate, Sessions, Timed, WindowAggregate, WindowJoin, Windows};
 
 type Records = Vec<(Timed<(u8, u8)>, u64, isize)>;
@@ -55,6 +55,9 @@ fn a_window_holds_its_keys_until_the_frontier_passes_its_end_plus_the_lateness()
         input.advance_to(106);
         worker.step_while(|| probe.less_than(&106));
         assert_eq!(state_of("ReleaseWindows"), (0, 0));
+        // Every record in (times 0..44 and 46..100), one result per window and key out (nothing was late).
+        let counts = state::records().into_iter().find(|c| c.operator == "ReleaseWindows").expect("the window's record counts");
+        assert_eq!((counts.received, counts.emitted), (3 * (44 + 54), 3 * 10));
     });
 }
 
