@@ -85,6 +85,10 @@ struct Args {
     /// Run the hand-written differential-only version instead (the benchmark's peer; q1, q3, q5).
     #[arg(long)]
     differential: bool,
+    /// Also write the result's rows, consolidated, to DIR/rows-<worker>.txt (`<multiplicity>\t<row>` per line),
+    /// for a check that does not go through the checksum.
+    #[arg(long, value_name = "DIR")]
+    rows_dir: Option<PathBuf>,
     /// Write the result's changelog to this topic (exactly once).
     #[arg(long, requires = "brokers")]
     output_topic: Option<String>,
@@ -151,9 +155,12 @@ fn main() -> anyhow::Result<()> {
         _ => None,
     };
 
+    let rows_dir = args.rows_dir.clone();
     let started = Instant::now();
     let parts = tributary::execute(&args.cluster, move |worker, ctx| {
         let part = Rc::new(RefCell::new(Part::default()));
+        let listed: Rc<RefCell<std::collections::BTreeMap<String, isize>>> = Rc::default();
+        let (list, listing) = (rows_dir.is_some().then(|| Rc::clone(&listed)), rows_dir.clone());
         let (digest, late_count) = (Rc::clone(&part), Rc::clone(&part));
         let (index, peers) = (worker.index() as u32, worker.peers() as u32);
         let (mut input, probes) = worker.dataflow::<u64, _, _>(|scope| {
@@ -191,6 +198,9 @@ fn main() -> anyhow::Result<()> {
                 let mut checksum = Checksum { sum: part.sum, rows: part.rows };
                 checksum.add(row, *diff);
                 (part.sum, part.rows) = (checksum.sum, checksum.rows);
+                if let Some(list) = &list {
+                    *list.borrow_mut().entry(format!("{row:?}")).or_default() += *diff;
+                }
             });
             let mut probes = vec![rows.clone().probe().0];
             if let (Some((_, sink)), Some(job)) = (&sink, &job) {
@@ -271,6 +281,13 @@ fn main() -> anyhow::Result<()> {
         }
         drop(input);
         worker.step_or_park_while(None, || probes.iter().any(|p| !p.done()));
+        if let Some(dir) = &listing {
+            let path = dir.join(format!("rows-{}.txt", worker.index()));
+            let text: String = listed.borrow().iter().filter(|(_, n)| **n != 0).map(|(row, n)| format!("{n}\t{row}\n")).collect();
+            if let Err(e) = std::fs::write(&path, text) {
+                tracing::error!("cannot write {}: {e}", path.display());
+            }
+        }
         let mine = *part.borrow();
         // Worker 0 adds up every worker's part, over the network if need be.
         let gathered = Rc::new(RefCell::new(Vec::new()));
