@@ -229,6 +229,74 @@ fn a_program_that_cannot_be_started_again_counts_as_a_failed_run_and_is_retried_
 }
 
 #[test]
+fn only_processes_holding_the_cluster_secret_join_the_cluster() {
+    let scratch = Scratch::new("cluster-secret");
+    let (secret, wrong) = (scratch.0.join("secret"), scratch.0.join("wrong"));
+    std::fs::write(&secret, "the right secret, 32 bytes long.\n").unwrap();
+    std::fs::write(&wrong, "another secret, also long enough\n").unwrap();
+    let addresses = free_addresses(2);
+    let hostfile = write_hostfile(&scratch.0, &addresses);
+    let process = |index: usize, secret: Option<&std::path::Path>, connect_timeout: &str| {
+        let mut command = Command::new(example("cluster_check"));
+        command.args(["--processes", "2", "--process", &index.to_string(), "--interval", "50ms", "--connect-timeout", connect_timeout]);
+        command.arg("--hostfile").arg(&hostfile).env_remove("TRIBUTARY_CLUSTER_SECRET_FILE");
+        if let Some(secret) = secret {
+            command.arg("--cluster-secret-file").arg(secret);
+        }
+        command
+    };
+    let p0 = spawn(&mut process(0, Some(&secret), "120s"));
+
+    // Process 1 with the wrong secret: each attempt is refused; it gives up at its own deadline.
+    let impostor = process(1, Some(&wrong), "3s").output_within(common::RUN_LIMIT).expect("run");
+    let said = String::from_utf8_lossy(&impostor.stderr);
+    assert!(!impostor.status.success(), "a process with the wrong secret joined: {said}");
+    assert!(said.contains("does not hold the cluster secret"), "{said}");
+    // Process 1 without a secret: told at once what is missing.
+    let stranger = process(1, None, "3s").output_within(common::RUN_LIMIT).expect("run");
+    let said = String::from_utf8_lossy(&stranger.stderr);
+    assert!(!stranger.status.success(), "a process without the secret joined: {said}");
+    assert!(said.contains("requires a cluster secret and this process has none"), "{said}");
+
+    // A client that speaks the protocol but cannot prove anything (a garbage proof): process 0 closes it.
+    {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addresses[0]).expect("connect to process 0");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        // The greeting: magic, protocol 3, process 1 of 2, 1 worker, the data connection, with a secret.
+        let mut hello = b"TRIBUTRY".to_vec();
+        hello.extend(3u32.to_be_bytes());
+        for field in [1u64, 2, 1, 0, 1] {
+            hello.extend(field.to_be_bytes());
+        }
+        stream.write_all(&hello).unwrap();
+        let mut reply = vec![0u8; hello.len()];
+        stream.read_exact(&mut reply).expect("process 0's greeting");
+        stream.write_all(&[7u8; 32]).unwrap();
+        let mut challenge = [0u8; 64];
+        stream.read_exact(&mut challenge).expect("process 0's nonce and proof");
+        stream.write_all(&[0u8; 32]).unwrap();
+        let mut rest = [0u8; 1];
+        assert_eq!(stream.read(&mut rest).expect("closed, not kept"), 0, "process 0 kept a connection that proved nothing");
+    }
+
+    // The right one: the cluster forms and works.
+    let p1 = spawn(&mut process(1, Some(&secret), "120s"));
+    p0.wait_for_line("round 2:", LONG);
+    for run in [&p0, &p1] {
+        kill(Pid::from_raw(run.pid), Signal::SIGTERM).expect("signal");
+    }
+    let (status, stderr) = p0.wait(LONG);
+    assert!(status.success(), "{stderr}");
+    assert!(p1.wait(LONG).0.success());
+    // Process 0 refused both, naming where they came from.
+    assert!(stderr.contains("refusing a connection from 127.0.0.1:"), "{stderr}");
+    assert!(stderr.contains("does not hold the cluster secret (wrong secret)"), "{stderr}");
+    assert!(stderr.contains("it has no cluster secret"), "{stderr}");
+    assert!(!stderr.contains("the right secret") && !stderr.contains("another secret"), "no secret in the logs: {stderr}");
+}
+
+#[test]
 fn sigterm_to_the_launcher_stops_the_cluster_cleanly() {
     let run = spawn(
         Command::new(launcher())

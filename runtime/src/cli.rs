@@ -59,6 +59,10 @@ pub struct ClusterArgs {
     /// No progress line on stderr (it is drawn only when stderr is a terminal anyway).
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
+    /// A file holding the cluster's shared secret (at least 16 bytes): peers prove they hold it when they connect,
+    /// and a process without it is refused. Give every process the same file (docs/security.md)
+    #[arg(long = "cluster-secret-file", value_name = "FILE", env = "TRIBUTARY_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 /// The longest timeout a flag takes (a year): longer ones are mistakes, and would overflow the clock.
@@ -76,6 +80,7 @@ impl Default for ClusterArgs {
             peer_timeout: Duration::from_secs(20),
             metrics_addr: None,
             quiet: false,
+            cluster_secret_file: None,
         }
     }
 }
@@ -126,7 +131,12 @@ impl ClusterArgs {
                 None
             }
         };
+        let secret = match &self.cluster_secret_file {
+            Some(path) => Some(ClusterSecret::read(path)?),
+            None => None,
+        };
         Ok(Layout {
+            secret,
             workers_per_process: self.workers,
             processes: self.processes,
             process: self.process,
@@ -138,9 +148,51 @@ impl ClusterArgs {
     }
 }
 
+/// The cluster's shared secret, read from `--cluster-secret-file`. `Debug` shows only its length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecret(Vec<u8>);
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterSecret(<{} bytes, redacted>)", self.0.len())
+    }
+}
+
+impl ClusterSecret {
+    /// The shortest secret accepted.
+    pub const MIN_LEN: usize = 16;
+
+    /// Reads the secret from `path` (trailing whitespace, such as a final newline, is not part of it).
+    pub fn read(path: &std::path::Path) -> Result<ClusterSecret> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Options(format!("--cluster-secret-file {}: cannot read it ({e}); give a readable file", path.display())))?;
+        let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+        ClusterSecret::new(bytes[..end].to_vec())
+            .map_err(|message| Error::Options(format!("--cluster-secret-file {}: {message}", path.display())))
+    }
+
+    /// A secret from its bytes.
+    pub fn new(bytes: Vec<u8>) -> std::result::Result<ClusterSecret, String> {
+        if bytes.len() < Self::MIN_LEN {
+            return Err(format!(
+                "the secret has {} bytes, fewer than {}; make one with `head -c 32 /dev/urandom | base64 > FILE`",
+                bytes.len(),
+                Self::MIN_LEN
+            ));
+        }
+        Ok(ClusterSecret(bytes))
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// A validated cluster layout: who this process is and where its peers are.
 #[derive(Clone, Debug)]
 pub struct Layout {
+    /// The shared secret peers prove they hold, if any.
+    pub secret: Option<ClusterSecret>,
     /// Worker threads per process.
     pub workers_per_process: usize,
     /// Processes in the cluster.
@@ -166,5 +218,30 @@ impl Layout {
     /// The global index of this process's first worker.
     pub fn first_worker(&self) -> usize {
         self.workers_per_process * self.process
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_secrets_are_long_enough_trimmed_and_never_shown() {
+        let dir = std::env::temp_dir().join(format!("tributary-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, "0123456789abcdef-and-more\n").unwrap();
+        let secret = ClusterSecret::read(&file).unwrap();
+        assert_eq!(secret.bytes(), b"0123456789abcdef-and-more", "the final newline is not part of it");
+        let shown = format!("{secret:?}");
+        assert!(!shown.contains("0123") && shown.contains("25 bytes"), "{shown}");
+        std::fs::write(&file, "short\n").unwrap();
+        let error = ClusterSecret::read(&file).unwrap_err().to_string();
+        assert!(error.contains("5 bytes, fewer than 16") && !error.contains("short"), "{error}");
+        let missing = ClusterSecret::read(&dir.join("none")).unwrap_err().to_string();
+        assert!(missing.contains("cannot read it"), "{missing}");
+        let args = ClusterArgs { cluster_secret_file: Some(dir.join("none")), ..ClusterArgs::default() };
+        assert!(args.layout().is_err(), "a secret file that cannot be read stops the program before it connects");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

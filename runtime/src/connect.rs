@@ -8,18 +8,31 @@
 //!
 //! Every pair of processes opens two connections: one for timely's data, and one that carries only heartbeats
 //! ([`crate::liveness`]), so a peer that is stopped or cut off is noticed even when no data flows.
+//!
+//! With a cluster secret (`--cluster-secret-file`) each connection is authenticated both ways before it counts:
+//! after the greetings the connecting side sends a random nonce, the accepting side answers with its own nonce
+//! and an HMAC-SHA256 over both nonces and both greetings, and the connecting side answers with its HMAC. A
+//! connection that proves nothing, or without a secret, is refused with a warning naming its address and the
+//! wait goes on, so a stranger cannot join the cluster or stop it from forming. The data itself is not encrypted
+//! (docs/security.md).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::cli::Layout;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::cli::{ClusterSecret, Layout};
 use crate::error::{Error, Result};
 use crate::hostfile::HostFile;
 
 const MAGIC: &[u8; 8] = b"TRIBUTRY";
-const PROTOCOL: u32 = 2;
-const HELLO_LEN: usize = 8 + 4 + 8 + 8 + 8 + 8;
+const PROTOCOL: u32 = 3;
+const HELLO_LEN: usize = 8 + 4 + 8 + 8 + 8 + 8 + 8;
+/// The bytes of a nonce and of an HMAC-SHA256.
+const NONCE: usize = 32;
+const MAC: usize = 32;
 /// Which of a pair's connections a greeting opens.
 const DATA: u64 = 0;
 const LIVENESS: u64 = 1;
@@ -34,6 +47,8 @@ struct Hello {
     processes: u64,
     workers: u64,
     channel: u64,
+    /// 1: this process holds a cluster secret and authenticates every connection; 0: none.
+    auth: u64,
 }
 
 impl Hello {
@@ -45,6 +60,7 @@ impl Hello {
         out[20..28].copy_from_slice(&self.processes.to_be_bytes());
         out[28..36].copy_from_slice(&self.workers.to_be_bytes());
         out[36..44].copy_from_slice(&self.channel.to_be_bytes());
+        out[44..52].copy_from_slice(&self.auth.to_be_bytes());
         out
     }
 
@@ -63,7 +79,7 @@ impl Hello {
         if channel != DATA && channel != LIVENESS {
             return Err(format!("the peer asks for connection kind {channel}, which this build does not know"));
         }
-        Ok(Hello { process: u64_at(12), processes: u64_at(20), workers: u64_at(28), channel })
+        Ok(Hello { process: u64_at(12), processes: u64_at(20), workers: u64_at(28), channel, auth: u64_at(44) })
     }
 }
 
@@ -83,8 +99,14 @@ pub(crate) fn connect_peers(layout: &Layout, hosts: &HostFile, interrupted: &dyn
     let own = &hosts.hosts()[me];
     let listener = TcpListener::bind(own.resolved).map_err(|source| Error::Listen { process: me, address: own.address.clone(), source })?;
     listener.set_nonblocking(true).map_err(|source| Error::Io { what: "cannot make the listening socket non-blocking".into(), source })?;
-    let hello =
-        |channel| Hello { process: me as u64, processes: layout.processes as u64, workers: layout.workers_per_process as u64, channel };
+    let secret = layout.secret.as_ref();
+    let hello = |channel| Hello {
+        process: me as u64,
+        processes: layout.processes as u64,
+        workers: layout.workers_per_process as u64,
+        channel,
+        auth: u64::from(secret.is_some()),
+    };
     let started = Instant::now();
     let deadline = started + layout.connect_timeout;
     let mut sockets: Vec<Option<TcpStream>> = (0..layout.processes).map(|_| None).collect();
@@ -96,13 +118,16 @@ pub(crate) fn connect_peers(layout: &Layout, hosts: &HostFile, interrupted: &dyn
         // Accept from higher-indexed peers.
         loop {
             match listener.accept() {
-                Ok((stream, from)) => match accept_one(stream, &hello(DATA), &sockets, &liveness) {
+                Ok((stream, from)) => match accept_one(stream, &hello(DATA), secret, &sockets, &liveness) {
                     Ok((peer, LIVENESS, stream)) => liveness[peer] = Some(stream),
                     Ok((peer, _, stream)) => {
                         tracing::debug!(peer, %from, "peer connected");
                         sockets[peer] = Some(stream);
                     }
                     Err(Refusal::Stray(why)) => tracing::warn!(%from, "ignoring a connection that is not a peer: {why}"),
+                    Err(Refusal::Unauthenticated(why)) => {
+                        tracing::warn!(%from, "refusing a connection from {from}: {why}");
+                    }
                     Err(Refusal::Mismatch(peer, message)) => {
                         return Err(Error::Handshake { process: me, peer: describe(hosts, peer), message });
                     }
@@ -121,13 +146,16 @@ pub(crate) fn connect_peers(layout: &Layout, hosts: &HostFile, interrupted: &dyn
                 }
                 let target = &hosts.hosts()[peer];
                 let Ok(stream) = TcpStream::connect_timeout(&target.resolved, Duration::from_millis(500)) else { continue };
-                match greet(stream, &hello(channel), peer) {
+                match greet(stream, &hello(channel), secret, peer) {
                     Ok(stream) => {
                         tracing::debug!(peer, address = %target.address, channel, "connected to peer");
                         let slots = if channel == DATA { &mut sockets } else { &mut liveness };
                         slots[peer] = Some(stream);
                     }
                     Err(GreetError::Retry(why)) => tracing::debug!(peer, "connection attempt failed, retrying: {why}"),
+                    Err(GreetError::Unauthenticated(why)) => {
+                        tracing::warn!(peer, address = %target.address, "the process at {} is refused: {why}", target.address);
+                    }
                     Err(GreetError::Mismatch(message)) => {
                         return Err(Error::Handshake { process: me, peer: describe(hosts, peer), message });
                     }
@@ -172,6 +200,40 @@ enum Refusal {
     Stray(String),
     /// One of ours with a different layout: fail.
     Mismatch(usize, String),
+    /// It does not prove it holds the cluster secret: refuse it, log its address, keep waiting.
+    Unauthenticated(String),
+}
+
+/// The HMAC-SHA256 of `role` (who proves), both nonces and both greetings under `secret`.
+fn mac(secret: &ClusterSecret, role: &[u8], nonces: (&[u8; NONCE], &[u8; NONCE]), hellos: (&Hello, &Hello)) -> Hmac<Sha256> {
+    #[allow(clippy::expect_used, reason = "HMAC takes keys of any length")]
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.bytes()).expect("HMAC takes any key length");
+    mac.update(role);
+    mac.update(nonces.0);
+    mac.update(nonces.1);
+    mac.update(&hellos.0.encode());
+    mac.update(&hellos.1.encode());
+    mac
+}
+
+fn nonce() -> std::io::Result<[u8; NONCE]> {
+    let mut nonce = [0u8; NONCE];
+    getrandom::fill(&mut nonce).map_err(|e| std::io::Error::other(format!("no random numbers for a nonce: {e}")))?;
+    Ok(nonce)
+}
+
+/// Whether the two sides' secrets allow the connection: `Ok(true)` to authenticate, `Ok(false)` with none on
+/// either side, `Err` with what is wrong when only one side has one.
+fn auth_agrees(theirs: &Hello, ours: &Hello) -> std::result::Result<bool, (bool, String)> {
+    match (ours.auth, theirs.auth) {
+        (0, 0) => Ok(false),
+        (1, 1) => Ok(true),
+        // We have a secret and they do not: a stranger (or a process started without the file).
+        (1, _) => Err((true, "it has no cluster secret; give every process the same --cluster-secret-file".into())),
+        _ => {
+            Err((false, "it requires a cluster secret and this process has none; give every process the same --cluster-secret-file".into()))
+        }
+    }
 }
 
 fn check_layout(theirs: &Hello, ours: &Hello) -> std::result::Result<(), String> {
@@ -187,6 +249,7 @@ fn check_layout(theirs: &Hello, ours: &Hello) -> std::result::Result<(), String>
 fn accept_one(
     mut stream: TcpStream,
     ours: &Hello,
+    secret: Option<&ClusterSecret>,
     sockets: &[Option<TcpStream>],
     liveness: &[Option<TcpStream>],
 ) -> std::result::Result<(usize, u64, TcpStream), Refusal> {
@@ -202,6 +265,26 @@ fn accept_one(
     }
     // Answer before judging the layout, so the peer sees a mismatch too and both fail at once.
     stream.write_all(&ours.encode()).map_err(io)?;
+    match (auth_agrees(&theirs, ours), secret) {
+        (Ok(true), Some(secret)) => {
+            let unproven = |e: std::io::Error| {
+                Refusal::Unauthenticated(format!("it claims to be process {peer} but did not finish the authentication ({e})"))
+            };
+            let mut theirs_nonce = [0u8; NONCE];
+            stream.read_exact(&mut theirs_nonce).map_err(unproven)?;
+            let our_nonce = nonce().map_err(io)?;
+            let proof = mac(secret, b"acceptor", (&theirs_nonce, &our_nonce), (&theirs, ours)).finalize().into_bytes();
+            stream.write_all(&our_nonce).and_then(|()| stream.write_all(&proof)).map_err(unproven)?;
+            let mut their_proof = [0u8; MAC];
+            stream.read_exact(&mut their_proof).map_err(unproven)?;
+            mac(secret, b"connector", (&theirs_nonce, &our_nonce), (&theirs, ours)).verify_slice(&their_proof).map_err(|_| {
+                Refusal::Unauthenticated(format!("it claims to be process {peer} but does not hold the cluster secret (wrong secret)"))
+            })?;
+        }
+        (Ok(_), _) => {}
+        (Err((true, why)), _) => return Err(Refusal::Unauthenticated(format!("it claims to be process {peer} but {why}"))),
+        (Err((false, why)), _) => return Err(Refusal::Mismatch(peer, why)),
+    }
     check_layout(&theirs, ours).map_err(|m| Refusal::Mismatch(peer, m))?;
     let taken = if theirs.channel == LIVENESS { liveness[peer].is_some() } else { sockets[peer].is_some() };
     if taken {
@@ -213,9 +296,11 @@ fn accept_one(
 enum GreetError {
     Retry(String),
     Mismatch(String),
+    /// The process at the address does not prove it holds the cluster secret: keep trying until the deadline.
+    Unauthenticated(String),
 }
 
-fn greet(mut stream: TcpStream, ours: &Hello, peer: usize) -> std::result::Result<TcpStream, GreetError> {
+fn greet(mut stream: TcpStream, ours: &Hello, secret: Option<&ClusterSecret>, peer: usize) -> std::result::Result<TcpStream, GreetError> {
     let retry = |e: std::io::Error| GreetError::Retry(e.to_string());
     stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(retry)?;
     stream.write_all(&ours.encode()).map_err(retry)?;
@@ -224,6 +309,28 @@ fn greet(mut stream: TcpStream, ours: &Hello, peer: usize) -> std::result::Resul
     let theirs = Hello::decode(&buf).map_err(GreetError::Mismatch)?;
     if theirs.process as usize != peer {
         return Err(GreetError::Mismatch(format!("the process at that address says it is process {}", theirs.process)));
+    }
+    match (auth_agrees(&theirs, ours), secret) {
+        (Ok(true), Some(secret)) => {
+            let our_nonce = nonce().map_err(retry)?;
+            stream.write_all(&our_nonce).map_err(retry)?;
+            let mut reply = [0u8; NONCE + MAC];
+            // A peer that refuses us closes the connection here.
+            stream.read_exact(&mut reply).map_err(|e| {
+                GreetError::Unauthenticated(format!(
+                    "it closed the connection during the authentication ({e}); does it hold the same cluster secret?"
+                ))
+            })?;
+            #[allow(clippy::expect_used, reason = "a constant range of a fixed-size array")]
+            let their_nonce: [u8; NONCE] = reply[..NONCE].try_into().expect("32 bytes");
+            let proven = mac(secret, b"acceptor", (&our_nonce, &their_nonce), (ours, &theirs)).verify_slice(&reply[NONCE..]);
+            // Our proof goes either way (it reveals nothing of the secret), so a refusing peer can say why.
+            let proof = mac(secret, b"connector", (&our_nonce, &their_nonce), (ours, &theirs)).finalize().into_bytes();
+            stream.write_all(&proof).map_err(retry)?;
+            proven.map_err(|_| GreetError::Unauthenticated("it does not hold the cluster secret (wrong secret)".into()))?;
+        }
+        (Ok(_), _) => {}
+        (Err((_, why)), _) => return Err(GreetError::Mismatch(why)),
     }
     check_layout(&theirs, ours).map_err(GreetError::Mismatch)?;
     Ok(stream)
@@ -235,12 +342,12 @@ mod tests {
 
     #[test]
     fn hello_round_trips_and_rejects_strangers() {
-        let hello = Hello { process: 3, processes: 4, workers: 2, channel: LIVENESS };
+        let hello = Hello { process: 3, processes: 4, workers: 2, channel: LIVENESS, auth: 1 };
         assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);
         let mut bytes = hello.encode();
         bytes[0] = b'X';
         assert!(Hello::decode(&bytes).unwrap_err().contains("not a Tributary process"));
-        let other = Hello { process: 1, processes: 4, workers: 1, channel: DATA };
+        let other = Hello { process: 1, processes: 4, workers: 1, channel: DATA, auth: 0 };
         assert!(check_layout(&other, &hello).unwrap_err().contains("--workers 1"));
     }
 }

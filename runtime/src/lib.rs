@@ -32,7 +32,7 @@ pub mod metrics;
 pub mod progress;
 pub mod shutdown;
 
-pub use cli::{ClusterArgs, Layout};
+pub use cli::{ClusterArgs, ClusterSecret, Layout};
 pub use error::{Error, Result};
 pub use execute::{WorkerContext, execute};
 pub use hostfile::{Host, HostFile};
