@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use common::{Records, Update, arrivals_to_updates, consolidate, feed, listing};
+use common::{Records, Shape, Update, arb_windows, arrivals_to_updates, consolidate, feed, listing};
 use proptest::prelude::*;
 use timely::dataflow::operators::{Input, Inspect};
 use tributary_operators::aggregate::{Aggregator, Count, Fold};
@@ -14,13 +14,13 @@ use tributary_operators::late::LateRecord;
 use tributary_operators::window::{Emit, WindowAggregate, WindowSpec, Windows};
 
 /// Final values per (key, window start) by the model, and the late updates.
-fn model(updates: &[Update], windows: Windows, lateness: u64) -> (BTreeMap<(u8, u64), BTreeMap<u8, isize>>, Vec<Update>) {
+fn model(updates: &[Update], shape: Shape, lateness: u64) -> (BTreeMap<(u8, u64), BTreeMap<u8, isize>>, Vec<Update>) {
     let mut values: BTreeMap<(u8, u64), BTreeMap<u8, isize>> = BTreeMap::new();
     let mut late = Vec::new();
     for &(key, value, et, time, diff) in updates {
         let mut accepted = false;
-        for start in windows.starts(et) {
-            if start + windows.size() + lateness > time {
+        for start in shape.starts(et) {
+            if start + shape.size + lateness > time {
                 *values.entry((key, start)).or_default().entry(value).or_default() += diff;
                 accepted = true;
             }
@@ -89,13 +89,6 @@ fn finals<O: Ord + Clone>(timed: &BTreeMap<((u8, u64), O, u64), isize>) -> BTree
     consolidate(timed.iter().map(|((window, output, _), diff)| ((*window, output.clone()), *diff)))
 }
 
-fn arb_windows() -> impl Strategy<Value = Windows> {
-    prop_oneof![
-        (1u64..40).prop_map(|size_ms| Windows::Tumbling { size_ms }),
-        (1u64..10, 1u64..4).prop_map(|(slide, k)| Windows::Hopping { size_ms: slide * k, slide_ms: slide }),
-    ]
-}
-
 fn arb_arrivals() -> impl Strategy<Value = Vec<(usize, u8, u8, u64, bool)>> {
     prop::collection::vec((0usize..3, 0u8..3, 0u8..4, 0u64..300, prop::bool::weighted(0.1)), 0..80)
 }
@@ -110,11 +103,11 @@ proptest! {
         // Every window's final result appears exactly once, with +1: corrections cancel, releases emit nothing.
         let expected: BTreeMap<((u8, u64), i64), isize> =
             values.into_iter().map(|(w, m)| ((w, m.values().sum::<isize>() as i64), 1)).filter(|((_, c), _)| *c != 0).collect();
-        let (timed, observed_late) = run(updates.clone(), windows, lateness, 1, || Count);
+        let (timed, observed_late) = run(updates.clone(), windows.windows(), lateness, 1, || Count);
         prop_assert_eq!(&finals(&timed), &expected);
         prop_assert_eq!(&observed_late, &late);
         for workers in 2..=3 {
-            let (other, other_late) = run(updates.clone(), windows, lateness, workers, || Count);
+            let (other, other_late) = run(updates.clone(), windows.windows(), lateness, workers, || Count);
             prop_assert_eq!(&other, &timed, "timed results at {} workers", workers);
             prop_assert_eq!(&other_late, &late, "workers = {}", workers);
         }
@@ -127,10 +120,10 @@ proptest! {
         let expected: BTreeMap<((u8, u64), Vec<(u8, isize)>), isize> =
             values.iter().filter_map(|(w, m)| listing(m).map(|l| ((*w, l), 1))).collect();
         let multiset = || Fold::new(listing);
-        let (timed, _) = run(updates.clone(), windows, lateness, 1, multiset);
+        let (timed, _) = run(updates.clone(), windows.windows(), lateness, 1, multiset);
         prop_assert_eq!(&finals(&timed), &expected);
         for workers in 2..=3 {
-            let (other, _) = run(updates.clone(), windows, lateness, workers, multiset);
+            let (other, _) = run(updates.clone(), windows.windows(), lateness, workers, multiset);
             prop_assert_eq!(&other, &timed, "timed results at {} workers", workers);
         }
     }
@@ -144,10 +137,10 @@ proptest! {
         // One `+1` per window, at the last time a record may still reach it, and nothing else: no corrections.
         let expected: BTreeMap<((u8, u64), i64, u64), isize> = values
             .into_iter()
-            .map(|((key, start), m)| (((key, start), m.values().sum::<isize>() as i64, start + windows.size() + lateness - 1), 1))
+            .map(|((key, start), m)| (((key, start), m.values().sum::<isize>() as i64, start + windows.size + lateness - 1), 1))
             .filter(|((_, c, _), _)| *c != 0)
             .collect();
-        let spec = windows.emit_final().allowed_lateness(std::time::Duration::from_millis(lateness));
+        let spec = windows.windows().emit_final().allowed_lateness(std::time::Duration::from_millis(lateness));
         for workers in 1..=3 {
             let (timed, observed_late) = run_emitting(updates.clone(), spec, workers, || Count);
             prop_assert_eq!(&timed, &expected, "workers = {}", workers);

@@ -6,23 +6,22 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use common::{Records, Update, arrivals_to_updates, consolidate, feed};
+use common::{Records, Shape, Update, arb_windows, arrivals_to_updates, consolidate, feed};
 use proptest::prelude::*;
 use std::time::Duration;
 use timely::dataflow::operators::{Input, Inspect};
 
 use tributary_operators::interval_join::{Interval, IntervalJoin};
 use tributary_operators::late::LateRecord;
-use tributary_operators::window::Windows;
 use tributary_operators::window_join::WindowJoin;
 
 /// `(key, window start or event time, left value, right value, time)`.
 type Pair = (u8, u64, u8, u8, u64);
 type Late = Vec<(bool, Update)>;
 
-fn window_model(left: &[Update], right: &[Update], windows: Windows, lateness: u64) -> (BTreeMap<Pair, isize>, Late) {
-    let size = windows.size();
-    let open = |et: u64, time: u64| windows.starts(et).filter(move |s| s + size + lateness > time);
+fn window_model(left: &[Update], right: &[Update], shape: Shape, lateness: u64) -> (BTreeMap<Pair, isize>, Late) {
+    let size = shape.size;
+    let open = |et: u64, time: u64| shape.starts(et).into_iter().filter(move |s| s + size + lateness > time);
     let mut pairs = Vec::new();
     for &(k, v, ea, ta, da) in left {
         for &(k2, w, eb, tb, db) in right {
@@ -57,7 +56,7 @@ fn interval_model(left: &[Update], right: &[Update], lower: u64, upper: u64, lat
 
 #[derive(Clone, Copy, Debug)]
 enum Join {
-    Window(Windows, u64),
+    Window(Shape, u64),
     Interval { lower: u64, upper: u64, lateness: u64 },
 }
 
@@ -73,7 +72,7 @@ fn run(left: Vec<Update>, right: Vec<Update>, join: Join, workers: usize) -> (BT
             let (right_in, right) = scope.new_input::<Records>();
             let (late_left, late_right) = match join {
                 Join::Window(windows, lateness) => {
-                    let streams = left.window_join("WindowJoin", right, windows, Duration::from_millis(lateness));
+                    let streams = left.window_join("WindowJoin", right, windows.windows(), Duration::from_millis(lateness));
                     streams
                         .results
                         .inspect(move |(((k, start), (v, w)), time, diff)| p.lock().unwrap().push(((*k, *start, *v, *w, *time), *diff)));
@@ -127,13 +126,6 @@ fn run(left: Vec<Update>, right: Vec<Update>, join: Join, workers: usize) -> (BT
 
 fn arb_arrivals() -> impl Strategy<Value = Vec<(usize, u8, u8, u64, bool)>> {
     prop::collection::vec((0usize..2, 0u8..3, 0u8..4, 0u64..200, prop::bool::weighted(0.1)), 0..40)
-}
-
-fn arb_windows() -> impl Strategy<Value = Windows> {
-    prop_oneof![
-        (1u64..40).prop_map(|size_ms| Windows::Tumbling { size_ms }),
-        (1u64..10, 1u64..4).prop_map(|(slide, k)| Windows::Hopping { size_ms: slide * k, slide_ms: slide }),
-    ]
 }
 
 proptest! {

@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use proptest::prelude::*;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::InputHandle;
 use tributary_operators::event_time::Timed;
+use tributary_operators::window::Windows;
 
 /// One update as a source emits it: key, value, event time, dataflow time, diff.
 pub type Update = (u8, u8, u64, u64, isize);
@@ -72,4 +74,36 @@ pub fn consolidate<T: Ord>(updates: impl IntoIterator<Item = (T, isize)>) -> BTr
 pub fn listing(values: &BTreeMap<u8, isize>) -> Option<Vec<(u8, isize)>> {
     let listed: Vec<(u8, isize)> = values.iter().filter(|(_, n)| **n != 0).map(|(v, n)| (*v, *n)).collect();
     (!listed.is_empty()).then_some(listed)
+}
+
+/// Windows of `size` ms starting every `slide` ms from 0 (`slide == size`: tumbling), as the model sees them:
+/// its own arithmetic, not the operator's.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    /// Window length (ms).
+    pub size: u64,
+    /// Distance between window starts (ms).
+    pub slide: u64,
+}
+
+impl Shape {
+    /// The windows of the operator's API with this shape.
+    pub fn windows(self) -> Windows {
+        let ms = std::time::Duration::from_millis;
+        if self.slide == self.size { Windows::tumbling(ms(self.size)) } else { Windows::hopping(ms(self.size), ms(self.slide)) }
+            .expect("a valid shape")
+    }
+
+    /// Every window start `k * slide` whose window `[start, start + size)` holds `event_time`.
+    pub fn starts(self, event_time: u64) -> Vec<u64> {
+        (0..=event_time / self.slide).map(|k| k * self.slide).filter(|start| event_time < start + self.size).collect()
+    }
+}
+
+/// Tumbling windows, and hopping ones of any size with any slide up to it (not only multiples).
+pub fn arb_windows() -> impl Strategy<Value = Shape> {
+    prop_oneof![
+        (1u64..40).prop_map(|size| Shape { size, slide: size }),
+        (1u64..40).prop_flat_map(|size| (1..=size).prop_map(move |slide| Shape { size, slide })),
+    ]
 }
