@@ -190,6 +190,14 @@ mod tests {
     fn owned_keys_are_refused_with_a_reason() {
         let err = KafkaConfig::new("b:1").unwrap().set("group.id", "g").unwrap_err();
         assert!(err.to_string().contains("`group.id` cannot be set: partition assignment is Tributary's own"));
+        // Every reserved key, written as librdkafka takes it (its keys are case-sensitive, dots only).
+        for key in
+            ["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset", "enable.partition.eof"]
+        {
+            let err = KafkaConfig::new("b:1").unwrap().set(key, "x").unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}` cannot be set: ")), "{key}: {err}");
+        }
+        assert!(KafkaConfig::new("b:1").unwrap().set("fetch.min.bytes", "1").is_ok(), "other keys pass through");
         assert_eq!(KafkaConfig::new(" ").unwrap_err(), ConfigError::NoBrokers);
     }
 
@@ -198,6 +206,24 @@ mod tests {
         let c = KafkaConfig::new("b:1").unwrap().set("ssl.key.password", "p").unwrap().set("sasl.oauthbearer.client.secret", "s").unwrap();
         let shown = format!("{c:?}");
         assert!(shown.contains("<redacted>") && !shown.contains("\"p\"") && !shown.contains("\"s\""), "{shown}");
+        // Every pattern: passwords, secrets, tokens, JAAS configurations, private keys in PEM; not other keys.
+        let secrets = [
+            ("sasl.password", "hunter2-value"),
+            ("sasl.oauthbearer.client.secret", "secret-value"),
+            ("sasl.oauthbearer.token.endpoint.url", "token-value"),
+            ("sasl.jaas.config", "jaas-value"),
+            ("ssl.key.pem", "pem-value"),
+            ("SSL.KEY.PASSWORD", "upper-value"),
+        ];
+        let mut config = KafkaConfig::new("b:1").unwrap().set("client.id", "visible-value").unwrap();
+        for (key, value) in secrets {
+            config = config.set(key, value).unwrap();
+        }
+        let shown = format!("{config:?}");
+        for (key, value) in secrets {
+            assert!(!shown.contains(value), "{key} is shown: {shown}");
+        }
+        assert!(shown.contains("visible-value"), "other settings are shown: {shown}");
     }
 }
 
