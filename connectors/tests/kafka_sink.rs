@@ -199,7 +199,7 @@ fn a_topic_with_another_partition_count_is_refused() {
     let log = CommitLog::open(config.clone(), "mismatch.commits").expect("open the commit log");
     let error = KafkaSink::<u32, u32>::json(config, "narrow").partitions(3).open(&log).err().expect("refused");
     let message = error.to_string();
-    assert!(message.contains("`narrow` has 2 partition(s) but the sink is configured for 3"), "{message}");
+    assert!(message.contains("`narrow` has 2 partition(s) but 3 are configured for it"), "{message}");
 }
 
 #[test]

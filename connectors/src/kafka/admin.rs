@@ -28,9 +28,7 @@ pub enum AdminError {
         reason: String,
     },
     /// The topic exists with another partition count.
-    #[error(
-        "topic `{topic}` has {actual} partition(s) but the sink is configured for {expected}; configure {actual}, or write to another topic"
-    )]
+    #[error("topic `{topic}` has {actual} partition(s) but {expected} are configured for it; configure {actual}, or use another topic")]
     PartitionMismatch {
         /// The topic.
         topic: String,

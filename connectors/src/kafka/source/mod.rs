@@ -99,6 +99,21 @@ pub enum SourceError {
         /// Where the partition's log starts now.
         log_start: i64,
     },
+    /// The offset a partition was asked to start from (`StartFrom::Offsets`, or positions given to resume from
+    /// without a commit) is no longer in the partition.
+    #[error(
+        "partition {topic}/{partition} now starts at offset {log_start}, but the source was asked to start at offset {requested}: retention deleted those records; ask for offset {log_start} or later (or StartFrom::Earliest)"
+    )]
+    StartGone {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The offset asked for.
+        requested: i64,
+        /// Where the partition's log starts now.
+        log_start: i64,
+    },
     /// A partition holds fewer records than the job had read: the topic was recreated or truncated.
     #[error(
         "partition {topic}/{partition} ends at offset {end}, but the job's commit says it had read up to offset {position}: the topic was recreated or truncated; start the job afresh (new output topics and commit log)"

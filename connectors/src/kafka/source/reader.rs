@@ -259,12 +259,7 @@ impl<T: Clone + 'static> KafkaReader<T> {
             if let Offset::Offset(o) = starts[i]
                 && o < low
             {
-                return Err(AddError::Source(SourceError::Retention {
-                    topic: topic.clone(),
-                    partition: *p,
-                    start: o as u64,
-                    log_start: low,
-                }));
+                return Err(AddError::Source(SourceError::StartGone { topic: topic.clone(), partition: *p, requested: o, log_start: low }));
             }
             let done = self.bounded && first >= high;
             if !done {
