@@ -26,10 +26,27 @@ const ORDER_COUNT: u64 = 20_000;
 const CUSTOMER_COUNT: u64 = 300;
 const BASE_TS: u64 = 1_700_000_000_000;
 
-pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
+/// Which binaries the demo runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Built for it, optimised: what `cargo xtask demo` runs.
+    Release,
+    /// The debug binaries `cargo xtask test` has just built: the same checks in CI, without a release build.
+    Debug,
+}
+
+/// How long the job may take before the demo stops it and fails (a hung job must not hang CI).
+const JOB_LIMIT: Duration = Duration::from_secs(600);
+
+pub fn run(root: &Path, cargo: &str, profile: Profile) -> anyhow::Result<()> {
     crate::broker::install()?;
-    crate::run(root, cargo, &["build", "--release", "--bin", "tributary", "--example", "enrich_join"], &[])?;
-    let dir = root.join("target").join("tributary-demo");
+    let (bin, dir) = match profile {
+        Profile::Release => {
+            crate::run(root, cargo, &["build", "--release", "--bin", "tributary", "--example", "enrich_join"], &[])?;
+            (root.join("target").join("release"), root.join("target").join("tributary-demo"))
+        }
+        Profile::Debug => (root.join("target").join("debug"), root.join("target").join("tributary-demo-debug")),
+    };
     let _ = std::fs::remove_dir_all(&dir);
     let broker = Broker::start(Storage::Sqlite("demo.db".into()), &dir)?;
     let bootstrap = broker.bootstrap();
@@ -42,18 +59,16 @@ pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
         produced.customer_changes, produced.deletions, produced.far_behind, produced.malformed
     );
 
-    let release = root.join("target").join("release");
     eprintln!("xtask: enrich_join, 2 processes x 2 workers, 10 s windows, 5 s out-of-orderness, 2 s allowed lateness");
     let started = Instant::now();
-    let output = Command::new(release.join("tributary"))
-        .args(["launch", "--processes", "2", "--workers", "2", "--"])
-        .arg(release.join("examples").join("enrich_join"))
+    let mut job = Command::new(bin.join("tributary"));
+    job.args(["launch", "--processes", "2", "--workers", "2", "--"])
+        .arg(bin.join("examples").join("enrich_join"))
         .args(["--brokers", &bootstrap, "--topic", ORDERS, "--customers-topic", CUSTOMERS, "--until-end"])
         .args(["--output-topic", OUTPUT, "--dead-letter-topic", DEAD_LETTERS])
         .args(["--window", "10s", "--max-out-of-orderness", "5s", "--allowed-lateness", "2s"])
-        .env("RUST_LOG", "error")
-        .output()
-        .context("cannot run the launcher")?;
+        .env("RUST_LOG", "error");
+    let output = output_within(&mut job, JOB_LIMIT)?;
     if !output.status.success() {
         bail!("the demo job failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr));
     }
@@ -93,8 +108,9 @@ pub fn run(root: &Path, cargo: &str) -> anyhow::Result<()> {
         let reason = letter["reason"].as_str().unwrap_or_default();
         let kind = reason.split(':').next().unwrap_or_default().to_owned();
         if kind == "too late for its window" {
-            let (_, amount): (u64, i64) = serde_json::from_str(letter["payload"].as_str().context("late payload")?)?;
-            late_amounts += amount;
+            // A late order's dead letter carries the order as it was read from its topic.
+            let order: serde_json::Value = serde_json::from_str(letter["payload"].as_str().context("a late order without its bytes")?)?;
+            late_amounts += order["amount_cents"].as_i64().context("a late order without amount_cents")?;
         }
         *reasons.entry(kind).or_default() += 1;
     }
@@ -244,4 +260,26 @@ fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<V
         }
     }
     Ok(out)
+}
+
+/// Runs `command` to its end, or stops it (SIGTERM to the launcher, which stops its processes, then SIGKILL)
+/// and fails after `limit`.
+fn output_within(command: &mut Command, limit: Duration) -> anyhow::Result<std::process::Output> {
+    use std::process::Stdio;
+    let child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot run the launcher")?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(output) => output.context("cannot wait for the launcher"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            if finished.recv_timeout(Duration::from_secs(30)).is_err() {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            bail!("the demo job did not finish within {limit:?}; it was stopped")
+        }
+    }
 }

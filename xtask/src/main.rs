@@ -39,7 +39,11 @@ enum Task {
         cargo_test_args: Vec<String>,
     },
     /// Run the main job on this machine: a broker on loopback, orders and customers, enrich_join as 2x2 processes.
-    Demo,
+    Demo {
+        /// Run the debug binaries already built (as `cargo xtask test` does) instead of building release ones.
+        #[arg(long)]
+        debug: bool,
+    },
     /// Nexmark q0-q8 in memory and through a broker, with the peers (see benches/peers for Bytewax and Flink).
     Bench {
         /// Events per run.
@@ -92,7 +96,7 @@ fn main() -> anyhow::Result<()> {
             },
         },
         Task::Test { cargo_test_args } => test(&root, &cargo_test_args)?,
-        Task::Demo => demo::run(&root, &cargo())?,
+        Task::Demo { debug } => demo::run(&root, &cargo(), if debug { demo::Profile::Debug } else { demo::Profile::Release })?,
         Task::Bench { events, peer_events, broker_queries } => bench::run(&root, &cargo(), events, peer_events, &broker_queries)?,
     }
     Ok(())
@@ -141,7 +145,15 @@ fn test(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     let doc = run_tests(root, &cargo, &args, tansu, &mut totals);
     println!("tests: {} passed, {} failed, {} ignored, {} filtered out", totals.passed, totals.failed, totals.ignored, totals.filtered);
     unit.and(doc)?;
-    if extra.is_empty() { check_full_run(&totals, MIN_TESTS) } else { Ok(()) }
+    if !extra.is_empty() {
+        return Ok(());
+    }
+    check_full_run(&totals, MIN_TESTS)?;
+    // The demo's own checks (every order accounted for in the output, totals and dead-letter topics), on the
+    // debug binaries just built.
+    demo::run(root, &cargo, demo::Profile::Debug)?;
+    println!("demo: every check passed");
+    Ok(())
 }
 
 /// A whole run (no filter) must run at least every test the suite held when `minimum` was last raised, and
