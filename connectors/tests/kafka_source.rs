@@ -45,8 +45,12 @@ fn sqlite(name: &str) -> Broker {
 type Produce = (i32, u64, Option<String>);
 
 fn produce(broker: &Broker, topic: &str, records: &[Produce]) {
+    produce_to(&broker.bootstrap(), topic, records)
+}
+
+fn produce_to(bootstrap: &str, topic: &str, records: &[Produce]) {
     let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("batch.num.messages", "1")
         .set("linger.ms", "0")
         .set("enable.idempotence", "true")
@@ -458,4 +462,43 @@ fn a_missing_topic_is_a_clear_error() {
         .err()
         .expect("missing topic refused");
     assert!(err.to_string().contains("topic `nope` does not exist"), "{err}");
+}
+
+#[test]
+fn start_from_latest_reads_only_what_is_produced_after_the_start() {
+    let broker = sqlite("latest");
+    broker.create_topic("latest", 2, &[]).unwrap();
+    let old: Vec<Produce> = (0..20u64).map(|i| ((i % 2) as i32, 1_000 + i, json(1_000 + i))).collect();
+    produce(&broker, "latest", &old);
+    let new: Vec<Produce> = (0..10u64).map(|i| ((i % 2) as i32, 5_000 + i, json(5_000 + i))).collect();
+    let source = source(&broker, &["latest"]).start_from(StartFrom::Latest);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (sink, bootstrap) = (Arc::clone(&seen), broker.bootstrap());
+    let (observed, to_produce) = (Arc::clone(&seen), new.clone());
+    let shutdown = Shutdown::default();
+    timely::execute_directly(move |worker| {
+        let options = SourceOptions { shutdown: Some(shutdown.clone()), ..Default::default() };
+        let metrics = worker.dataflow::<u64, _, _>(|scope| {
+            let streams = source.build(scope, options);
+            streams.records.inspect(move |(s, _, _)| sink.lock().unwrap().push(s.value.ts));
+            streams.metrics
+        });
+        // Once both partitions are assigned (from their ends), the new records are produced.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while metrics.snapshot().len() < 2 {
+            assert!(Instant::now() < deadline, "the source never assigned both partitions");
+            worker.step_or_park(Some(Duration::from_millis(10)));
+        }
+        assert!(metrics.snapshot().iter().all(|m| m.position == 10), "both partitions start at their end: {:?}", metrics.snapshot());
+        produce_to(&bootstrap, "latest", &to_produce);
+        while observed.lock().unwrap().len() < to_produce.len() {
+            assert!(Instant::now() < deadline, "the new records were not read within 60 s: {:?}", observed.lock().unwrap());
+            worker.step_or_park(Some(Duration::from_millis(10)));
+        }
+        shutdown.request();
+        while worker.step_or_park(Some(Duration::from_millis(10))) {}
+    });
+    let mut got = seen.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(got, new.iter().map(|r| r.1).collect::<Vec<_>>(), "exactly the records produced after the start");
 }

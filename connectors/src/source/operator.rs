@@ -433,10 +433,14 @@ fn sync_partitions<R: PartitionReader>(
                 None => clock.restore(index, &Default::default(), Some(Lift { offset: 0, floor })),
             }
         }
-        clock.start_at(index, reader.start_offset(index));
+        let start = reader.start_offset(index);
+        clock.start_at(index, start);
+        // Nothing before the start offset is read: the position (and lag) count from it, not from 0.
         metrics.push(PartitionMetrics {
             source: source.to_owned(),
             partition,
+            position: start,
+            committed: start,
             watermark: clock.partition_watermark(index),
             ..Default::default()
         });
