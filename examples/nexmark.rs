@@ -35,8 +35,8 @@ use tributary::connectors::kafka::{
     CommitLog, Decoder, EventTime, KafkaConfig, KafkaSink, KafkaSource, SinkFormat, SinkKafka, create_topic,
 };
 use tributary::connectors::{Source, SourceOptions, SourceStreams};
+use tributary::operators::PartitionClock;
 use tributary::operators::Timed;
-use tributary::operators::{Arrival, PartitionClock};
 use tributary::timely::dataflow::operators::vec::Map;
 use tributary::timely::dataflow::operators::{Exchange, Input, Inspect, Probe};
 use tributary_nexmark::{Checksum, Config, Event, Query, Row};
@@ -246,11 +246,8 @@ fn main() -> anyhow::Result<()> {
                 for (events, clock) in partitions.iter_mut() {
                     for (_, event) in events.by_ref().take(batch) {
                         let event_time = event.date_time();
-                        let time = match clock.observe(event_time, &policy) {
-                            Arrival::OnTime { time } | Arrival::Late { time, .. } => time,
-                            // No maximum lateness, and a partition clock does not look at the wall clock.
-                            Arrival::TooLate { watermark, .. } | Arrival::TooFarAhead { watermark, .. } => watermark,
-                        };
+                        // No maximum lateness, and a partition clock does not look at the wall clock: every event is kept.
+                        let time = clock.observe(event_time, &policy).time();
                         input.send((Timed::new(event_time, event), time, 1));
                         fed += 1;
                     }

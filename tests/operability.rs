@@ -128,6 +128,8 @@ fn the_metrics_endpoint_shows_counts_positions_lag_and_watermarks_move_as_record
     assert!(sum(&committed, "tributary_commit_latency_seconds_count{") >= 1.0, "commit latencies observed: {committed:#?}");
     // The word counts live in differential arrangements: their sizes are reported.
     assert!(sum(&committed, "tributary_arrangement_records{") > 0.0, "arrangement sizes: {committed:#?}");
+    let named = |k: &String| k.starts_with("tributary_arrangement_records{") && !k.contains("operator=\"operator ");
+    assert!(committed.keys().any(named), "arrangements are named after their operators: {committed:#?}");
 
     job.signal(nix::sys::signal::Signal::SIGTERM);
     job.stopped("the job", LONG);

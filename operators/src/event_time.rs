@@ -174,7 +174,7 @@ pub fn ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).min(MAX_EVENT_TIME)
 }
 
-/// Where a record lands in time, as decided by its partition's clock.
+/// Where a record lands in time, as decided by its partition's clock (see [`Arrival::time`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arrival {
     /// At or ahead of the watermark: the record travels at its event time.
@@ -203,6 +203,17 @@ pub enum Arrival {
         /// The policy's limit, in ms.
         max_ahead_ms: u64,
     },
+}
+
+impl Arrival {
+    /// The dataflow time the record travels at; for a record turned away (too late, too far ahead), the time its
+    /// dead letter travels at: the partition's watermark.
+    pub fn time(&self) -> u64 {
+        match *self {
+            Arrival::OnTime { time } | Arrival::Late { time, .. } => time,
+            Arrival::TooLate { watermark, .. } | Arrival::TooFarAhead { watermark, .. } => watermark,
+        }
+    }
 }
 
 /// The event-time clock of one partition.
@@ -391,7 +402,6 @@ impl PartitionState {
         }
     }
 
-    /// Applies the restored lifts that `position` has reached.
     /// Notes a record at `offset` travelling at `time`, read when the watermark was `before`.
     fn read(&mut self, offset: u64, time: u64, before: u64) {
         if self.latest.is_none_or(|latest| time > latest) {
@@ -400,6 +410,7 @@ impl PartitionState {
         }
     }
 
+    /// Applies the restored lifts that `position` has reached.
     fn apply_pending(&mut self) {
         while let Some(lift) = self.pending.first().copied().filter(|l| l.offset <= self.position) {
             self.pending.remove(0);
@@ -502,11 +513,7 @@ impl SourceClock {
             }
             _ => state.clock.observe(event_time, &policy),
         };
-        let time = match arrival {
-            Arrival::OnTime { time } | Arrival::Late { time, .. } => time,
-            Arrival::TooLate { watermark, .. } | Arrival::TooFarAhead { watermark, .. } => watermark,
-        };
-        state.read(offset, time, before);
+        state.read(offset, arrival.time(), before);
         state.position = state.position.max(offset + 1);
         state.apply_pending();
         arrival
@@ -743,10 +750,7 @@ mod tests {
         if malformed {
             return clock.malformed(partition, offset, now);
         }
-        match clock.observe(partition, offset, event_time, 0, now) {
-            Arrival::OnTime { time } | Arrival::Late { time, .. } => time,
-            Arrival::TooLate { watermark, .. } | Arrival::TooFarAhead { watermark, .. } => watermark,
-        }
+        clock.observe(partition, offset, event_time, 0, now).time()
     }
 
     proptest::proptest! {

@@ -6,33 +6,34 @@
 //! (the accounting Materialize uses). Operators are named from timely's operator log. Both logs are turned on
 //! only with `--metrics-addr`: without it nothing is logged or counted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use differential_dataflow::logging::{DifferentialEvent, DifferentialEventBuilder};
 use timely::logging::{TimelyEvent, TimelyEventBuilder};
 use timely::worker::Worker;
 
-/// Per (worker, operator id): the operator's name and its arrangement's updates.
-static SIZES: Mutex<BTreeMap<(usize, usize), (String, i64)>> = Mutex::new(BTreeMap::new());
+/// Per (worker, operator id): its arrangement's updates.
+static SIZES: Mutex<BTreeMap<(usize, usize), i64>> = Mutex::new(BTreeMap::new());
+/// Per (worker, operator id): the operator's name (timely's log may deliver it after differential's events).
+static NAMES: Mutex<BTreeMap<(usize, usize), String>> = Mutex::new(BTreeMap::new());
 
 /// The arrangements of this process: (operator name, worker, updates held).
 pub fn sizes() -> Vec<(String, usize, i64)> {
     let sizes = SIZES.lock().unwrap_or_else(|e| e.into_inner());
-    sizes.iter().map(|(&(worker, _), (name, records))| (name.clone(), worker, *records)).collect()
+    let names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    let name = |key: &(usize, usize)| names.get(key).cloned().unwrap_or_else(|| format!("operator {}", key.1));
+    sizes.iter().map(|(key, records)| (name(key), key.0, *records)).collect()
 }
 
 /// Turns on both logs for `worker`'s dataflows built from now on.
 pub(crate) fn log(worker: &mut Worker) {
     let index = worker.index();
     let Some(mut register) = worker.log_register() else { return };
-    // Names by operator id, shared by the two loggers of this worker.
-    let names: std::rc::Rc<std::cell::RefCell<HashMap<usize, String>>> = Default::default();
-    let known = names.clone();
     register.insert::<TimelyEventBuilder, _>("timely", move |_time, events| {
         for (_, event) in events.iter().flatten() {
             if let TimelyEvent::Operates(operates) = event {
-                known.borrow_mut().insert(operates.id, operates.name.clone());
+                NAMES.lock().unwrap_or_else(|e| e.into_inner()).insert((index, operates.id), operates.name.clone());
             }
         }
     });
@@ -49,10 +50,9 @@ pub(crate) fn log(worker: &mut Worker) {
                 DifferentialEvent::Drop(drop) => (drop.operator, -(drop.length as i64)),
                 _ => continue,
             };
-            let name = || names.borrow().get(&operator).cloned().unwrap_or_else(|| format!("operator {operator}"));
-            let entry = sizes.entry((index, operator)).or_insert_with(|| (name(), 0));
-            entry.1 += change;
-            if entry.1 <= 0 {
+            let entry = sizes.entry((index, operator)).or_insert(0);
+            *entry += change;
+            if *entry <= 0 {
                 sizes.remove(&(index, operator));
             }
         }
