@@ -360,6 +360,8 @@ where
         A: Aggregator<V>,
         A::Output: ExchangeData,
     {
+        // Differential's arrangements are not checkpointed yet: a job using them takes no checkpoints.
+        crate::checkpoint::unsupported(name);
         // Running totals: one `(sum, count)` per key as the update's weight, accumulated by `count_total`,
         // whose changelog retracts a key's old totals and adds the new ones.
         if aggregator.is_linear() {

@@ -23,6 +23,7 @@
 )]
 
 pub mod aggregate;
+pub mod checkpoint;
 pub mod event_time;
 pub mod interval_join;
 pub mod join;

@@ -55,6 +55,11 @@ impl<D> ByTime<D> {
         group
     }
 
+    /// Every group's time and items, earliest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &[D])> {
+        self.groups.iter().map(|(time, (_, items))| (*time, items.as_slice()))
+    }
+
     /// The earliest time held by either.
     pub(crate) fn earliest<E>(&self, other: &ByTime<E>) -> Option<u64> {
         match (self.first(), other.first()) {

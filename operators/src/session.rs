@@ -179,6 +179,8 @@ where
     {
         let Sessions { gap_ms, allowed_lateness_ms } = sessions;
         let gap = gap_ms.max(1);
+        // Its state is not checkpointed yet: a job using it takes no checkpoints (and says so).
+        crate::checkpoint::unsupported(name);
         let gauges = crate::state::Gauges::new(name, self.scope().index());
         let mut builder = OperatorBuilder::new(name.to_owned(), self.scope());
         let exchange = Exchange::new(|(record, _time, _diff): &(Timed<(K, V)>, u64, isize)| record.value.0.hashed());

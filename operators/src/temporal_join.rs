@@ -72,6 +72,8 @@ where
     {
         let by_record_key = Exchange::new(|(record, _, _): &(Timed<(K, V)>, u64, isize)| record.value.0.hashed());
         let by_table_key = Exchange::new(|((key, _), _, _): &((K, W), u64, isize)| key.hashed());
+        // Its state is not checkpointed yet: a job using it takes no checkpoints (and says so).
+        crate::checkpoint::unsupported(name);
         let gauges = crate::state::Gauges::new(name, self.scope().index());
         self.binary_frontier(table.inner, by_record_key, by_table_key, name, move |_capability, _info| {
             // The table as of the last time processed: key -> value -> multiplicity.

@@ -122,6 +122,8 @@ where
 {
     let by_left_key = Exchange::new(|(record, _, _): &(Joinable<K, V>, u64, isize)| record.key.hashed());
     let by_right_key = Exchange::new(|(record, _, _): &(Joinable<K, W>, u64, isize)| record.key.hashed());
+    // Its state is not checkpointed yet: a job using it takes no checkpoints (and says so).
+    crate::checkpoint::unsupported(name);
     let gauges = crate::state::Gauges::new(name, left.scope().index());
     left.binary_frontier(right, by_left_key, by_right_key, name, move |_capability, _info| {
         let mut lefts: Side<K, V> = Side::new();

@@ -57,6 +57,8 @@ where
 {
     fn upsert(self, name: &str) -> VecCollection<'scope, u64, (K, V), isize> {
         let exchange = Exchange::new(|(update, _time, _diff): &(Timed<(K, Option<V>)>, u64, isize)| update.value.0.hashed());
+        // Its state is not checkpointed yet: a job using it takes no checkpoints (and says so).
+        crate::checkpoint::unsupported(name);
         let gauges = crate::state::Gauges::new(name, self.scope().index());
         self.unary_frontier(exchange, name, move |_capability, _info| {
             let mut table: HashMap<K, V> = HashMap::default();

@@ -36,7 +36,11 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use crate::aggregate::Aggregator;
+use crate::checkpoint::Participant;
 use crate::event_time::Timed;
 use crate::late::LateRecord;
 use crate::ordered::ByTime;
@@ -248,10 +252,20 @@ pub trait WindowAggregate<'scope, K, V> {
     /// assert_eq!(results, vec![((("a".to_string(), 0), 2), 9, 1), ((("a".to_string(), 10), 1), 19, 1)]);
     /// assert_eq!(late.extract().into_iter().flat_map(|(_, v)| v).count(), 1);
     /// ```
+    ///
+    /// In a job with checkpoints the operator's windows (their state, what was emitted, what is due) are saved
+    /// under `name` as of each checkpoint's time, and restored on a restart, keyed windows going to the
+    /// worker their key now routes to (any number of workers).
     fn window_aggregate<A>(self, name: &str, spec: impl Into<WindowSpec>, aggregator: A) -> WindowStreams<'scope, K, A::Output, V>
     where
-        A: Aggregator<V>;
+        A: Aggregator<V>,
+        A::State: Serialize + DeserializeOwned,
+        A::Output: Serialize + DeserializeOwned;
 }
+
+/// A window operator's checkpointed state: per window start and key its state, what was emitted and when it is
+/// due; and the windows due after the checkpoint's time.
+type WindowSnapshot<K, S, O> = (Vec<(u64, K, S, Option<O>, Option<u64>)>, Vec<(u64, K, u64)>);
 
 /// One window's state on a worker.
 struct WindowState<S, O> {
@@ -270,10 +284,15 @@ where
     fn window_aggregate<A>(self, name: &str, spec: impl Into<WindowSpec>, aggregator: A) -> WindowStreams<'scope, K, A::Output, V>
     where
         A: Aggregator<V>,
+        A::State: Serialize + DeserializeOwned,
+        A::Output: Serialize + DeserializeOwned,
     {
         let WindowSpec { windows, allowed_lateness_ms, emit } = spec.into();
         let size = windows.size().max(1);
         let gauges = crate::state::Gauges::new(name, self.scope().index());
+        let (index, peers) = (self.scope().index(), self.scope().peers());
+        let mut participant = Participant::join(name);
+        let op_name = name.to_owned();
         let mut builder = OperatorBuilder::new(name.to_owned(), self.scope());
         let exchange = Exchange::new(|(record, _time, _diff): &(Timed<(K, V)>, u64, isize)| record.value.0.hashed());
         let mut input = builder.new_input(self, exchange);
@@ -284,13 +303,38 @@ where
         // A window still accepts a record at `time` while `end + allowed_lateness` is ahead of it.
         let open = move |start: u64, time: u64| start + size + allowed_lateness_ms > time;
 
-        builder.build(move |_capabilities| {
+        builder.build(move |capabilities| {
             // Per window start, each key's state: a window's whole map goes at once when it is released.
             let mut state: BTreeMap<u64, HashMap<K, WindowState<A::State, A::Output>>> = BTreeMap::new();
             // Accepted records, applied in time order once the frontier has passed their time.
             let mut stash: ByTime<(Timed<(K, V)>, isize)> = ByTime::default();
             // Windows with changes to emit once the frontier passes the time.
             let mut pending: ByTime<(K, u64)> = ByTime::default();
+            if let Some((_, parts)) = participant.as_ref().and_then(Participant::restored) {
+                let mine = |key: &K| (key.hashed() % peers as u64) as usize == index;
+                for part in parts {
+                    #[allow(clippy::panic, reason = "the store verified the part's checksum: only a changed program reads it wrongly")]
+                    let (windows, due): WindowSnapshot<K, A::State, A::Output> = bincode::deserialize(&part).unwrap_or_else(|e| {
+                        panic!("the checkpoint of window operator `{op_name}` cannot be read ({e}): was the program changed? Restart with a new commit log, or without --checkpoint-dir")
+                    });
+                    for (start, key, window_state, emitted, scheduled) in windows.into_iter().filter(|w| mine(&w.1)) {
+                        state.entry(start).or_default().insert(key, WindowState { state: window_state, emitted, scheduled });
+                    }
+                    for (time, key, start) in due.into_iter().filter(|d| mine(&d.1)) {
+                        pending.push(time, |t| capabilities[0].delayed(t), (key, start));
+                    }
+                }
+            }
+            drop(capabilities);
+            let snapshot = move |state: &BTreeMap<u64, HashMap<K, WindowState<A::State, A::Output>>>, pending: &ByTime<(K, u64)>| {
+                let windows: Vec<_> = state
+                    .iter()
+                    .flat_map(|(start, keys)| keys.iter().map(move |(key, w)| (start, key, &w.state, &w.emitted, &w.scheduled)))
+                    .collect();
+                let due: Vec<_> = pending.iter().flat_map(|(time, items)| items.iter().map(move |(key, start)| (time, key, start))).collect();
+                #[allow(clippy::expect_used, reason = "serializing into memory fails only for types serde cannot represent")]
+                bincode::serialize(&(windows, due)).expect("window state serializes")
+            };
             move |frontiers| {
                 let (mut received, mut emitted) = (0, 0);
                 let mut late_handle = late_output.activate();
@@ -321,6 +365,11 @@ where
                 let mut results_handle = results_output.activate();
                 // One time at a time: apply its records, then emit what is due at it.
                 while let Some(now) = stash.earliest(&pending).filter(|t| !frontier.less_equal(t)) {
+                    if let Some(participant) = participant.as_mut() {
+                        for time in participant.due_before(now) {
+                            participant.put(time, snapshot(&state, &pending));
+                        }
+                    }
                     if let Some((cap, records)) = stash.take(now) {
                         for (record, diff) in records {
                             let (key, value) = record.value;
@@ -371,6 +420,11 @@ where
                     }
                 }
                 drop(results_handle);
+                if let Some(participant) = participant.as_mut() {
+                    for time in participant.due(frontier.frontier()) {
+                        participant.put(time, snapshot(&state, &pending));
+                    }
+                }
                 // Release windows that can no longer change: no record at or after the frontier is open for them.
                 while let Some(window) = state.first_entry() {
                     if frontier.less_equal(&(window.key() + size + allowed_lateness_ms)) {

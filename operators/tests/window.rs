@@ -43,7 +43,8 @@ type Observed<O> = (BTreeMap<((u8, u64), O, u64), isize>, Vec<Update>);
 fn run<A, O>(updates: Vec<Update>, windows: Windows, lateness: u64, workers: usize, aggregator: fn() -> A) -> Observed<O>
 where
     A: Aggregator<u8, Output = O>,
-    O: Ord + Clone + Send + 'static,
+    A::State: serde::Serialize + serde::de::DeserializeOwned,
+    O: Ord + Clone + Send + serde::Serialize + serde::de::DeserializeOwned + 'static,
 {
     run_emitting(updates, WindowSpec { windows, allowed_lateness_ms: lateness, emit: Emit::OnClose }, workers, aggregator)
 }
@@ -51,7 +52,8 @@ where
 fn run_emitting<A, O>(updates: Vec<Update>, spec: WindowSpec, workers: usize, aggregator: fn() -> A) -> Observed<O>
 where
     A: Aggregator<u8, Output = O>,
-    O: Ord + Clone + Send + 'static,
+    A::State: serde::Serialize + serde::de::DeserializeOwned,
+    O: Ord + Clone + Send + serde::Serialize + serde::de::DeserializeOwned + 'static,
 {
     let results = Arc::new(Mutex::new(Vec::new()));
     let late = Arc::new(Mutex::new(Vec::new()));

@@ -1,0 +1,279 @@
+//! Checkpoints of operator state: how a stateful operator takes part in a job's checkpoints, and gets its state
+//! back on a restart.
+//!
+//! A job with checkpoints (`--checkpoint-dir`) installs a [`Checkpoints`] registry in each worker while its
+//! dataflow is built. Every stateful operator built then joins it as a [`Participant`] under its name (names are
+//! what identifies state across restarts, so two stateful operators of one dataflow need different names).
+//!
+//! The job's sources ask for a checkpoint at a time `T` ([`Checkpoints::request`]) while nothing downstream of
+//! them can have passed `T` (the request travels on a loop that holds every source's output at `T + 1` until
+//! every worker has registered it). An operator processes its input one time at a time once the frontier has
+//! passed it; before it processes a time after a requested `T` (or once its frontier has passed `T`), it
+//! serializes its state *as of `T`* (every input at times up to `T` applied, none later) and hands it over with
+//! [`Participant::put`]. Once every participant of a worker has, the worker's part of the checkpoint is complete
+//! and the job writes it. Records at later times are not part of it: a restart reads them again (sources resume
+//! from the point where their later records begin, and drop what the restored state already holds).
+//!
+//! On a restart from a checkpoint at `T`, [`Participant::restored`] gives an operator what every worker of the
+//! earlier run saved under its name (the earlier run may have had another number of workers): it keeps the
+//! entries whose key now routes to it, and schedules what was due after `T`.
+//!
+//! An operator that keeps state and cannot checkpoint it calls [`unsupported`]: the job then takes no
+//! checkpoints and says so, and restarts replay the input from the start as before.
+//!
+//! A custom operator takes part the same way (see the window operator, `crate::window`, for a complete one):
+//!
+//! ```
+//! use tributary_operators::checkpoint::{Checkpoints, Participant};
+//!
+//! let registry = Checkpoints::install(None);
+//! let mut counter = Participant::join("MyCounter").expect("a registry is installed");
+//! Checkpoints::uninstall(); // the dataflow is built
+//! let mut count = 0u64;
+//! registry.request(10);
+//! // Before applying the input at time 12, the state as of 10 is handed over.
+//! for time in counter.due_before(12) {
+//!     counter.put(time, count.to_le_bytes().to_vec());
+//! }
+//! count += 1;
+//! assert_eq!(registry.take_complete().len(), 1);
+//! ```
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+
+/// What a restart hands back: the checkpoint's time and, per operator name, one part per worker of the run that
+/// wrote it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// The checkpoint's time: the restored state holds every input at times up to it.
+    pub time: u64,
+    /// Per operator name, the parts the earlier run's workers saved.
+    pub parts: BTreeMap<String, Vec<Vec<u8>>>,
+}
+
+/// One worker's complete part of a checkpoint: per operator name, its state as of `time`.
+pub type Part = (u64, BTreeMap<String, Vec<u8>>);
+
+#[derive(Default)]
+struct Inner {
+    requested: BTreeSet<u64>,
+    participants: BTreeSet<String>,
+    unsupported: BTreeSet<String>,
+    /// Requests some participant had already processed past (cannot be taken consistently).
+    poisoned: BTreeSet<u64>,
+    taken: BTreeMap<u64, BTreeMap<String, Vec<u8>>>,
+    complete: Vec<Part>,
+    restore: Option<Rc<Restored>>,
+    wake: Option<Box<dyn Fn()>>,
+    /// Participants may still join: no part is complete before the dataflow is built.
+    building: bool,
+}
+
+/// A worker's checkpoint registry (see the module docs). Cheap to clone: clones share it.
+#[derive(Clone, Default)]
+pub struct Checkpoints(Rc<RefCell<Inner>>);
+
+thread_local! {
+    static CURRENT: RefCell<Option<Checkpoints>> = const { RefCell::new(None) };
+}
+
+impl Checkpoints {
+    /// Installs a registry for the dataflow this worker builds next, with what a restart restores.
+    pub fn install(restore: Option<Restored>) -> Checkpoints {
+        let registry = Checkpoints::default();
+        registry.0.borrow_mut().restore = restore.map(Rc::new);
+        registry.0.borrow_mut().building = true;
+        CURRENT.with(|c| *c.borrow_mut() = Some(registry.clone()));
+        registry
+    }
+
+    /// The registry installed in this worker, if the dataflow being built takes checkpoints.
+    pub fn current() -> Option<Checkpoints> {
+        CURRENT.with(|c| c.borrow().clone())
+    }
+
+    /// Ends the registration of participants (the dataflow is built).
+    pub fn uninstall() {
+        let Some(registry) = CURRENT.with(|c| c.borrow_mut().take()) else { return };
+        let mut inner = registry.0.borrow_mut();
+        inner.building = false;
+        let requested: Vec<u64> = inner.requested.iter().copied().collect();
+        for time in requested {
+            Self::check(&mut inner, time);
+        }
+    }
+
+    /// Called (on the worker's thread) whenever a part becomes complete.
+    pub fn on_complete(&self, wake: impl Fn() + 'static) {
+        self.0.borrow_mut().wake = Some(Box::new(wake));
+    }
+
+    /// Asks for a checkpoint at `time` (nothing downstream of the sources has processed a later time).
+    pub fn request(&self, time: u64) {
+        let mut inner = self.0.borrow_mut();
+        if inner.taken.contains_key(&time) || !inner.requested.insert(time) {
+            return;
+        }
+        inner.taken.insert(time, BTreeMap::new());
+        Self::check(&mut inner, time);
+    }
+
+    /// The operators that keep state they cannot checkpoint: while there are any, the job takes none.
+    pub fn unsupported(&self) -> Vec<String> {
+        self.0.borrow().unsupported.iter().cloned().collect()
+    }
+
+    /// The names of the participants.
+    pub fn participants(&self) -> Vec<String> {
+        self.0.borrow().participants.iter().cloned().collect()
+    }
+
+    /// The checkpoint time the dataflow was restored from.
+    pub fn restored_time(&self) -> Option<u64> {
+        self.0.borrow().restore.as_ref().map(|r| r.time)
+    }
+
+    /// Takes the parts completed since the last call, earliest first.
+    pub fn take_complete(&self) -> Vec<Part> {
+        std::mem::take(&mut self.0.borrow_mut().complete)
+    }
+
+    fn check(inner: &mut Inner, time: u64) {
+        let done = !inner.building
+            && inner.taken.get(&time).is_some_and(|parts| parts.len() == inner.participants.len());
+        if !done {
+            return;
+        }
+        inner.requested.remove(&time);
+        let Some(parts) = inner.taken.remove(&time) else { return };
+        // A poisoned part is dropped: the job sees no complete part for it and takes the next checkpoint.
+        if inner.poisoned.remove(&time) {
+            return;
+        }
+        inner.complete.push((time, parts));
+        if let Some(wake) = &inner.wake {
+            wake();
+        }
+    }
+}
+
+/// A stateful operator's membership in its worker's checkpoints.
+pub struct Participant {
+    name: String,
+    registry: Checkpoints,
+    /// Requests up to this time are taken (or were before this run).
+    taken: Option<u64>,
+    /// The latest time whose input was applied.
+    applied: Option<u64>,
+}
+
+impl Participant {
+    /// Joins the registry installed in this worker under `name`; `None` when the dataflow takes no checkpoints.
+    ///
+    /// # Panics
+    /// If another operator of the dataflow joined under the same name: state is identified by name.
+    pub fn join(name: &str) -> Option<Participant> {
+        let registry = Checkpoints::current()?;
+        let taken = {
+            let mut inner = registry.0.borrow_mut();
+            #[allow(clippy::panic, reason = "a programming error in the dataflow, found when it is built")]
+            if !inner.participants.insert(name.to_owned()) {
+                panic!("two stateful operators are named `{name}`: give each its own name (checkpoints identify state by name)");
+            }
+            inner.restore.as_ref().map(|r| r.time)
+        };
+        Some(Participant { name: name.to_owned(), registry, taken, applied: None })
+    }
+
+    /// What the earlier run's workers saved under this operator's name, and the checkpoint's time.
+    pub fn restored(&self) -> Option<(u64, Vec<Vec<u8>>)> {
+        let inner = self.registry.0.borrow();
+        let restore = inner.restore.as_ref()?;
+        Some((restore.time, restore.parts.get(&self.name).cloned().unwrap_or_default()))
+    }
+
+    /// The requested times before `now` not taken yet, earliest first: call before applying the input at `now`,
+    /// and [`put`](Self::put) the state as of each.
+    pub fn due_before(&mut self, now: u64) -> Vec<u64> {
+        let due = self.pending(|t| t < now);
+        self.applied = Some(self.applied.map_or(now, |a| a.max(now)));
+        due
+    }
+
+    /// The requested times the frontier has passed, not taken yet: call once every time before the frontier is
+    /// applied.
+    pub fn due(&mut self, frontier: timely::progress::frontier::AntichainRef<'_, u64>) -> Vec<u64> {
+        self.pending(|t| !frontier.less_equal(&t))
+    }
+
+    fn pending(&mut self, ready: impl Fn(u64) -> bool) -> Vec<u64> {
+        let mut inner = self.registry.0.borrow_mut();
+        let taken = self.taken;
+        let due: Vec<u64> = inner.requested.iter().copied().filter(|&t| taken.is_none_or(|k| t > k) && ready(t)).collect();
+        // A request for a time this operator already processed past cannot be taken consistently.
+        if let (Some(applied), Some(first)) = (self.applied, due.first())
+            && *first < applied
+        {
+            for &t in due.iter().filter(|&&t| t < applied) {
+                inner.poisoned.insert(t);
+            }
+        }
+        due
+    }
+
+    /// Hands over the state as of `time`.
+    pub fn put(&mut self, time: u64, state: Vec<u8>) {
+        self.taken = Some(self.taken.map_or(time, |t| t.max(time)));
+        let mut inner = self.registry.0.borrow_mut();
+        if let Some(parts) = inner.taken.get_mut(&time) {
+            parts.insert(self.name.clone(), state);
+        }
+        Checkpoints::check(&mut inner, time);
+    }
+}
+
+/// Declares that the operator `name` keeps state it cannot checkpoint: the job takes no checkpoints (and says so).
+pub fn unsupported(name: &str) {
+    if let Some(registry) = Checkpoints::current() {
+        registry.0.borrow_mut().unsupported.insert(name.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_part_completes_once_every_participant_put_it() {
+        let registry = Checkpoints::install(None);
+        let mut a = Participant::join("a").unwrap();
+        let mut b = Participant::join("b").unwrap();
+        Checkpoints::uninstall();
+        registry.request(5);
+        assert_eq!(a.due_before(5), Vec::<u64>::new(), "5 itself is not after the checkpoint");
+        assert_eq!(a.due_before(6), vec![5]);
+        a.put(5, vec![1]);
+        assert!(registry.take_complete().is_empty());
+        b.put(5, vec![2]);
+        let complete = registry.take_complete();
+        assert_eq!(complete.len(), 1);
+        assert_eq!(complete[0].1.len(), 2);
+        assert!(a.due_before(100).is_empty(), "taken once");
+        assert!(Participant::join("c").is_none());
+    }
+
+    #[test]
+    fn a_request_for_a_time_already_processed_past_never_completes() {
+        let registry = Checkpoints::install(None);
+        let mut a = Participant::join("a").unwrap();
+        Checkpoints::uninstall();
+        assert!(a.due_before(20).is_empty());
+        registry.request(5);
+        for t in a.due_before(21) {
+            a.put(t, vec![]);
+        }
+        assert!(registry.take_complete().is_empty());
+    }
+}
