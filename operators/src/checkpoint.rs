@@ -69,6 +69,16 @@ struct Inner {
     wake: Option<Box<dyn Fn()>>,
     /// Participants may still join: no part is complete before the dataflow is built.
     building: bool,
+    /// How often the sources ask for a checkpoint.
+    interval: Option<std::time::Duration>,
+    /// The job's sources in this worker: the time each holds (`None`: finished).
+    sources: Vec<Option<u64>>,
+    /// A checkpoint being asked for, and which sources have passed the request on.
+    gate: Option<(u64, Vec<bool>)>,
+    last_request: Option<std::time::Instant>,
+    min_time: Option<u64>,
+    /// Requests the job has not released yet (see [`Checkpoints::oldest_open`]).
+    open: BTreeSet<u64>,
 }
 
 /// A worker's checkpoint registry (see the module docs). Cheap to clone: clones share it.
@@ -105,6 +115,78 @@ impl Checkpoints {
         }
     }
 
+    /// Sets how often the job's sources ask for a checkpoint (on worker 0).
+    pub fn set_interval(&self, interval: std::time::Duration) {
+        self.0.borrow_mut().interval = Some(interval);
+    }
+
+    /// Registers one of the job's sources; returns its index (the first is 0).
+    pub fn add_source(&self) -> usize {
+        let mut inner = self.0.borrow_mut();
+        inner.sources.push(Some(0));
+        inner.sources.len() - 1
+    }
+
+    /// Source `source` now holds `time` (`None`: it has finished).
+    pub fn publish(&self, source: usize, time: Option<u64>) {
+        if let Some(slot) = self.0.borrow_mut().sources.get_mut(source) {
+            *slot = time;
+        }
+    }
+
+    /// On the worker that decides (worker 0): whether a checkpoint is due at `now`; if so, its time, which is
+    /// registered here and which every source of this worker passes on to the others ([`gate_for`](Self::gate_for)).
+    ///
+    /// The time is the latest any source of this worker holds: nothing downstream of any of them has passed it,
+    /// and until each has passed the request on (at its next activation, before it moves), none moves.
+    pub fn open_gate(&self, now: std::time::Instant) -> Option<u64> {
+        let time = {
+            let mut inner = self.0.borrow_mut();
+            let interval = inner.interval?;
+            if inner.building
+                || !inner.unsupported.is_empty()
+                || inner.gate.is_some()
+                || !inner.requested.is_empty()
+                || inner.last_request.is_some_and(|last| now.saturating_duration_since(last) < interval)
+            {
+                return None;
+            }
+            if inner.last_request.is_none() {
+                // The first checkpoint comes an interval after the start.
+                inner.last_request = Some(now);
+                return None;
+            }
+            let held: Option<Vec<u64>> = inner.sources.iter().copied().collect();
+            let time = held?.into_iter().max()?;
+            let restored = inner.restore.as_ref().map(|r| r.time);
+            if time == 0 || restored.is_some_and(|r| time <= r) || inner.min_time.is_some_and(|m| time <= m) {
+                return None;
+            }
+            inner.last_request = Some(now);
+            let sources = inner.sources.len();
+            inner.gate = Some((time, vec![false; sources]));
+            time
+        };
+        self.request(time);
+        Some(time)
+    }
+
+    /// The checkpoint time source `source` has to pass on to the other workers, once.
+    pub fn gate_for(&self, source: usize) -> Option<u64> {
+        let mut inner = self.0.borrow_mut();
+        let (time, sent) = inner.gate.as_mut()?;
+        let time = *time;
+        let slot = sent.get_mut(source)?;
+        if *slot {
+            return None;
+        }
+        *slot = true;
+        if sent.iter().all(|s| *s) {
+            inner.gate = None;
+        }
+        Some(time)
+    }
+
     /// Called (on the worker's thread) whenever a part becomes complete.
     pub fn on_complete(&self, wake: impl Fn() + 'static) {
         self.0.borrow_mut().wake = Some(Box::new(wake));
@@ -117,7 +199,19 @@ impl Checkpoints {
             return;
         }
         inner.taken.insert(time, BTreeMap::new());
+        inner.open.insert(time);
         Self::check(&mut inner, time);
+    }
+
+    /// The earliest request not released yet: the job keeps what a checkpoint at that time needs.
+    pub fn oldest_open(&self) -> Option<u64> {
+        self.0.borrow().open.first().copied()
+    }
+
+    /// Releases the requests up to `time` (the checkpoint at `time` is complete everywhere, or superseded).
+    pub fn release(&self, time: u64) {
+        let mut inner = self.0.borrow_mut();
+        inner.open = inner.open.split_off(&(time + 1));
     }
 
     /// The operators that keep state they cannot checkpoint: while there are any, the job takes none.
@@ -128,6 +222,16 @@ impl Checkpoints {
     /// The names of the participants.
     pub fn participants(&self) -> Vec<String> {
         self.0.borrow().participants.iter().cloned().collect()
+    }
+
+    /// The times asked for whose part of this worker is not complete yet, earliest first.
+    pub fn requested(&self) -> Vec<u64> {
+        self.0.borrow().requested.iter().copied().collect()
+    }
+
+    /// No checkpoint at or before `time` is asked for (the commit a restart resumes from).
+    pub fn set_min_time(&self, time: u64) {
+        self.0.borrow_mut().min_time = Some(time);
     }
 
     /// The checkpoint time the dataflow was restored from.
@@ -141,8 +245,7 @@ impl Checkpoints {
     }
 
     fn check(inner: &mut Inner, time: u64) {
-        let done = !inner.building
-            && inner.taken.get(&time).is_some_and(|parts| parts.len() == inner.participants.len());
+        let done = !inner.building && inner.taken.get(&time).is_some_and(|parts| parts.len() == inner.participants.len());
         if !done {
             return;
         }
@@ -206,6 +309,12 @@ impl Participant {
     /// applied.
     pub fn due(&mut self, frontier: timely::progress::frontier::AntichainRef<'_, u64>) -> Vec<u64> {
         self.pending(|t| !frontier.less_equal(&t))
+    }
+
+    /// The requested times `passed` says every input has passed, not taken yet (for an operator with several
+    /// inputs: a time has passed once no input can still send anything at or before it).
+    pub fn due_where(&mut self, passed: impl Fn(u64) -> bool) -> Vec<u64> {
+        self.pending(passed)
     }
 
     fn pending(&mut self, ready: impl Fn(u64) -> bool) -> Vec<u64> {

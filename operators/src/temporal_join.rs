@@ -72,12 +72,26 @@ where
     {
         let by_record_key = Exchange::new(|(record, _, _): &(Timed<(K, V)>, u64, isize)| record.value.0.hashed());
         let by_table_key = Exchange::new(|((key, _), _, _): &((K, W), u64, isize)| key.hashed());
-        // Its state is not checkpointed yet: a job using it takes no checkpoints (and says so).
-        crate::checkpoint::unsupported(name);
         let gauges = crate::state::Gauges::new(name, self.scope().index());
+        let (index, peers) = (self.scope().index(), self.scope().peers());
+        let mut participant = crate::checkpoint::Participant::join(name);
+        let op_name = name.to_owned();
         self.binary_frontier(table.inner, by_record_key, by_table_key, name, move |_capability, _info| {
             // The table as of the last time processed: key -> value -> multiplicity.
             let mut current: HashMap<K, BTreeMap<W, isize>> = HashMap::default();
+            // Restored: the table as of the checkpoint, the keys that now route to this worker.
+            for part in participant.as_ref().and_then(crate::checkpoint::Participant::restored).map(|(_, parts)| parts).unwrap_or_default() {
+                #[allow(clippy::panic, reason = "the store verified the part's checksum: only a changed program reads it wrongly")]
+                let rows: Vec<(K, BTreeMap<W, isize>)> = bincode::deserialize(&part).unwrap_or_else(|e| {
+                    panic!("the checkpoint of temporal join `{op_name}` cannot be read ({e}): was the program changed? Restart with a new commit log, or without --checkpoint-dir")
+                });
+                current.extend(rows.into_iter().filter(|(key, _)| (key.hashed() % peers as u64) as usize == index));
+            }
+            let snapshot = |current: &HashMap<K, BTreeMap<W, isize>>| {
+                let rows: Vec<(&K, &BTreeMap<W, isize>)> = current.iter().collect();
+                #[allow(clippy::expect_used, reason = "serializing into memory fails only for types serde cannot represent")]
+                bincode::serialize(&rows).expect("table rows serialize")
+            };
             let mut records: BTreeMap<u64, (Capability<u64>, Vec<(Timed<(K, V)>, isize)>)> = BTreeMap::new();
             let mut changes: BTreeMap<u64, Vec<((K, W), isize)>> = BTreeMap::new();
             move |(stream, stream_frontier), (updates, table_frontier), output| {
@@ -99,6 +113,14 @@ where
                 loop {
                     let next_change = changes.keys().next().copied();
                     let next_record = records.keys().next().copied();
+                    // Before anything after a checkpoint's time is applied, the table as of that time.
+                    if let (Some(participant), Some(next)) = (participant.as_mut(), next_change.into_iter().chain(next_record).min())
+                        && done(&next)
+                    {
+                        for due in participant.due_before(next) {
+                            participant.put(due, snapshot(&current));
+                        }
+                    }
                     // Table changes at a time apply before the records at that time.
                     match (next_change, next_record) {
                         (Some(c), r) if done(&c) && r.is_none_or(|r| c <= r) => {
@@ -137,6 +159,11 @@ where
                             }
                         }
                         _ => break,
+                    }
+                }
+                if let Some(participant) = participant.as_mut() {
+                    for due in participant.due_where(|t| done(&t)) {
+                        participant.put(due, snapshot(&current));
                     }
                 }
                 let buffered =

@@ -22,7 +22,8 @@ use crate::event_time::Timed;
 
 /// Turns a stream of keyed upserts into a table.
 pub trait Upsert<'scope, K, V> {
-    /// The table of each key's latest value; an update with `None` deletes the key.
+    /// The table of each key's latest value; an update with `None` deletes the key. In a job with checkpoints
+    /// the table is saved under `name` and restored on a restart.
     ///
     /// ```
     /// use timely::dataflow::operators::{Capture, ToStream, capture::Extract};
@@ -57,11 +58,25 @@ where
 {
     fn upsert(self, name: &str) -> VecCollection<'scope, u64, (K, V), isize> {
         let exchange = Exchange::new(|(update, _time, _diff): &(Timed<(K, Option<V>)>, u64, isize)| update.value.0.hashed());
-        // Its state is not checkpointed yet: a job using it takes no checkpoints (and says so).
-        crate::checkpoint::unsupported(name);
         let gauges = crate::state::Gauges::new(name, self.scope().index());
+        let (index, peers) = (self.scope().index(), self.scope().peers());
+        let mut participant = crate::checkpoint::Participant::join(name);
+        let op_name = name.to_owned();
         self.unary_frontier(exchange, name, move |_capability, _info| {
             let mut table: HashMap<K, V> = HashMap::default();
+            // Restored: the table as of the checkpoint, the keys that now route to this worker.
+            for part in participant.as_ref().and_then(crate::checkpoint::Participant::restored).map(|(_, parts)| parts).unwrap_or_default() {
+                #[allow(clippy::panic, reason = "the store verified the part's checksum: only a changed program reads it wrongly")]
+                let rows: Vec<(K, V)> = bincode::deserialize(&part).unwrap_or_else(|e| {
+                    panic!("the checkpoint of upsert table `{op_name}` cannot be read ({e}): was the program changed? Restart with a new commit log, or without --checkpoint-dir")
+                });
+                table.extend(rows.into_iter().filter(|(key, _)| (key.hashed() % peers as u64) as usize == index));
+            }
+            let snapshot = |table: &HashMap<K, V>| {
+                let rows: Vec<(&K, &V)> = table.iter().collect();
+                #[allow(clippy::expect_used, reason = "serializing into memory fails only for types serde cannot represent")]
+                bincode::serialize(&rows).expect("table rows serialize")
+            };
             // Updates waiting for their time to complete, in arrival order, with a capability for that time.
             let mut pending: BTreeMap<u64, (Capability<u64>, Vec<(K, Option<V>)>)> = BTreeMap::new();
             move |(input, frontier), output| {
@@ -76,6 +91,11 @@ where
                 while let Some(entry) = pending.first_entry() {
                     if frontier.less_equal(entry.key()) {
                         break;
+                    }
+                    if let Some(participant) = participant.as_mut() {
+                        for due in participant.due_before(*entry.key()) {
+                            participant.put(due, snapshot(&table));
+                        }
                     }
                     let (time, (cap, updates)) = entry.remove_entry();
                     let mut session = output.session(&cap);
@@ -92,6 +112,11 @@ where
                             session.give(((key, old), time, -1));
                             emitted += 1;
                         }
+                    }
+                }
+                if let Some(participant) = participant.as_mut() {
+                    for due in participant.due(frontier.frontier()) {
+                        participant.put(due, snapshot(&table));
                     }
                 }
                 gauges.set(table.len(), pending.values().map(|(_, updates)| updates.len()).sum());

@@ -26,7 +26,14 @@ struct Outcome<O> {
 
 /// Runs the window operator over `updates` at `workers` workers, asking every worker for a checkpoint at
 /// `checkpoint` before anything is processed, or restoring `restore`.
-fn run<A, O>(updates: Vec<Update>, spec: WindowSpec, workers: usize, checkpoint: Option<u64>, restore: Option<Restored>, aggregator: fn() -> A) -> Outcome<O>
+fn run<A, O>(
+    updates: Vec<Update>,
+    spec: WindowSpec,
+    workers: usize,
+    checkpoint: Option<u64>,
+    restore: Option<Restored>,
+    aggregator: fn() -> A,
+) -> Outcome<O>
 where
     A: tributary_operators::Aggregator<u8, Output = O>,
     A::State: serde::Serialize + serde::de::DeserializeOwned,
@@ -77,7 +84,13 @@ fn arb_arrivals() -> impl Strategy<Value = Vec<(usize, u8, u8, u64, bool)>> {
     prop::collection::vec((0usize..3, 0u8..3, 0u8..4, 0u64..300, prop::bool::weighted(0.1)), 0..80)
 }
 
-fn check<A, O>(updates: Vec<Update>, spec: WindowSpec, at: u64, (before, after): (usize, usize), aggregator: fn() -> A) -> Result<(), TestCaseError>
+fn check<A, O>(
+    updates: Vec<Update>,
+    spec: WindowSpec,
+    at: u64,
+    (before, after): (usize, usize),
+    aggregator: fn() -> A,
+) -> Result<(), TestCaseError>
 where
     A: tributary_operators::Aggregator<u8, Output = O>,
     A::State: serde::Serialize + serde::de::DeserializeOwned,
@@ -127,4 +140,102 @@ fn a_checkpoint_holds_only_the_state_up_to_its_time() {
     // Without the restored state the same input counts only what it read.
     let fresh = run(vec![(1, 0, 15, 15, 1), (1, 0, 16, 16, 1)], spec, 1, None, None, || Count);
     assert_eq!(fresh.results, BTreeMap::from([(((1, 10), 2i64, 19), 1)]));
+}
+
+/// Upserts `(key, value or delete, time)` and records `(key, value, time)` joined with the table as of each
+/// record's time, at `workers` workers, with a checkpoint asked for at `checkpoint` or restored from `restore`:
+/// the table's changes and the joined rows by time, and the parts saved.
+type Joined = BTreeMap<(u8, u8, Option<u8>, u64), isize>;
+type TableChanges = BTreeMap<((u8, u8), u64), isize>;
+
+fn run_join(
+    upserts: Vec<(u8, Option<u8>, u64)>,
+    records: Vec<(u8, u8, u64)>,
+    workers: usize,
+    checkpoint: Option<u64>,
+    restore: Option<Restored>,
+) -> (TableChanges, Joined, BTreeMap<String, Vec<Vec<u8>>>) {
+    use timely::dataflow::operators::Probe;
+    use timely::dataflow::operators::vec::Map;
+    use tributary_operators::event_time::Timed as T;
+    use tributary_operators::temporal_join::TemporalJoin;
+    use tributary_operators::upsert::Upsert;
+    let changes = Arc::new(Mutex::new(Vec::new()));
+    let joined = Arc::new(Mutex::new(Vec::new()));
+    let parts = Arc::new(Mutex::new(BTreeMap::<String, Vec<Vec<u8>>>::new()));
+    let (c, j, p) = (Arc::clone(&changes), Arc::clone(&joined), Arc::clone(&parts));
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (c, j) = (Arc::clone(&c), Arc::clone(&j));
+        let registry = Checkpoints::install(restore.clone());
+        if let Some(time) = checkpoint {
+            registry.request(time);
+        }
+        let (mut table_in, mut records_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (table_in, updates) = scope.new_input::<Vec<(T<(u8, Option<u8>)>, u64, isize)>>();
+            let (records_in, records) = scope.new_input::<Vec<(T<(u8, u8)>, u64, isize)>>();
+            let table = updates.upsert("Table");
+            table.inner.clone().inspect(move |((k, v), t, d)| c.lock().unwrap().push((((*k, *v), *t), *d)));
+            let rows = records.temporal_join("Join", table);
+            let (probe, _) = rows
+                .map(|(r, t, d)| ((r.value.0, r.value.1.0, r.value.1.1, t), d))
+                .inspect(move |(row, d)| j.lock().unwrap().push((*row, *d)))
+                .probe();
+            (table_in, records_in, probe)
+        });
+        Checkpoints::uninstall();
+        if worker.index() == 0 {
+            let mut times: Vec<u64> = upserts.iter().map(|u| u.2).chain(records.iter().map(|r| r.2)).collect();
+            times.sort();
+            times.dedup();
+            for time in times {
+                table_in.advance_to(time);
+                records_in.advance_to(time);
+                for &(k, v, _) in upserts.iter().filter(|u| u.2 == time) {
+                    table_in.send((T::new(time, (k, v)), time, 1));
+                }
+                for &(k, v, _) in records.iter().filter(|r| r.2 == time) {
+                    records_in.send((T::new(time, (k, v)), time, 1));
+                }
+                worker.step();
+            }
+        }
+        drop((table_in, records_in));
+        while !probe.done() {
+            worker.step();
+        }
+        for (_, operators) in registry.take_complete() {
+            let mut p = p.lock().unwrap();
+            for (name, part) in operators {
+                p.entry(name).or_default().push(part);
+            }
+        }
+    })
+    .expect("timely");
+    let changes = consolidate(changes.lock().unwrap().drain(..));
+    let joined = consolidate(joined.lock().unwrap().drain(..));
+    let parts = parts.lock().unwrap().clone();
+    (changes, joined, parts)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn an_upsert_table_and_a_temporal_join_restored_from_a_checkpoint_continue_exactly(
+        upserts in prop::collection::vec((0u8..4, prop::option::weighted(0.8, 0u8..5), 0u64..100), 0..40),
+        records in prop::collection::vec((0u8..4, 0u8..5, 0u64..100), 0..40),
+        at in 0u64..110, before in 1usize..=2, after in 1usize..=3,
+    ) {
+        let (changes, joined, parts) = run_join(upserts.clone(), records.clone(), before, Some(at), None);
+        prop_assert_eq!(parts.get("Table").map_or(0, Vec::len), before);
+        prop_assert_eq!(parts.get("Join").map_or(0, Vec::len), before);
+        let later_upserts: Vec<_> = upserts.iter().copied().filter(|u| u.2 > at).collect();
+        let later_records: Vec<_> = records.iter().copied().filter(|r| r.2 > at).collect();
+        let (resumed_changes, resumed_joined, _) =
+            run_join(later_upserts, later_records, after, None, Some(Restored { time: at, parts }));
+        let expected_changes: TableChanges = changes.into_iter().filter(|((_, t), _)| *t > at).collect();
+        let expected_joined: Joined = joined.into_iter().filter(|((_, _, _, t), _)| *t > at).collect();
+        prop_assert_eq!(resumed_changes, expected_changes);
+        prop_assert_eq!(resumed_joined, expected_joined);
+    }
 }

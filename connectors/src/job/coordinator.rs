@@ -17,7 +17,7 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 
-use super::{Commit, Event, JobError, SinkPosition};
+use super::{CheckpointRef, Commit, Event, JobError, SinkPosition};
 use crate::error::stop;
 use crate::kafka::{CommitLog, CommitWriter};
 use crate::source::{Control, PartitionKey, PartitionSnapshot};
@@ -25,8 +25,13 @@ use crate::source::{Control, PartitionKey, PartitionSnapshot};
 /// How often an unacknowledged commit is looked at again.
 const POLL_EVERY: Duration = Duration::from_millis(2);
 
-pub(super) fn build<'scope>(events: Stream<'scope, u64, Vec<Event>>, log: CommitLog) -> Stream<'scope, u64, Vec<()>> {
+pub(super) fn build<'scope>(
+    events: Stream<'scope, u64, Vec<Event>>,
+    log: CommitLog,
+    registry: Option<tributary_operators::checkpoint::Checkpoints>,
+) -> Stream<'scope, u64, Vec<()>> {
     let scope = events.scope();
+    let peers = scope.peers();
     events.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
         Exchange::new(|_: &Event| 0),
         "JobCommits",
@@ -35,6 +40,8 @@ pub(super) fn build<'scope>(events: Stream<'scope, u64, Vec<Event>>, log: Commit
             // Only worker 0 receives anything; the others hold nothing back.
             let mut capability = (scope.index() == 0).then_some(capability);
             let mut state = Coordinator::new(log);
+            state.peers = peers;
+            state.registry = registry;
             move |(input, frontier), _output| {
                 input.for_each(|cap, data| {
                     let time = cap.least().copied().unwrap_or_default();
@@ -80,12 +87,23 @@ struct Coordinator {
     /// The latest time any event was at.
     latest: u64,
     /// The commit log offset every worker said it resumed from.
-    resumed: Option<(usize, Option<i64>)>,
+    resumed: Option<(usize, Option<i64>, Option<u64>)>,
     committed: Option<u64>,
     in_flight: Option<u64>,
     last_write: Instant,
     writer: Option<CommitWriter>,
     run: u64,
+    peers: usize,
+    /// Worker 0's checkpoint registry (its requests keep the snapshots a checkpoint needs).
+    registry: Option<tributary_operators::checkpoint::Checkpoints>,
+    /// Per checkpoint time, the parts written so far (worker → fingerprint).
+    parts: BTreeMap<u64, BTreeMap<usize, u32>>,
+    /// The newest checkpoint every worker wrote, not committed yet.
+    ready: Option<CheckpointRef>,
+    /// The checkpoints the latest commit names (newest first).
+    checkpoints: Vec<CheckpointRef>,
+    /// The commit in flight names a new checkpoint.
+    in_flight_checkpoints: Vec<CheckpointRef>,
 }
 
 impl Coordinator {
@@ -93,6 +111,7 @@ impl Coordinator {
         let committed = log.latest().map(|c| c.time);
         let run = log.latest().map_or(1, |c| c.run.saturating_add(1));
         let interval = log.interval();
+        let checkpoints = log.latest().map(|c| c.checkpoints.clone()).unwrap_or_default();
         Coordinator {
             log,
             interval,
@@ -106,7 +125,34 @@ impl Coordinator {
             last_write: Instant::now(),
             writer: None,
             run,
+            peers: 1,
+            registry: None,
+            parts: BTreeMap::new(),
+            ready: None,
+            checkpoints,
+            in_flight_checkpoints: Vec::new(),
         }
+    }
+
+    /// The snapshot of every input partition as of `time`: this run's latest at or before it, or the resumed
+    /// commit's.
+    fn sources_at(&self, time: u64) -> Vec<PartitionSnapshot> {
+        let previous = self.log.latest();
+        let mut sources: BTreeMap<PartitionKey, PartitionSnapshot> =
+            previous.map(|c| c.sources.iter().map(|s| (s.key.clone(), s.clone())).collect()).unwrap_or_default();
+        for (key, snapshots) in &self.partitions {
+            if let Some((_, snapshot)) = snapshots.range(..=time).next_back() {
+                sources.insert(key.clone(), snapshot.clone());
+            }
+        }
+        sources.into_values().collect()
+    }
+
+    /// The earliest time whose snapshots a checkpoint still needs.
+    fn keep_from(&self, committed: u64) -> u64 {
+        let requested = self.registry.as_ref().and_then(tributary_operators::checkpoint::Checkpoints::oldest_open);
+        let written = self.parts.keys().next().copied();
+        [Some(committed), requested, written].into_iter().flatten().min().unwrap_or(committed)
     }
 
     fn add(&mut self, time: u64, event: Event) {
@@ -118,14 +164,33 @@ impl Coordinator {
                 }
             }
             Event::Control(Control::Drain { horizon, .. }) => self.horizon = Some(self.horizon.map_or(horizon, |h| h.min(horizon))),
+            Event::Control(Control::Checkpointed { time, worker, fingerprint }) => {
+                let parts = self.parts.entry(time).or_default();
+                parts.insert(worker, fingerprint);
+                if parts.len() == self.peers {
+                    let parts: Vec<u32> = parts.values().copied().collect();
+                    let checkpoint = CheckpointRef { generation: self.run, time, parts, sources: self.sources_at(time) };
+                    tracing::debug!(time, "every worker wrote its part of the checkpoint");
+                    if self.ready.as_ref().is_none_or(|r| r.time < time) {
+                        self.ready = Some(checkpoint);
+                    }
+                    self.parts = self.parts.split_off(&(time + 1));
+                    if let Some(registry) = &self.registry {
+                        registry.release(time);
+                    }
+                }
+            }
             Event::Sink(position) => {
                 tracing::trace!(time, ?position, "sink position");
                 self.sinks.entry((position.topic.clone(), position.partition)).or_default().insert(time, position);
             }
-            Event::Resumed { worker, commit } => match self.resumed {
-                None => self.resumed = Some((worker, commit)),
-                Some((first, theirs)) if theirs != commit => {
+            Event::Resumed { worker, commit, checkpoint } => match self.resumed {
+                None => self.resumed = Some((worker, commit, checkpoint)),
+                Some((first, theirs, _)) if theirs != commit => {
                     stop(JobError::DifferentCommits { topic: self.log.topic().to_owned(), worker, commit, first, first_commit: theirs })
+                }
+                Some((first, _, theirs)) if theirs != checkpoint => {
+                    stop(JobError::DifferentCheckpoints { worker, checkpoint, first, first_checkpoint: theirs })
                 }
                 Some(_) => {}
             },
@@ -163,12 +228,19 @@ impl Coordinator {
                 sinks.insert(key.clone(), position.clone());
             }
         }
+        // A checkpoint every worker wrote, at or before the commit's time, becomes the newest one it names.
+        let mut checkpoints = self.checkpoints.clone();
+        if let Some(ready) = self.ready.as_ref().filter(|r| r.time <= time) {
+            checkpoints.insert(0, ready.clone());
+            checkpoints.truncate(2);
+        }
         Commit {
             version: Commit::VERSION,
             run: self.run,
             time,
             sources: sources.into_values().collect(),
             sinks: sinks.into_values().collect(),
+            checkpoints,
         }
     }
 
@@ -181,6 +253,7 @@ impl Coordinator {
         if let Err(reason) = writer.send(&commit) {
             stop(JobError::CommitNotWritten { topic: self.log.topic().to_owned(), time, reason });
         }
+        self.in_flight_checkpoints = commit.checkpoints;
         self.in_flight = Some(time);
         self.last_write = Instant::now();
     }
@@ -200,9 +273,32 @@ impl Coordinator {
                 metrics.commit_latency.get_or_create(&labels).observe(self.last_write.elapsed().as_secs_f64());
                 metrics.committed_time.get_or_create(&labels).set(i64::try_from(time).unwrap_or(i64::MAX));
                 tracing::debug!(topic = self.log.topic(), time, "committed");
-                // Keep, per partition, the latest entry at or before the committed time and everything after.
+                // The checkpoints it names are the ones that count now; older ones go.
+                let named = std::mem::take(&mut self.in_flight_checkpoints);
+                if named.first().map(|c| c.time) != self.checkpoints.first().map(|c| c.time) {
+                    if let Some(newest) = named.first() {
+                        tracing::info!(time = newest.time, "checkpoint committed");
+                        if self.ready.as_ref().is_some_and(|r| r.time == newest.time) {
+                            self.ready = None;
+                        }
+                    }
+                    if let Some(settings) = self.log.checkpoint_settings() {
+                        let keep: Vec<_> = named.iter().map(CheckpointRef::id).collect();
+                        for worker in 0..self.peers.max(named.iter().map(|c| c.parts.len()).max().unwrap_or(0)) {
+                            let removed =
+                                tributary_runtime::checkpoint::CheckpointStore::open(&settings.dir, worker).and_then(|s| s.retain(&keep));
+                            if let Err(e) = removed {
+                                tracing::warn!("old checkpoints were not deleted: {e}");
+                            }
+                        }
+                    }
+                }
+                self.checkpoints = named;
+                // Keep, per partition, the latest entry at or before the committed time (or the earliest time a
+                // checkpoint still needs) and everything after.
+                let keep_from = self.keep_from(time);
                 for snapshots in self.partitions.values_mut() {
-                    prune(snapshots, time);
+                    prune(snapshots, keep_from);
                 }
                 for positions in self.sinks.values_mut() {
                     prune(positions, time);

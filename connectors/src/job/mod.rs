@@ -38,6 +38,42 @@ pub struct Commit {
     pub sources: Vec<PartitionSnapshot>,
     /// Per output partition: where the output consistent with `time` ends.
     pub sinks: Vec<SinkPosition>,
+    /// The checkpoints a restart may restore, newest first (at most two; none without `--checkpoint-dir`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<CheckpointRef>,
+}
+
+/// A checkpoint a commit names: its time, every worker's part (by its fingerprint), and where each input
+/// partition's records after its time begin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    /// The run that wrote it.
+    pub generation: u64,
+    /// The state in it holds every input at times up to this one.
+    pub time: u64,
+    /// Per worker of the run that wrote it, the checksum of its part's manifest.
+    pub parts: Vec<u32>,
+    /// Per input partition, its snapshot as of `time` (its `resume` point is where a restore reads from).
+    pub sources: Vec<PartitionSnapshot>,
+}
+
+impl CheckpointRef {
+    pub(crate) fn id(&self) -> tributary_runtime::checkpoint::CheckpointId {
+        tributary_runtime::checkpoint::CheckpointId { generation: self.generation, time: self.time }
+    }
+
+    /// Reads and verifies every worker's part from `dir`.
+    pub(crate) fn load(&self, dir: &std::path::Path) -> Result<tributary_operators::checkpoint::Restored, String> {
+        let mut restored = tributary_operators::checkpoint::Restored { time: self.time, parts: Default::default() };
+        for (worker, fingerprint) in self.parts.iter().enumerate() {
+            let store = tributary_runtime::checkpoint::CheckpointStore::open(dir, worker).map_err(|e| e.to_string())?;
+            let loaded = store.load(self.id(), *fingerprint).map_err(|e| e.to_string())?;
+            for (name, contents) in loaded.files {
+                restored.parts.entry(name).or_default().push(contents);
+            }
+        }
+        Ok(restored)
+    }
 }
 
 impl Commit {
@@ -76,7 +112,7 @@ pub(crate) enum Event {
     Sink(SinkProgress),
     /// Which commit a worker resumed from (the commit log offset), so processes that read different commits are
     /// caught before they write anything.
-    Resumed { worker: usize, commit: Option<i64> },
+    Resumed { worker: usize, commit: Option<i64>, checkpoint: Option<u64> },
 }
 
 /// A job's exactly-once plumbing in one worker's dataflow. Build sources with [`Job::source`], then sinks
@@ -112,6 +148,8 @@ pub struct Job<'scope> {
     scope: Scope<'scope, u64>,
     /// `None`: a job without commits ([`Job::without_commits`]).
     log: Option<CommitLog>,
+    /// The worker's checkpoint registry, if the job takes checkpoints.
+    checkpoints: Option<tributary_operators::checkpoint::Checkpoints>,
     state: RefCell<JobState<'scope>>,
 }
 
@@ -144,7 +182,17 @@ impl<'scope> Job<'scope> {
             dead: Vec::new(),
             dead_letters_routed: false,
         };
-        Job { scope, log, state: RefCell::new(state) }
+        let settings = log.as_ref().filter(|l| l.delivery() == Delivery::ExactlyOnce).and_then(|l| l.checkpoint_settings().cloned());
+        let checkpoints = settings.map(|settings| {
+            let restored = settings.restored.as_ref().map(|(_, state)| state.clone());
+            let registry = tributary_operators::checkpoint::Checkpoints::install(restored);
+            registry.set_interval(settings.interval);
+            if let Some(commit) = log.as_ref().and_then(CommitLog::latest) {
+                registry.set_min_time(commit.time);
+            }
+            registry
+        });
+        Job { scope, log, checkpoints, state: RefCell::new(state) }
     }
 
     /// A job without a commit log, for a program that prints its results: [`Job::source`] builds sources from
@@ -191,7 +239,15 @@ impl<'scope> Job<'scope> {
         let mut options = options;
         if let Some(log) = &self.log {
             let commit = log.latest();
-            options.resume = Some(SourceResume::new(commit.map(|c| c.time), commit.map(|c| c.sources.clone()).unwrap_or_default()));
+            let mut resume = SourceResume::new(commit.map(|c| c.time), commit.map(|c| c.sources.clone()).unwrap_or_default());
+            if let (Some(settings), Some(_)) = (log.checkpoint_settings(), &self.checkpoints) {
+                resume.store = Some((settings.dir.clone(), commit.map_or(1, |c| c.run.saturating_add(1))));
+                resume.restored = settings.restored.as_ref().map(|(checkpoint, _)| {
+                    let points = checkpoint.sources.iter().filter_map(|s| s.resume.map(|point| (s.key.clone(), point))).collect();
+                    (checkpoint.time, std::sync::Arc::new(points))
+                });
+            }
+            options.resume = Some(resume);
         }
         let streams = source.build(self.scope, options);
         let mut state = self.state.borrow_mut();
@@ -260,6 +316,18 @@ impl<'scope> Job<'scope> {
             let mut state = self.state.borrow_mut();
             (state.dead_letter_sink.take(), std::mem::take(&mut state.dead))
         };
+        if let Some(registry) = &self.checkpoints {
+            tributary_operators::checkpoint::Checkpoints::uninstall();
+            let unsupported = registry.unsupported();
+            if !unsupported.is_empty() && self.scope.index() == 0 {
+                tracing::warn!(
+                    operators = ?unsupported,
+                    "checkpoints are off: these operators cannot checkpoint their state yet; restarts replay the input from the start"
+                );
+            } else if self.scope.index() == 0 {
+                tracing::info!(operators = ?registry.participants(), "taking checkpoints of the state of these operators");
+            }
+        }
         let mut logged_letters = None;
         if !dead.is_empty() {
             let mut log = DeadLetterLog::new(sink.as_ref().map(|sink| sink.topic().to_owned()));
@@ -299,9 +367,11 @@ impl<'scope> Job<'scope> {
         let mut events: Vec<Stream<'scope, u64, Vec<Event>>> = Vec::new();
         events.extend(state.controls.iter().map(|c| c.clone().map(Event::Control)));
         events.extend(state.progress.iter().map(|p| p.clone().map(Event::Sink)));
-        let resumed = Event::Resumed { worker: scope.index(), commit: log.latest_offset() };
+        let restored = self.checkpoints.as_ref().and_then(tributary_operators::checkpoint::Checkpoints::restored_time);
+        let resumed = Event::Resumed { worker: scope.index(), commit: log.latest_offset(), checkpoint: restored };
         events.push(vec![resumed].to_stream(scope).container::<Vec<_>>());
-        let committed = coordinator::build(scope.concatenate(events), log);
+        let registry = if scope.index() == 0 { self.checkpoints.clone() } else { None };
+        let committed = coordinator::build(scope.concatenate(events), log, registry);
         let (probe, _) = committed.probe();
         state.finished = Some(probe.clone());
         probe
@@ -335,6 +405,20 @@ pub enum JobError {
         first: usize,
         /// The commit that one resumed from.
         first_commit: Option<i64>,
+    },
+    /// Two workers restored different checkpoints (a part was readable in one process and not in another).
+    #[error(
+        "worker {worker} restored the checkpoint at time {checkpoint:?}, worker {first} the one at {first_checkpoint:?}: every process must read the same checkpoint directory (a shared file system across hosts); check it, then restart all processes"
+    )]
+    DifferentCheckpoints {
+        /// The worker that disagrees.
+        worker: usize,
+        /// The checkpoint it restored.
+        checkpoint: Option<u64>,
+        /// The worker it disagrees with.
+        first: usize,
+        /// The checkpoint that one restored.
+        first_checkpoint: Option<u64>,
     },
     /// No producer for the commit log could be created.
     #[error("cannot write the job's commits to {topic}: {source}")]
@@ -388,6 +472,13 @@ pub struct JobArgs {
     /// Dead-letter topic (default `<input topic>.dead-letters`).
     #[arg(long)]
     pub dead_letter_topic: Option<String>,
+    /// Take checkpoints of the job's state into this directory (local disk, or a file system every process
+    /// shares): a restart restores the newest one and reads only the input after it.
+    #[arg(long, value_name = "DIR", env = "TRIBUTARY_CHECKPOINT_DIR")]
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// How often a checkpoint is taken (with `--checkpoint-dir`).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub checkpoint_interval: std::time::Duration,
 }
 
 impl JobArgs {
@@ -409,7 +500,11 @@ impl JobArgs {
     /// Opens the job's commit log (see [`commit_log_topic`](Self::commit_log_topic)), its sinks' delivery set by
     /// `--at-least-once`. Every process opens it before the cluster starts.
     pub fn open_commit_log(&self, config: &KafkaConfig, job: &str) -> Result<CommitLog, CommitLogError> {
-        Ok(CommitLog::open(config.clone(), self.commit_log_topic(job))?.with_delivery(self.delivery()))
+        let log = CommitLog::open(config.clone(), self.commit_log_topic(job))?.with_delivery(self.delivery());
+        Ok(match &self.checkpoint_dir {
+            Some(dir) => log.with_checkpoints(dir, self.checkpoint_interval),
+            None => log,
+        })
     }
 
     /// Opens the dead-letter sink (see [`dead_letter_topic`](Self::dead_letter_topic)) in the job `log` belongs to.

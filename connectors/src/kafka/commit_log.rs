@@ -51,6 +51,16 @@ pub struct CommitLog {
     inner: Arc<Inner>,
     interval: Duration,
     delivery: Delivery,
+    checkpoints: Option<Arc<CheckpointSettings>>,
+}
+
+/// Where a job keeps its checkpoints, how often it takes them, and the one a restart restores.
+#[derive(Debug)]
+pub(crate) struct CheckpointSettings {
+    pub(crate) dir: std::path::PathBuf,
+    pub(crate) interval: Duration,
+    /// The newest checkpoint the latest commit names whose every part is there and verified.
+    pub(crate) restored: Option<(crate::job::CheckpointRef, tributary_operators::checkpoint::Restored)>,
 }
 
 struct Inner {
@@ -85,7 +95,41 @@ impl CommitLog {
             inner: Arc::new(Inner { config, topic, latest }),
             interval: Self::DEFAULT_INTERVAL,
             delivery: Delivery::ExactlyOnce,
+            checkpoints: None,
         })
+    }
+
+    /// Takes checkpoints of the job's state into `dir` every `interval`, and restores the newest usable one the
+    /// latest commit names: every worker's part is read and verified here (call it in `main`, in every process,
+    /// before the cluster starts). A part that is missing or corrupt falls back to the previous checkpoint, and
+    /// finally to a replay from the start, with a warning saying why.
+    pub fn with_checkpoints(mut self, dir: impl Into<std::path::PathBuf>, interval: Duration) -> Self {
+        let dir = dir.into();
+        let mut restored = None;
+        let refs = self.latest().map(|c| c.checkpoints.clone()).unwrap_or_default();
+        for (i, checkpoint) in refs.iter().enumerate() {
+            let next = if i + 1 < refs.len() { "the previous checkpoint" } else { "a replay of the input from the start" };
+            match checkpoint.load(&dir) {
+                Ok(state) => {
+                    tracing::info!(
+                        time = checkpoint.time,
+                        generation = checkpoint.generation,
+                        workers = checkpoint.parts.len(),
+                        "restoring the checkpoint: sources resume after its time"
+                    );
+                    restored = Some((checkpoint.clone(), state));
+                    break;
+                }
+                Err(e) => tracing::warn!(time = checkpoint.time, "the checkpoint cannot be restored ({e}): falling back to {next}"),
+            }
+        }
+        self.checkpoints = Some(Arc::new(CheckpointSettings { dir, interval, restored }));
+        self
+    }
+
+    /// Where checkpoints go, if the job takes them.
+    pub(crate) fn checkpoint_settings(&self) -> Option<&Arc<CheckpointSettings>> {
+        self.checkpoints.as_ref()
     }
 
     /// How often the running job writes a commit (default 500 ms). Output written since the last commit is

@@ -82,6 +82,15 @@ pub enum Control {
         /// What sinks do with such times.
         mode: DrainMode,
     },
+    /// Worker `worker` wrote its part of the checkpoint at `time`; `fingerprint` is its manifest's checksum.
+    Checkpointed {
+        /// The checkpoint's time.
+        time: u64,
+        /// The worker.
+        worker: usize,
+        /// The checksum of the part's manifest (what the commit records).
+        fingerprint: u32,
+    },
 }
 
 /// What a restart gives a source back from the commit it resumes from. Opaque: built by the job.
@@ -90,12 +99,32 @@ pub struct SourceResume {
     /// The commit's time: every output at times up to it is written.
     pub(crate) time: Option<u64>,
     pub(crate) partitions: Arc<HashMap<PartitionKey, PartitionSnapshot>>,
+    /// The checkpoint restored: its time (records at or before it are in the restored state) and where each
+    /// partition's later records begin.
+    pub(crate) restored: Option<(u64, Arc<HashMap<PartitionKey, ResumePoint>>)>,
+    /// Where this run writes its checkpoints, and its generation.
+    pub(crate) store: Option<(std::path::PathBuf, u64)>,
 }
 
 impl SourceResume {
     /// A resume point at `time` with these partitions.
     pub(crate) fn new(time: Option<u64>, partitions: impl IntoIterator<Item = PartitionSnapshot>) -> Self {
-        SourceResume { time, partitions: Arc::new(partitions.into_iter().map(|p| (p.key.clone(), p)).collect()) }
+        SourceResume {
+            time,
+            partitions: Arc::new(partitions.into_iter().map(|p| (p.key.clone(), p)).collect()),
+            restored: None,
+            store: None,
+        }
+    }
+
+    /// Where `key`'s records after the restored checkpoint begin, if a checkpoint was restored.
+    pub fn checkpoint_point(&self, key: &PartitionKey) -> Option<ResumePoint> {
+        self.restored.as_ref().and_then(|(_, points)| points.get(key).copied())
+    }
+
+    /// The time of the restored checkpoint: records at or before it are not emitted again.
+    pub fn restored_time(&self) -> Option<u64> {
+        self.restored.as_ref().map(|(time, _)| *time)
     }
 
     /// The stored state of one partition.

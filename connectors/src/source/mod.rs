@@ -176,6 +176,11 @@ pub trait PartitionReader: 'static {
     fn start_offset(&self, _partition: usize) -> u64 {
         0
     }
+    /// The offset this run reads `partition` from: the start, or where a restored checkpoint's later records
+    /// begin.
+    fn first_offset(&self, partition: usize) -> u64 {
+        self.start_offset(partition)
+    }
     /// Whether `partition` is known to have records not read yet (so it is not idle, however long it has been).
     fn backlog(&self, _partition: usize) -> bool {
         false

@@ -11,6 +11,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{ConnectLoop, Feedback};
+use tributary_operators::checkpoint::Checkpoints;
 use tributary_operators::event_time::{Arrival, Lift, SourceClock};
 use tributary_operators::late::Origin;
 use tributary_runtime::Shutdown;
@@ -39,6 +40,11 @@ enum Beat {
     },
     /// The sender was asked to shut down: every source stops reading.
     Stop,
+    /// A checkpoint is taken at `time`: every worker registers it before the sources move on.
+    Checkpoint {
+        /// The checkpoint's time.
+        time: u64,
+    },
 }
 
 /// The source operator's capabilities, one per output, all at the source's watermark (the lingering output's is
@@ -131,6 +137,18 @@ where
     };
     let name = name.to_owned();
     let me = scope.index();
+    // In a job with checkpoints: this source's place among the job's sources (the first decides on worker 0,
+    // and reports each worker's written parts).
+    let checkpoints = Checkpoints::current().map(|registry| {
+        let index = registry.add_source();
+        if index == 0 {
+            let activator = activator.clone();
+            registry.on_complete(move || activator.activate());
+        }
+        (registry, index)
+    });
+    let restored_time = resume.restored_time();
+    let store = resume.store.clone();
     let mut options = options;
     if options.shutdown.is_none() {
         options.shutdown = Shutdown::of(scope.worker());
@@ -166,6 +184,13 @@ where
             // worker stops this one too.
             heartbeats.for_each(|cap, beats| {
                 stop_heard |= beats.contains(&Beat::Stop);
+                if let Some((registry, _)) = &checkpoints {
+                    for beat in beats.iter() {
+                        if let Beat::Checkpoint { time } = beat {
+                            registry.request(*time);
+                        }
+                    }
+                }
                 // Following its own heartbeat would move a worker on by the loop's 1 ms without evidence.
                 if !beats.iter().any(|b| matches!(b, Beat::Watermark { worker } if *worker != me)) {
                     return;
@@ -176,6 +201,29 @@ where
                     follow = Some(Ports::delayed(&cap, time));
                 }
             });
+            if let (Some((registry, source)), Some(caps)) = (&checkpoints, capabilities.as_ref()) {
+                // Before this source moves: the decision (worker 0's first source), and passing a request on to
+                // the other workers while this source still holds a time at or before it.
+                if *source == 0
+                    && me == 0
+                    && let Some(time) = registry.open_gate(now)
+                {
+                    tracing::debug!(time, "asking for a checkpoint");
+                }
+                if let Some(time) = registry.gate_for(*source) {
+                    heartbeat_output.activate().session(&caps.beats).give(Beat::Checkpoint { time });
+                }
+                if *source == 0 {
+                    for (time, parts) in registry.take_complete() {
+                        match write_part(store.as_ref(), me, time, &parts) {
+                            Ok(fingerprint) => {
+                                control_output.activate().session(&caps.control).give(Control::Checkpointed { time, worker: me, fingerprint });
+                            }
+                            Err(e) => tracing::warn!(source = %name, time, "the checkpoint was not written: {e}; the next one is tried"),
+                        }
+                    }
+                }
+            }
             if let (Some(caps), Some(ahead)) = (capabilities.as_mut(), follow.as_ref())
                 && clock.all_idle(now)
                 && ahead.time() > caps.time()
@@ -185,10 +233,18 @@ where
                 if let Some(ahead) = follow.take() {
                     *caps = ahead;
                 }
+                if let Some((registry, source)) = &checkpoints {
+                    registry.publish(*source, Some(caps.time()));
+                }
                 // Not echoed: the others know this time already, and echoes would move all-idle workers on.
                 heartbeat_sent = heartbeat_sent.max(caps.time());
             }
-            let Some(caps) = capabilities.as_mut() else { return };
+            let Some(caps) = capabilities.as_mut() else {
+                if let Some((registry, source)) = &checkpoints {
+                    registry.publish(*source, None);
+                }
+                return;
+            };
             let local_stop = options.shutdown.as_ref().is_some_and(Shutdown::requested);
             if local_stop || stop_heard {
                 if local_stop {
@@ -198,6 +254,9 @@ where
                 snapshots.send(&name, &*reader, &clock, &mut control_output, &caps.control);
                 let horizon = *caps.control.time();
                 control_output.activate().session(&caps.control).give(Control::Drain { horizon, mode: DrainMode::Abandon });
+                if let Some((registry, source)) = &checkpoints {
+                    registry.publish(*source, None);
+                }
                 capabilities = None;
                 follow = None;
                 activator.activate();
@@ -257,6 +316,12 @@ where
                             #[allow(clippy::unreachable, reason = "the variant is non_exhaustive: only Arrivals::decoded makes it")]
                             Arrival::TooLate { .. } | Arrival::TooFarAhead { .. } => unreachable!("only Arrivals::decoded makes records (the variant is non_exhaustive), and it rejects these"),
                         };
+                        if restored_time.is_some_and(|t| time <= t) {
+                            // In the restored state already.
+                            reader.commits.mark(partition, offset + 1, time);
+                            m.watermark = clock.partition_watermark(partition);
+                            continue;
+                        }
                         m.records += 1;
                         if count_outstanding {
                             outstanding.add(time);
@@ -288,10 +353,13 @@ where
                         };
                         let time = watermark.max(dead_floor);
                         reader.commits.mark(partition, offset + 1, time);
+                        m.watermark = clock.partition_watermark(partition);
+                        if restored_time.is_some_and(|t| time <= t) {
+                            continue;
+                        }
                         let (source, kafka_partition) = reader.origin(partition);
                         let letter = DeadLetter { source: source.to_owned(), partition: kafka_partition, offset, reason, key, payload };
                         letters.push((time, letter));
-                        m.watermark = clock.partition_watermark(partition);
                     }
                     Polled::Malformed { partition, offset, error, key, payload, watermark } => {
                         let m = &mut metrics[partition];
@@ -299,6 +367,9 @@ where
                         m.malformed += 1;
                         let time = watermark.max(dead_floor);
                         reader.commits.mark(partition, offset + 1, time);
+                        if restored_time.is_some_and(|t| time <= t) {
+                            continue;
+                        }
                         let (source, kafka_partition) = reader.origin(partition);
                         tracing::debug!(source, partition = kafka_partition, offset, "malformed record: {error}");
                         if m.records == 0 && m.malformed == ALL_MALFORMED_WARNING {
@@ -360,6 +431,9 @@ where
                     }
                 }
                 snapshots.send(&name, &*reader, &clock, &mut control_output, &caps.control);
+                if let Some((registry, source)) = &checkpoints {
+                    registry.publish(*source, None);
+                }
                 capabilities = None;
                 follow = None;
                 activator.activate();
@@ -374,6 +448,9 @@ where
                     snapshots.send(&name, &*reader, &clock, &mut control_output, &caps.control);
                     caps.downgrade(&watermark);
                     clock.release_resume_points(watermark);
+                    if let Some((registry, source)) = &checkpoints {
+                        registry.publish(*source, Some(watermark));
+                    }
                 }
                 Some(_) => {}
             }
@@ -433,7 +510,17 @@ fn sync_partitions<R: PartitionReader>(
                 None => clock.restore(index, &Default::default(), Some(Lift { offset: 0, floor })),
             }
         }
-        let start = reader.start_offset(index);
+        let mut start = reader.first_offset(index);
+        // A restored checkpoint: the reader starts where the partition's records after it begin, with the
+        // partition's watermark there (a reader that starts elsewhere replays from there, and the records the
+        // restored state holds are dropped by their time).
+        let key = PartitionKey { source: name.to_owned(), origin: source.to_owned(), partition };
+        if let Some(point) = resume.checkpoint_point(&key)
+            && point.offset == start
+        {
+            clock.set_watermark(index, point.watermark);
+            start = point.offset;
+        }
         clock.start_at(index, start);
         // Nothing before the start offset is read: the position (and lag) count from it, not from 0.
         metrics.push(PartitionMetrics {
@@ -445,6 +532,23 @@ fn sync_partitions<R: PartitionReader>(
             ..Default::default()
         });
     }
+}
+
+/// Writes one worker's part of the checkpoint at `time` into the store; returns its fingerprint.
+fn write_part(
+    store: Option<&(std::path::PathBuf, u64)>,
+    worker: usize,
+    time: u64,
+    parts: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> Result<u32, String> {
+    let Some((root, generation)) = store else { return Err("no checkpoint directory is configured".into()) };
+    let store = tributary_runtime::checkpoint::CheckpointStore::open(root, worker).map_err(|e| e.to_string())?;
+    let id = tributary_runtime::checkpoint::CheckpointId { generation: *generation, time };
+    let mut writer = store.writer(id).map_err(|e| e.to_string())?;
+    for (name, contents) in parts {
+        writer.write(name, contents).map_err(|e| e.to_string())?;
+    }
+    writer.seal().map_err(|e| e.to_string())
 }
 
 /// What the last snapshot said of each partition, so the next one carries only the partitions that changed.

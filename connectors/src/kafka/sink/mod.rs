@@ -247,6 +247,8 @@ struct Shared {
     max_record_bytes: usize,
     /// How long the producer retries a record before it fails.
     delivery_timeout: Duration,
+    /// Upsert records carry their key's pre-image (the job takes checkpoints; see `reconcile::PRE_IMAGE`).
+    pre_images: bool,
 }
 
 /// An opened Kafka sink for a collection of `(K, V)`: the topic exists, the job's position in it is known. Cheap
@@ -381,6 +383,7 @@ impl<K, V> KafkaSinkBuilder<K, V> {
             commit_log: log.topic().to_owned(),
             max_record_bytes,
             delivery_timeout,
+            pre_images: log.checkpoint_settings().is_some(),
         };
         Ok(KafkaSink { shared: Arc::new(shared), key: self.key, value: self.value })
     }

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Timestamp;
+use rdkafka::message::{Headers, Timestamp};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::SinkFormat;
@@ -31,6 +31,12 @@ use super::format::{embed, envelope};
 
 /// How long reading a suffix may make no progress before it fails.
 const STALL: Duration = Duration::from_secs(30);
+
+/// The header an exactly-once upsert record carries: the key's value before the record (empty header value: the
+/// key had none). For the first record of a key in a suffix it is the key's value as of the commit, so the run
+/// knows it without regenerating the key's whole history (a run restored from a checkpoint regenerates only
+/// what changed after the checkpoint).
+pub(super) const PRE_IMAGE: &str = "tributary.pre";
 
 /// A record to write: key, value (`None`: a tombstone), time.
 pub(super) type Out = (Vec<u8>, Option<Vec<u8>>, u64);
@@ -59,6 +65,9 @@ struct UpsertKey {
     shows: Option<Vec<u8>>,
     until: u64,
     truth: BTreeMap<Vec<u8>, isize>,
+    /// `truth` started from the key's value as of the commit (its first suffix record's pre-image): only
+    /// updates after the commit's time count.
+    from_pre_image: bool,
 }
 
 #[derive(Debug)]
@@ -127,7 +136,13 @@ impl Suffix {
                 _ => unknown_time,
             };
             match format {
-                SinkFormat::Upsert => suffix.add_upsert(key, value, stamped),
+                SinkFormat::Upsert => {
+                    let pre = message
+                        .headers()
+                        .and_then(|headers| headers.iter().find(|h| h.key == PRE_IMAGE))
+                        .map(|h| h.value.map(<[u8]>::to_vec));
+                    suffix.add_upsert(key, value, stamped, pre)
+                }
                 SinkFormat::Changelog => {
                     let value = value
                         .ok_or_else(|| format!("{topic}/{partition} at offset {}: a changelog record without a value", message.offset()))?;
@@ -142,8 +157,12 @@ impl Suffix {
         Ok(suffix)
     }
 
-    fn add_upsert(&mut self, key: Vec<u8>, value: Option<Vec<u8>>, time: u64) {
-        let entry = self.upsert.entry(key.clone()).or_insert_with(|| UpsertKey { shows: None, until: 0, truth: BTreeMap::new() });
+    fn add_upsert(&mut self, key: Vec<u8>, value: Option<Vec<u8>>, time: u64, pre: Option<Option<Vec<u8>>>) {
+        let entry = self.upsert.entry(key.clone()).or_insert_with(|| {
+            let from_pre_image = pre.is_some();
+            let truth = pre.flatten().map(|v| BTreeMap::from([(v, 1)])).unwrap_or_default();
+            UpsertKey { shows: None, until: 0, truth, from_pre_image }
+        });
         entry.shows = value;
         entry.until = entry.until.max(time);
     }
@@ -196,7 +215,8 @@ impl Suffix {
     /// has passed its last suffix record.
     pub(super) fn upsert(&mut self, time: u64, base: Option<u64>, key: &[u8], updates: &[(&[u8], isize)], out: &mut Vec<Out>) {
         let Some(entry) = self.upsert.get_mut(key) else { return };
-        for (value, diff) in updates {
+        let counted = !entry.from_pre_image || base.is_none_or(|b| time > b);
+        for (value, diff) in updates.iter().filter(|_| counted) {
             let count = entry.truth.entry(value.to_vec()).or_default();
             *count += diff;
             if *count == 0 {
@@ -321,8 +341,8 @@ mod tests {
     #[test]
     fn upsert_keys_wait_for_their_suffix_time_and_write_only_what_differs() {
         let mut suffix = Suffix::default();
-        suffix.add_upsert(b"a".to_vec(), Some(b"2".to_vec()), 10);
-        suffix.add_upsert(b"b".to_vec(), Some(b"5".to_vec()), 10);
+        suffix.add_upsert(b"a".to_vec(), Some(b"2".to_vec()), 10, None);
+        suffix.add_upsert(b"b".to_vec(), Some(b"5".to_vec()), 10, None);
         suffix.index();
         let mut out = Vec::new();
         // Regenerated: a = 1 at 5, a = 2 at 10 (what the suffix says); b = 4 at 6 (the suffix's 5 is wrong).
@@ -334,6 +354,21 @@ mod tests {
         suffix.resolve_through(10, Some(3), &mut out);
         assert_eq!(out, vec![(b"b".to_vec(), Some(b"4".to_vec()), 10)]);
         assert!(suffix.is_resolved());
+    }
+
+    #[test]
+    fn an_upsert_key_with_a_pre_image_needs_only_the_updates_after_the_commit() {
+        // The commit (base 3) showed a = 1; the suffix wrote a = 2 at 10 (pre-image 1). A run restored from a
+        // checkpoint regenerates nothing for `a` after the commit: a goes back to 1, not to a tombstone.
+        let mut suffix = Suffix::default();
+        suffix.add_upsert(b"a".to_vec(), Some(b"2".to_vec()), 10, Some(Some(b"1".to_vec())));
+        suffix.add_upsert(b"n".to_vec(), Some(b"7".to_vec()), 10, Some(None));
+        suffix.index();
+        let mut out = Vec::new();
+        // A regenerated update at or before the commit is already in the pre-image.
+        suffix.upsert(2, Some(3), b"a", &[(b"1", 1)], &mut out);
+        suffix.resolve_through(10, Some(3), &mut out);
+        assert_eq!(out, vec![(b"a".to_vec(), Some(b"1".to_vec()), 10), (b"n".to_vec(), None, 10)]);
     }
 
     #[test]

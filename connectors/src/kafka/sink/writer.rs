@@ -145,6 +145,8 @@ pub(super) struct Writer {
     retractions_ignored: u64,
     /// Records to write, reused.
     out: Vec<Out>,
+    /// The pre-image of the key whose records are in `out` (upsert, exactly once): see `reconcile::PRE_IMAGE`.
+    pre_image: Option<Option<Vec<u8>>>,
     pub(super) finished: bool,
 }
 
@@ -214,6 +216,7 @@ impl Writer {
             acked_batches: 0,
             retractions_ignored: 0,
             out: Vec::new(),
+            pre_image: None,
             finished: false,
         }
     }
@@ -315,6 +318,14 @@ impl Writer {
         match format {
             SinkFormat::Upsert => {
                 let added: Vec<&[u8]> = updates.iter().filter(|(_, d)| *d > 0).map(|(v, _)| *v).collect();
+                if self.shared.delivery == Delivery::ExactlyOnce && self.shared.pre_images {
+                    let removed: Vec<&[u8]> = updates.iter().filter(|(_, d)| *d < 0).map(|(v, _)| *v).collect();
+                    self.pre_image = match removed.as_slice() {
+                        [] => Some(None),
+                        [only] => Some(Some(only.to_vec())),
+                        _ => None,
+                    };
+                }
                 if added.is_empty() {
                     self.out.push((key.to_vec(), None, time));
                 }
@@ -343,8 +354,9 @@ impl Writer {
     /// Sends the records collected for `partition`.
     fn flush_out(&mut self, partition: i32) {
         let out = std::mem::take(&mut self.out);
+        let pre_image = self.pre_image.take();
         for (key, value, time) in &out {
-            self.send(partition, key, value.as_deref(), *time);
+            self.send(partition, key, value.as_deref(), *time, pre_image.as_ref());
         }
         self.out = out;
         self.out.clear();
@@ -377,9 +389,13 @@ impl Writer {
     }
 
     /// Hands one record to the producer.
-    fn send(&mut self, partition: i32, key: &[u8], value: Option<&[u8]>, time: u64) {
+    fn send(&mut self, partition: i32, key: &[u8], value: Option<&[u8]>, time: u64, pre_image: Option<&Option<Vec<u8>>>) {
         let mut record =
             BaseRecord::<[u8], [u8]>::to(&self.shared.topic).partition(partition).key(key).timestamp(time.min(i64::MAX as u64) as i64);
+        if let Some(pre) = pre_image {
+            let header = rdkafka::message::Header { key: super::reconcile::PRE_IMAGE, value: pre.as_deref() };
+            record = record.headers(rdkafka::message::OwnedHeaders::new().insert(header));
+        }
         if let Some(value) = value {
             record = record.payload(value);
         }

@@ -88,8 +88,10 @@ struct Assigned {
     partition: i32,
     /// The watermark a resumed commit gave it.
     restored: Option<u64>,
-    /// The offset reading started at, resolved.
+    /// The offset the job first read it from, resolved (a replay starts here).
     start: u64,
+    /// The offset this run reads from: the start, or after a restored checkpoint.
+    first: u64,
     /// The next offset to read, as far as records have come.
     position: u64,
     /// Its end as last seen in librdkafka's statistics (for backlog and lag).
@@ -232,15 +234,19 @@ impl<T: Clone + 'static> KafkaReader<T> {
         for (i, (topic, p)) in new.iter().enumerate() {
             let (low, high) = self.consumer.fetch_watermarks(topic, *p, timeout)?;
             let key = PartitionKey { source: "KafkaSource".into(), origin: topic.clone(), partition: *p };
+            let mut recorded_start = None;
             if let Some(stored) = resume.partition(&key) {
-                if low > stored.start as i64 {
+                // A restored checkpoint reads only the records after it: those before may be gone.
+                let needed = resume.checkpoint_point(&key).map_or(stored.start, |point| point.offset);
+                if low > needed as i64 {
                     return Err(AddError::Source(SourceError::Retention {
                         topic: topic.clone(),
                         partition: *p,
-                        start: stored.start,
+                        start: needed,
                         log_start: low,
                     }));
                 }
+                recorded_start = Some(stored.start);
                 if high < stored.position as i64 {
                     return Err(AddError::Source(SourceError::Truncated {
                         topic: topic.clone(),
@@ -249,7 +255,7 @@ impl<T: Clone + 'static> KafkaReader<T> {
                         end: high,
                     }));
                 }
-                starts[i] = Offset::Offset(stored.start as i64);
+                starts[i] = Offset::Offset(needed as i64);
             }
             let first = match starts[i] {
                 Offset::Beginning => low,
@@ -265,10 +271,10 @@ impl<T: Clone + 'static> KafkaReader<T> {
             if !done {
                 assignment.add_partition_offset(topic, *p, Offset::Offset(first))?;
             }
-            added.push((topic, *p, first, high, done, restored[i]));
+            added.push((topic, *p, first, high, done, restored[i], recorded_start));
         }
         self.consumer.incremental_assign(&assignment)?;
-        for (topic, partition, first, high, done, restored) in added {
+        for (topic, partition, first, high, done, restored, recorded_start) in added {
             let index = self.partitions.len();
             self.index.insert((topic.clone(), partition), index);
             if done {
@@ -278,7 +284,8 @@ impl<T: Clone + 'static> KafkaReader<T> {
                 topic: topic.clone(),
                 partition,
                 restored,
-                start: first.max(0) as u64,
+                start: recorded_start.unwrap_or(first.max(0) as u64),
+                first: first.max(0) as u64,
                 position: first.max(0) as u64,
                 known_end: Some(high),
                 end: self.bounded.then_some(high),
@@ -434,6 +441,10 @@ impl<T: Clone + 'static> PartitionReader for KafkaReader<T> {
 
     fn start_offset(&self, partition: usize) -> u64 {
         self.partitions[partition].start
+    }
+
+    fn first_offset(&self, partition: usize) -> u64 {
+        self.partitions[partition].first
     }
 
     fn backlog(&self, partition: usize) -> bool {
