@@ -19,6 +19,18 @@ pub(crate) struct Metrics {
     pub(crate) commit_latency: Family<Labels, Histogram>,
     /// The dataflow time of the last acknowledged commit (ms), by commit log.
     pub(crate) committed_time: Family<Labels, Gauge>,
+    /// Checkpoint parts a worker wrote, by worker.
+    pub(crate) checkpoint_parts: Family<Labels, Counter>,
+    /// Bytes of the last checkpoint part a worker wrote, by worker.
+    pub(crate) checkpoint_bytes: Family<Labels, Gauge>,
+    /// Serializing and writing one worker's part of a checkpoint, by worker.
+    pub(crate) checkpoint_duration: Family<Labels, Histogram>,
+    /// The dataflow time of the newest committed checkpoint (ms), by commit log.
+    pub(crate) checkpoint_time: Family<Labels, Gauge>,
+    /// The wall-clock time the newest checkpoint was committed (Unix seconds), by commit log.
+    pub(crate) checkpoint_committed_at: Family<Labels, Gauge>,
+    /// Checkpoints restored at start (0 or 1 per process run), by commit log.
+    pub(crate) checkpoint_restores: Family<Labels, Counter>,
 }
 
 /// The connectors' metrics, registered at the process's endpoint on first use.
@@ -31,6 +43,12 @@ pub(crate) fn metrics() -> &'static Metrics {
             commits: Family::default(),
             commit_latency: Family::new_with_constructor(latency),
             committed_time: Family::default(),
+            checkpoint_parts: Family::default(),
+            checkpoint_bytes: Family::default(),
+            checkpoint_duration: Family::new_with_constructor(latency),
+            checkpoint_time: Family::default(),
+            checkpoint_committed_at: Family::default(),
+            checkpoint_restores: Family::default(),
         };
         let mut registry = tributary_runtime::metrics::registry().lock().unwrap_or_else(|e| e.into_inner());
         registry.register("tributary_sink_records", "Records a sink handed to Kafka", metrics.sink_records.clone());
@@ -45,6 +63,34 @@ pub(crate) fn metrics() -> &'static Metrics {
             "tributary_committed_time_milliseconds",
             "The dataflow (event) time of the last acknowledged commit",
             metrics.committed_time.clone(),
+        );
+        registry.register("tributary_checkpoint_parts", "Checkpoint parts a worker wrote", metrics.checkpoint_parts.clone());
+        registry.register_with_unit(
+            "tributary_checkpoint_part",
+            "Size of the last checkpoint part a worker wrote",
+            prometheus_client::registry::Unit::Bytes,
+            metrics.checkpoint_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "tributary_checkpoint_write",
+            "Writing one worker's part of a checkpoint (files fsynced, manifest sealed)",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.checkpoint_duration.clone(),
+        );
+        registry.register(
+            "tributary_checkpoint_time_milliseconds",
+            "The dataflow (event) time of the newest committed checkpoint",
+            metrics.checkpoint_time.clone(),
+        );
+        registry.register(
+            "tributary_checkpoint_committed_at_seconds",
+            "When the newest checkpoint was committed (Unix time): its age is now minus this",
+            metrics.checkpoint_committed_at.clone(),
+        );
+        registry.register(
+            "tributary_checkpoint_restores",
+            "Checkpoints restored when the job started",
+            metrics.checkpoint_restores.clone(),
         );
         drop(registry);
         metrics

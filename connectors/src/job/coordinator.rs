@@ -278,6 +278,11 @@ impl Coordinator {
                 if named.first().map(|c| c.time) != self.checkpoints.first().map(|c| c.time) {
                     if let Some(newest) = named.first() {
                         tracing::info!(time = newest.time, "checkpoint committed");
+                        let labels = crate::metrics::labels(&[("commit_log", self.log.topic())]);
+                        let metrics = crate::metrics::metrics();
+                        metrics.checkpoint_time.get_or_create(&labels).set(i64::try_from(newest.time).unwrap_or(i64::MAX));
+                        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                        metrics.checkpoint_committed_at.get_or_create(&labels).set(i64::try_from(now).unwrap_or(i64::MAX));
                         if self.ready.as_ref().is_some_and(|r| r.time == newest.time) {
                             self.ready = None;
                         }

@@ -118,6 +118,10 @@ impl CommitLog {
                         "restoring the checkpoint: sources resume after its time"
                     );
                     restored = Some((checkpoint.clone(), state));
+                    crate::metrics::metrics()
+                        .checkpoint_restores
+                        .get_or_create(&crate::metrics::labels(&[("commit_log", self.topic())]))
+                        .inc();
                     break;
                 }
                 Err(e) => tracing::warn!(time = checkpoint.time, "the checkpoint cannot be restored ({e}): falling back to {next}"),

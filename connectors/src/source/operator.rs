@@ -215,8 +215,16 @@ where
                 }
                 if *source == 0 {
                     for (time, parts) in registry.take_complete() {
+                        let started = Instant::now();
                         match write_part(store.as_ref(), me, time, &parts) {
                             Ok(fingerprint) => {
+                                let labels = crate::metrics::labels(&[("worker", &me.to_string())]);
+                                let metrics = crate::metrics::metrics();
+                                metrics.checkpoint_parts.get_or_create(&labels).inc();
+                                let bytes: usize = parts.values().map(Vec::len).sum();
+                                metrics.checkpoint_bytes.get_or_create(&labels).set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                                metrics.checkpoint_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+                                tracing::debug!(worker = me, time, bytes, "checkpoint part written");
                                 control_output.activate().session(&caps.control).give(Control::Checkpointed { time, worker: me, fingerprint });
                             }
                             Err(e) => tracing::warn!(source = %name, time, "the checkpoint was not written: {e}; the next one is tried"),

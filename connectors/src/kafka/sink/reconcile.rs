@@ -32,10 +32,11 @@ use super::format::{embed, envelope};
 /// How long reading a suffix may make no progress before it fails.
 const STALL: Duration = Duration::from_secs(30);
 
-/// The header an exactly-once upsert record carries: the key's value before the record (empty header value: the
-/// key had none). For the first record of a key in a suffix it is the key's value as of the commit, so the run
-/// knows it without regenerating the key's whole history (a run restored from a checkpoint regenerates only
-/// what changed after the checkpoint).
+/// The header an upsert record of a job with checkpoints carries when its key had a value before: that value.
+/// Without the header the key had none (a header without a value: several, which the run then regenerates).
+/// For the first record of a key in a suffix it is the key's value as of the commit, so the run knows it without
+/// regenerating the key's whole history (a run restored from a checkpoint regenerates only what changed after
+/// the checkpoint). Written only with checkpoints: records of a run without them say nothing.
 pub(super) const PRE_IMAGE: &str = "tributary.pre";
 
 /// A record to write: key, value (`None`: a tombstone), time.
@@ -95,6 +96,7 @@ impl Suffix {
         (from, to): (i64, i64),
         format: SinkFormat,
         base: Option<u64>,
+        pre_images: bool,
     ) -> Result<Suffix, String> {
         let mut suffix = Suffix::default();
         if to <= from {
@@ -137,10 +139,12 @@ impl Suffix {
             };
             match format {
                 SinkFormat::Upsert => {
-                    let pre = message
-                        .headers()
-                        .and_then(|headers| headers.iter().find(|h| h.key == PRE_IMAGE))
-                        .map(|h| h.value.map(<[u8]>::to_vec));
+                    let header = message.headers().and_then(|headers| headers.iter().find(|h| h.key == PRE_IMAGE));
+                    let pre = match header {
+                        None if pre_images => Some(None),
+                        None => None,
+                        Some(header) => header.value.map(|v| Some(v.to_vec())),
+                    };
                     suffix.add_upsert(key, value, stamped, pre)
                 }
                 SinkFormat::Changelog => {

@@ -183,8 +183,8 @@ impl Writer {
                         commit_log: shared.commit_log.clone(),
                     });
                 }
-                suffix =
-                    Suffix::read(&reader, &shared.topic, partition, (position.offset, end), shared.format, base).unwrap_or_else(|reason| {
+                suffix = Suffix::read(&reader, &shared.topic, partition, (position.offset, end), shared.format, base, shared.pre_images)
+                    .unwrap_or_else(|reason| {
                         stop(SinkError::Reconcile { sink: name.clone(), topic: shared.topic.clone(), partition, reason })
                     });
                 if suffix.records > 0 {
@@ -320,10 +320,11 @@ impl Writer {
                 let added: Vec<&[u8]> = updates.iter().filter(|(_, d)| *d > 0).map(|(v, _)| *v).collect();
                 if self.shared.delivery == Delivery::ExactlyOnce && self.shared.pre_images {
                     let removed: Vec<&[u8]> = updates.iter().filter(|(_, d)| *d < 0).map(|(v, _)| *v).collect();
+                    // A key that had no value carries no header (most records: tansu stores headers unindexed).
                     self.pre_image = match removed.as_slice() {
-                        [] => Some(None),
+                        [] => None,
                         [only] => Some(Some(only.to_vec())),
-                        _ => None,
+                        _ => Some(None),
                     };
                 }
                 if added.is_empty() {

@@ -1,0 +1,240 @@
+//! Checkpoints on the real broker (tansu, sqlite): `windowed_count` with `--checkpoint-dir` runs unbounded until a
+//! commit names a checkpoint, is killed (-9), more input lands, and a bounded restart at another layout restores
+//! the checkpoint: it reads only the records after it (fewer than the input holds), and the output topic read as
+//! a table equals the counts over all the input. Then a part of the newest checkpoint is corrupted: the next
+//! restart falls back (to the previous checkpoint, or a replay), and the output stays exact. `enrich_join` (an
+//! upsert table, a temporal join and windowed sums) the same way: the customers, read long before the
+//! checkpoint, come back from it, not from the topic.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::Scratch;
+use common::kafka::{Job, produce, read, sqlite_broker, table};
+use nix::sys::signal::Signal;
+
+const LONG: Duration = Duration::from_secs(60);
+const KEYS: &[&str] = &["apple", "pear", "fig", "kiwi", "plum"];
+
+/// `count` in-order events per partition from `from` ms, 10 ms apart.
+fn events(from: u64, count: u64) -> Vec<(i32, i64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for i in 0..count {
+        for partition in 0..2 {
+            let ts = from + i * 10;
+            let key = KEYS[((i * 7 + partition as u64 * 3) % KEYS.len() as u64) as usize];
+            out.push((partition, ts as i64, format!("{{\"key\":\"{key}\",\"ts_ms\":{ts}}}").into_bytes()));
+        }
+    }
+    out
+}
+
+/// The upsert table the job must leave: `["key",start]` -> count, 1 s windows.
+fn reference(all: &[(i32, i64, Vec<u8>)]) -> BTreeMap<String, String> {
+    let mut counts: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    for (_, ts, bytes) in all {
+        let value: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        let ts = *ts as u64;
+        *counts.entry((value["key"].as_str().unwrap().to_owned(), ts - ts % 1000)).or_default() += 1;
+    }
+    counts.into_iter().map(|((key, start), n)| (format!("[\"{key}\",{start}]"), n.to_string())).collect()
+}
+
+fn args(bootstrap: &str, dir: &std::path::Path, bounded: bool) -> Vec<String> {
+    let mut args: Vec<String> = ["--brokers", bootstrap, "--topic", "ck-in", "--output-topic", "ck-out", "--output-partitions", "2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(
+        ["--commit-log", "ck.commits", "--dead-letter-topic", "ck.dead", "--window", "1s", "--allowed-lateness", "1h"].map(String::from),
+    );
+    args.extend(["--idle-timeout", "500ms", "--checkpoint-interval", "300ms", "--checkpoint-dir"].map(String::from));
+    args.push(dir.display().to_string());
+    if bounded {
+        args.push("--until-end".into());
+    }
+    args
+}
+
+/// The records the job's sources read, from their `source finished: N records read` lines.
+fn records_read(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .filter_map(|line| line.split("source finished: ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn committed_checkpoints(bootstrap: &str, log: &str) -> usize {
+    read(bootstrap, log)
+        .into_iter()
+        .flatten()
+        .filter(|r| r.value.as_deref().is_some_and(|v| String::from_utf8_lossy(v).contains("\"checkpoints\"")))
+        .count()
+}
+
+/// Every file under `dir`.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().is_dir() {
+            out.extend(listing(&entry.path()));
+        } else {
+            out.push(entry.path().display().to_string());
+        }
+    }
+    out
+}
+
+/// Waits until two commits of `log` name checkpoints, then kills the job (-9). A checkpoint completes once the
+/// input's time passes it, so `more` produces a little more input each round, as a live stream would.
+fn wait_for_checkpoints(bootstrap: &str, log: &str, job: Job, mut more: impl FnMut()) {
+    let deadline = Instant::now() + LONG;
+    while committed_checkpoints(bootstrap, log) < 2 {
+        more();
+        if Instant::now() > deadline {
+            job.signal(Signal::SIGKILL);
+            let (_, stderr) = job.wait(LONG);
+            panic!("no commit of {log} named a checkpoint within {LONG:?}:\n{stderr}");
+        }
+        // Polling the commit log is how the test sees the job's progress.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    job.signal(Signal::SIGKILL);
+    drop(job.wait(LONG));
+}
+
+#[test]
+fn a_restart_restores_the_checkpoint_reads_only_what_follows_and_stays_exact() {
+    let scratch = Scratch::new("checkpoints");
+    let broker = sqlite_broker(&scratch.0);
+    broker.create_topic("ck-in", 2, &[]).unwrap();
+    let bootstrap = broker.bootstrap();
+    let dir = scratch.0.join("checkpoints");
+    let mut all = events(1_000_000, 3000);
+    produce(&bootstrap, "ck-in", &all);
+
+    // Unbounded until a commit names a checkpoint, then killed.
+    let job = Job::start(&scratch.0, "windowed_count", (1, 1), &args(&bootstrap, &dir, false), &[]);
+    let mut next = 3000;
+    wait_for_checkpoints(&bootstrap, "ck.commits", job, || {
+        let live = events(1_000_000 + next * 10, 20);
+        produce(&bootstrap, "ck-in", &live);
+        all.extend(live);
+        next += 20;
+    });
+
+    let more = events(1_000_000 + next * 10, 1000);
+    produce(&bootstrap, "ck-in", &more);
+    all.extend(more);
+    let stderr = Job::start(&scratch.0, "windowed_count", (2, 1), &args(&bootstrap, &dir, true), &[]).succeed("the restored run", LONG);
+    assert!(stderr.contains("restoring the checkpoint"), "the restart restored no checkpoint:\n{stderr}");
+    let consumed = records_read(&stderr);
+    assert!(consumed < all.len() as u64, "the restored run read {consumed} records, the whole input is {}", all.len());
+    assert_eq!(table(&bootstrap, "ck-out"), reference(&all), "after the restore");
+
+    // A corrupt part of the newest committed checkpoint: the restart falls back to the previous one, and the
+    // output stays exact.
+    let commit = read(&bootstrap, "ck.commits").into_iter().flatten().filter_map(|r| r.value).last().expect("a commit");
+    let commit: serde_json::Value = serde_json::from_slice(&commit).unwrap();
+    let newest = &commit["checkpoints"][0];
+    assert!(commit["checkpoints"][1].is_object(), "the last commit names two checkpoints: {commit}");
+    let part = dir.join(format!("g{}-t{}", newest["generation"], newest["time"])).join("p0").join("WindowedCount.state");
+    let mut bytes = std::fs::read(&part)
+        .unwrap_or_else(|e| panic!("the window operator's part {}: {e}; the store holds {:?}", part.display(), listing(&dir)));
+    bytes[0] ^= 0xff;
+    std::fs::write(&part, bytes).unwrap();
+    let more = events(1_000_000 + (next + 1000) * 10, 500);
+    produce(&bootstrap, "ck-in", &more);
+    all.extend(more);
+    let stderr = Job::start(&scratch.0, "windowed_count", (1, 2), &args(&bootstrap, &dir, true), &[]).succeed("the fallback run", LONG);
+    assert!(stderr.contains("falling back to the previous checkpoint"), "the corrupt part was not noticed:\n{stderr}");
+    assert!(stderr.contains("restoring the checkpoint"), "the previous checkpoint was not restored:\n{stderr}");
+    assert_eq!(table(&bootstrap, "ck-out"), reference(&all), "after the fallback");
+}
+
+fn order(id: u64) -> (i32, i64, Vec<u8>) {
+    let ts = 1_000_000 + id * 10;
+    let json = format!("{{\"order_id\":{id},\"customer_id\":{},\"amount_cents\":{},\"ts_ms\":{ts}}}", id % 8, id % 100 + 1);
+    ((id % 2) as i32, ts as i64, json.into_bytes())
+}
+
+fn join_args(bootstrap: &str, dir: &std::path::Path, bounded: bool) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["--brokers", bootstrap, "--topic", "ej-orders", "--customers-topic", "ej-customers"].map(String::from).to_vec();
+    args.extend(
+        ["--output-topic", "ej-out", "--output-partitions", "2", "--commit-log", "ej.commits", "--dead-letter-topic", "ej.dead"]
+            .map(String::from),
+    );
+    args.extend(
+        ["--window", "1s", "--allowed-lateness", "1h", "--idle-timeout", "500ms", "--checkpoint-interval", "300ms"].map(String::from),
+    );
+    args.push("--checkpoint-dir".into());
+    args.push(dir.display().to_string());
+    if bounded {
+        args.push("--until-end".into());
+    }
+    args
+}
+
+/// The enriched orders (order id -> customer name) and the totals (`[customer,start]` -> cents) the job must
+/// leave, for orders `0..n`.
+fn join_reference(n: u64) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let mut enriched = BTreeMap::new();
+    let mut totals: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+    for id in 0..n {
+        let ts = 1_000_000 + id * 10;
+        enriched.insert(id.to_string(), format!("customer-{}", id % 8));
+        *totals.entry((id % 8, ts - ts % 1000)).or_default() += id % 100 + 1;
+    }
+    (enriched, totals.into_iter().map(|((c, start), sum)| (format!("[{c},{start}]"), sum.to_string())).collect())
+}
+
+fn join_outputs(bootstrap: &str) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let enriched = table(bootstrap, "ej-out")
+        .into_iter()
+        .map(|(id, value)| {
+            let value: serde_json::Value = serde_json::from_str(&value).expect("an enriched order");
+            (id, value["name"].as_str().unwrap_or("(none)").to_owned())
+        })
+        .collect();
+    (enriched, table(bootstrap, "ej-out.totals"))
+}
+
+#[test]
+fn an_enrich_join_restored_from_a_checkpoint_keeps_its_table_and_stays_exact() {
+    let scratch = Scratch::new("checkpoints-join");
+    let broker = sqlite_broker(&scratch.0);
+    broker.create_topic("ej-orders", 2, &[]).unwrap();
+    broker.create_topic("ej-customers", 1, &[]).unwrap();
+    let bootstrap = broker.bootstrap();
+    let dir = scratch.0.join("checkpoints");
+    let customers: Vec<(i32, i64, Vec<u8>)> = (0..8)
+        .map(|c| (0, 1000, format!("{{\"customer_id\":{c},\"ts_ms\":1000,\"name\":\"customer-{c}\",\"region\":\"r\"}}").into_bytes()))
+        .collect();
+    produce(&bootstrap, "ej-customers", &customers);
+    produce(&bootstrap, "ej-orders", &(0..4000).map(order).collect::<Vec<_>>());
+
+    let job = Job::start(&scratch.0, "enrich_join", (1, 1), &join_args(&bootstrap, &dir, false), &[]);
+    let mut next = 4000;
+    wait_for_checkpoints(&bootstrap, "ej.commits", job, || {
+        produce(&bootstrap, "ej-orders", &(next..next + 20).map(order).collect::<Vec<_>>());
+        // Customers no order refers to, so the table's time moves on with the orders' (a quiet table holds the
+        // join back).
+        let ts = 1_000_000 + next * 10;
+        let customer = format!("{{\"customer_id\":{},\"ts_ms\":{ts},\"name\":\"new\",\"region\":\"r\"}}", 1000 + next);
+        produce(&bootstrap, "ej-customers", &[(0, ts as i64, customer.into_bytes())]);
+        next += 20;
+    });
+
+    let total = next + 1000;
+    produce(&bootstrap, "ej-orders", &(next..total).map(order).collect::<Vec<_>>());
+    let stderr = Job::start(&scratch.0, "enrich_join", (2, 2), &join_args(&bootstrap, &dir, true), &[]).succeed("the restored run", LONG);
+    assert!(stderr.contains("restoring the checkpoint"), "the restart restored no checkpoint:\n{stderr}");
+    let consumed = records_read(&stderr);
+    let input = total + 8 + (total - 4000) / 20;
+    assert!(consumed < input, "the restored run read {consumed} records, the whole input is {input}");
+    assert_eq!(join_outputs(&bootstrap), join_reference(total));
+}
