@@ -137,7 +137,7 @@ fn a_restart_restores_the_checkpoint_reads_only_what_follows_and_stays_exact() {
 
     // A corrupt part of the newest committed checkpoint: the restart falls back to the previous one, and the
     // output stays exact.
-    let commit = read(&bootstrap, "ck.commits").into_iter().flatten().filter_map(|r| r.value).last().expect("a commit");
+    let commit = read(&bootstrap, "ck.commits").into_iter().flatten().filter_map(|r| r.value).next_back().expect("a commit");
     let commit: serde_json::Value = serde_json::from_slice(&commit).unwrap();
     let newest = &commit["checkpoints"][0];
     assert!(commit["checkpoints"][1].is_object(), "the last commit names two checkpoints: {commit}");
