@@ -67,12 +67,15 @@ fn records_read(stderr: &str) -> u64 {
         .sum()
 }
 
+/// How many different checkpoints the commits of `log` have named as their newest.
 fn committed_checkpoints(bootstrap: &str, log: &str) -> usize {
-    read(bootstrap, log)
+    let newest: std::collections::BTreeSet<String> = read(bootstrap, log)
         .into_iter()
         .flatten()
-        .filter(|r| r.value.as_deref().is_some_and(|v| String::from_utf8_lossy(v).contains("\"checkpoints\"")))
-        .count()
+        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(r.value.as_deref()?).ok())
+        .filter_map(|commit| commit["checkpoints"].get(0).map(|c| format!("{}-{}", c["generation"], c["time"])))
+        .collect();
+    newest.len()
 }
 
 /// Every file under `dir`.
@@ -90,9 +93,14 @@ fn listing(dir: &std::path::Path) -> Vec<String> {
 
 /// Waits until two commits of `log` name checkpoints, then kills the job (-9). A checkpoint completes once the
 /// input's time passes it, so `more` produces a little more input each round, as a live stream would.
-fn wait_for_checkpoints(bootstrap: &str, log: &str, job: Job, mut more: impl FnMut()) {
+fn wait_for_checkpoints(bootstrap: &str, log: &str, job: Job, more: impl FnMut()) -> String {
+    wait_for_commits(bootstrap, log, 2, job, more)
+}
+
+/// Waits until `count` commits of `log` name checkpoints, then kills the job (-9); returns its stderr.
+fn wait_for_commits(bootstrap: &str, log: &str, count: usize, job: Job, mut more: impl FnMut()) -> String {
     let deadline = Instant::now() + LONG;
-    while committed_checkpoints(bootstrap, log) < 2 {
+    while committed_checkpoints(bootstrap, log) < count {
         more();
         if Instant::now() > deadline {
             job.signal(Signal::SIGKILL);
@@ -103,7 +111,7 @@ fn wait_for_checkpoints(bootstrap: &str, log: &str, job: Job, mut more: impl FnM
         std::thread::sleep(Duration::from_millis(100));
     }
     job.signal(Signal::SIGKILL);
-    drop(job.wait(LONG));
+    job.wait(LONG).1
 }
 
 #[test]
@@ -237,4 +245,133 @@ fn an_enrich_join_restored_from_a_checkpoint_keeps_its_table_and_stays_exact() {
     let input = total + 8 + (total - 4000) / 20;
     assert!(consumed < input, "the restored run read {consumed} records, the whole input is {input}");
     assert_eq!(join_outputs(&bootstrap), join_reference(total));
+}
+
+#[test]
+fn restores_across_layouts_give_the_output_of_one_uninterrupted_run() {
+    let scratch = Scratch::new("checkpoints-layouts");
+    let broker = sqlite_broker(&scratch.0);
+    broker.create_topic("ck-in", 2, &[]).unwrap();
+    let bootstrap = broker.bootstrap();
+    let dir = scratch.0.join("checkpoints");
+    let mut all = events(1_000_000, 1000);
+    produce(&bootstrap, "ck-in", &all);
+    let mut next = 1000;
+    let mut committed = 0;
+    for (i, layout) in [(1, 1), (2, 2), (3, 2), (1, 4)].into_iter().enumerate() {
+        let job = Job::start(&scratch.0, "windowed_count", layout, &args(&bootstrap, &dir, false), &[]);
+        // Each run lives until a checkpoint of its own is committed, then is killed.
+        committed = committed_checkpoints(&bootstrap, "ck.commits").max(committed) + 1;
+        let stderr = wait_for_commits(&bootstrap, "ck.commits", committed, job, || {
+            let live = events(1_000_000 + next * 10, 20);
+            produce(&bootstrap, "ck-in", &live);
+            all.extend(live);
+            next += 20;
+        });
+        if i > 0 {
+            assert!(stderr.contains("restoring the checkpoint"), "the run at {layout:?} restored no checkpoint:\n{stderr}");
+        }
+    }
+    let stderr = Job::start(&scratch.0, "windowed_count", (1, 1), &args(&bootstrap, &dir, true), &[]).succeed("the last run", LONG);
+    assert!(stderr.contains("restoring the checkpoint"), "the last run restored no checkpoint:\n{stderr}");
+    assert_eq!(table(&bootstrap, "ck-out"), reference(&all));
+}
+
+/// The processes the launcher runs now, once they are `n` and none of `old`.
+fn next_cluster(launcher: i32, n: usize, old: &std::collections::BTreeSet<i32>) -> std::collections::BTreeSet<i32> {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let now = common::children(launcher);
+        if now.len() == n && now.is_disjoint(old) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "no new cluster of {n} processes under the launcher: {now:?} (old {old:?})");
+        // Polling /proc is how the test sees the launcher restart the cluster.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `launch --restart on-failure` at 3x2 with checkpoints, orders arriving all along: ten SIGKILLs of a random
+/// process at random moments, one as soon as a restarted cluster is up (during its restore), two within a
+/// second; then the launcher is stopped and a bounded run catches up. The enriched orders and the totals equal
+/// the reference: nothing lost, nothing doubled.
+#[test]
+fn ten_random_kills_under_launch_restart_on_failure_lose_and_duplicate_nothing() {
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+    let scratch = Scratch::new("checkpoints-kills");
+    let broker = sqlite_broker(&scratch.0);
+    broker.create_topic("ej-orders", 2, &[]).unwrap();
+    broker.create_topic("ej-customers", 1, &[]).unwrap();
+    let bootstrap = broker.bootstrap();
+    let dir = scratch.0.join("checkpoints");
+    let customers: Vec<(i32, i64, Vec<u8>)> = (0..8)
+        .map(|c| (0, 1000, format!("{{\"customer_id\":{c},\"ts_ms\":1000,\"name\":\"customer-{c}\",\"region\":\"r\"}}").into_bytes()))
+        .collect();
+    produce(&bootstrap, "ej-customers", &customers);
+    let mut next = 20_000;
+    produce(&bootstrap, "ej-orders", &(0..next).map(order).collect::<Vec<_>>());
+    let live = |next: &mut u64, n: u64| {
+        produce(&bootstrap, "ej-orders", &(*next..*next + n).map(order).collect::<Vec<_>>());
+        let ts = 1_000_000 + *next * 10;
+        let customer = format!("{{\"customer_id\":{},\"ts_ms\":{ts},\"name\":\"new\",\"region\":\"r\"}}", 1000 + *next);
+        produce(&bootstrap, "ej-customers", &[(0, ts as i64, customer.into_bytes())]);
+        *next += n;
+    };
+    let launch = std::process::Command::new(common::launcher())
+        .args(["launch", "-n", "3", "-w", "2", "--restart", "on-failure", "--max-restarts", "20", "--restart-delay", "100ms", "--"])
+        .arg(common::example("enrich_join"))
+        .args(join_args(&bootstrap, &dir, false))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the launcher");
+    let launcher = common::Running::new(launch);
+    let mut seed = 0x5eed_u64;
+    let mut random = move |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let mut cluster = next_cluster(launcher.pid, 3, &Default::default());
+    for kill_number in 0..10 {
+        // Kill 3 hits a cluster as soon as it is up (restoring); kills 6 and 7 come within a second.
+        let wait_ms = match kill_number {
+            3 | 7 => 0,
+            6 => 300,
+            _ => random(1500),
+        };
+        if wait_ms > 0 {
+            // Most kills come after the cluster committed a checkpoint of its own, so restarts restore.
+            let before = committed_checkpoints(&bootstrap, "ej.commits");
+            let deadline = Instant::now() + LONG;
+            while committed_checkpoints(&bootstrap, "ej.commits") <= before {
+                assert!(Instant::now() < deadline, "cluster {kill_number} committed no checkpoint within {LONG:?}");
+                live(&mut next, 50);
+            }
+        }
+        let until = Instant::now() + Duration::from_millis(wait_ms);
+        while Instant::now() < until {
+            live(&mut next, 50);
+        }
+        let victims: Vec<i32> = cluster.iter().copied().collect();
+        let victim = victims[random(victims.len() as u64) as usize];
+        kill(Pid::from_raw(victim), Signal::SIGKILL).expect("kill a process of the cluster");
+        cluster = next_cluster(launcher.pid, 3, &cluster);
+    }
+    // The last cluster runs until it has committed a checkpoint of its own.
+    let before = committed_checkpoints(&bootstrap, "ej.commits");
+    let deadline = Instant::now() + LONG;
+    while committed_checkpoints(&bootstrap, "ej.commits") <= before {
+        assert!(Instant::now() < deadline, "the last cluster committed no checkpoint within {LONG:?}");
+        live(&mut next, 50);
+    }
+    kill(Pid::from_raw(launcher.pid), Signal::SIGTERM).expect("stop the launcher");
+    let (status, stderr) = launcher.wait(LONG);
+    assert!(status.success(), "the launcher, stopped with SIGTERM after the kills: {status}\n{stderr}");
+    assert_eq!(stderr.matches("restarting the cluster").count(), 10, "ten restarts: {stderr}");
+    assert!(stderr.contains("restoring the checkpoint"), "no restarted cluster restored a checkpoint:\n{stderr}");
+    let stderr = Job::start(&scratch.0, "enrich_join", (1, 2), &join_args(&bootstrap, &dir, true), &[]).succeed("the bounded run", LONG);
+    assert!(stderr.contains("restoring the checkpoint"), "the bounded run restored no checkpoint:\n{stderr}");
+    assert_eq!(join_outputs(&bootstrap), join_reference(next), "after ten kills and a bounded run");
 }

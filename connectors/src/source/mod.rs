@@ -176,6 +176,10 @@ pub trait PartitionReader: 'static {
     fn start_offset(&self, _partition: usize) -> u64 {
         0
     }
+    /// Whether the input ends (files, Kafka with `until_end`): a reader without partitions is then done.
+    fn bounded(&self) -> bool {
+        true
+    }
     /// The offset this run reads `partition` from: the start, or where a restored checkpoint's later records
     /// begin.
     fn first_offset(&self, partition: usize) -> u64 {

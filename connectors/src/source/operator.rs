@@ -148,6 +148,8 @@ where
         (registry, index)
     });
     let restored_time = resume.restored_time();
+    // Without an idle timeout no heartbeats flow, and an instance without partitions could not follow.
+    let keep_alive = checkpoints.is_some() && options.policy.idle_timeout.is_some();
     let store = resume.store.clone();
     let mut options = options;
     if options.shutdown.is_none() {
@@ -233,7 +235,7 @@ where
                 }
             }
             if let (Some(caps), Some(ahead)) = (capabilities.as_mut(), follow.as_ref())
-                && clock.all_idle(now)
+                && (clock.all_idle(now) || (keep_alive && clock.partitions() == 0))
                 && ahead.time() > caps.time()
             {
                 clock.follow(ahead.time());
@@ -293,6 +295,12 @@ where
             let status = {
                 let mut arrivals = Arrivals { clock: &mut clock, wall_ms: wall_ms(), now };
                 reader.poll(options.batch, &mut polled, &mut arrivals)
+            };
+            // In a job with checkpoints an unbounded source instance without partitions stays, following the
+            // others: the checkpoint requests start at worker 0's sources, which must hold a time to ask at.
+            let status = match status {
+                ReadStatus::Finished if keep_alive && clock.partitions() == 0 && !reader.bounded() => ReadStatus::Wait(HEARTBEAT_EVERY),
+                status => status,
             };
             for partition in 0..clock.partitions() {
                 if reader.backlog(partition) {

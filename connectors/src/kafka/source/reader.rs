@@ -443,6 +443,10 @@ impl<T: Clone + 'static> PartitionReader for KafkaReader<T> {
         self.partitions[partition].start
     }
 
+    fn bounded(&self) -> bool {
+        self.bounded
+    }
+
     fn first_offset(&self, partition: usize) -> u64 {
         self.partitions[partition].first
     }
