@@ -15,7 +15,7 @@ use common::Scratch;
 use common::kafka::{Job, produce, read, sqlite_broker, table};
 use nix::sys::signal::Signal;
 
-const LONG: Duration = Duration::from_secs(60);
+const LONG: Duration = Duration::from_secs(150);
 const KEYS: &[&str] = &["apple", "pear", "fig", "kiwi", "plum"];
 
 /// `count` in-order events per partition from `from` ms, 10 ms apart.
