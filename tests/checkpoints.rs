@@ -211,6 +211,20 @@ fn join_outputs(bootstrap: &str) -> (BTreeMap<String, String>, BTreeMap<String, 
     (enriched, table(bootstrap, "ej-out.totals"))
 }
 
+/// A customer record (JSON, as `enrich_join` reads it) at `ts`.
+fn customer(id: u64, ts: u64, name: &str) -> (i32, i64, Vec<u8>) {
+    let json = format!("{{\"customer_id\":{id},\"ts_ms\":{ts},\"name\":\"{name}\",\"region\":\"r\"}}");
+    (0, ts as i64, json.into_bytes())
+}
+
+/// Orders `next..next + n`, and a customer no order refers to, so the table's time moves on with the orders'
+/// (a quiet table holds the join back).
+fn live_orders(bootstrap: &str, next: &mut u64, n: u64) {
+    produce(bootstrap, "ej-orders", &(*next..*next + n).map(order).collect::<Vec<_>>());
+    produce(bootstrap, "ej-customers", &[customer(1000 + *next, 1_000_000 + *next * 10, "new")]);
+    *next += n;
+}
+
 #[test]
 fn an_enrich_join_restored_from_a_checkpoint_keeps_its_table_and_stays_exact() {
     let scratch = Scratch::new("checkpoints-join");
@@ -219,23 +233,12 @@ fn an_enrich_join_restored_from_a_checkpoint_keeps_its_table_and_stays_exact() {
     broker.create_topic("ej-customers", 1, &[]).unwrap();
     let bootstrap = broker.bootstrap();
     let dir = scratch.0.join("checkpoints");
-    let customers: Vec<(i32, i64, Vec<u8>)> = (0..8)
-        .map(|c| (0, 1000, format!("{{\"customer_id\":{c},\"ts_ms\":1000,\"name\":\"customer-{c}\",\"region\":\"r\"}}").into_bytes()))
-        .collect();
-    produce(&bootstrap, "ej-customers", &customers);
+    produce(&bootstrap, "ej-customers", &(0..8).map(|c| customer(c, 1000, &format!("customer-{c}"))).collect::<Vec<_>>());
     produce(&bootstrap, "ej-orders", &(0..4000).map(order).collect::<Vec<_>>());
 
     let job = Job::start(&scratch.0, "enrich_join", (1, 1), &join_args(&bootstrap, &dir, false), &[]);
     let mut next = 4000;
-    wait_for_checkpoints(&bootstrap, "ej.commits", job, || {
-        produce(&bootstrap, "ej-orders", &(next..next + 20).map(order).collect::<Vec<_>>());
-        // Customers no order refers to, so the table's time moves on with the orders' (a quiet table holds the
-        // join back).
-        let ts = 1_000_000 + next * 10;
-        let customer = format!("{{\"customer_id\":{},\"ts_ms\":{ts},\"name\":\"new\",\"region\":\"r\"}}", 1000 + next);
-        produce(&bootstrap, "ej-customers", &[(0, ts as i64, customer.into_bytes())]);
-        next += 20;
-    });
+    wait_for_checkpoints(&bootstrap, "ej.commits", job, || live_orders(&bootstrap, &mut next, 20));
 
     let total = next + 1000;
     produce(&bootstrap, "ej-orders", &(next..total).map(order).collect::<Vec<_>>());
@@ -305,19 +308,10 @@ fn ten_random_kills_under_launch_restart_on_failure_lose_and_duplicate_nothing()
     broker.create_topic("ej-customers", 1, &[]).unwrap();
     let bootstrap = broker.bootstrap();
     let dir = scratch.0.join("checkpoints");
-    let customers: Vec<(i32, i64, Vec<u8>)> = (0..8)
-        .map(|c| (0, 1000, format!("{{\"customer_id\":{c},\"ts_ms\":1000,\"name\":\"customer-{c}\",\"region\":\"r\"}}").into_bytes()))
-        .collect();
-    produce(&bootstrap, "ej-customers", &customers);
+    produce(&bootstrap, "ej-customers", &(0..8).map(|c| customer(c, 1000, &format!("customer-{c}"))).collect::<Vec<_>>());
     let mut next = 20_000;
     produce(&bootstrap, "ej-orders", &(0..next).map(order).collect::<Vec<_>>());
-    let live = |next: &mut u64, n: u64| {
-        produce(&bootstrap, "ej-orders", &(*next..*next + n).map(order).collect::<Vec<_>>());
-        let ts = 1_000_000 + *next * 10;
-        let customer = format!("{{\"customer_id\":{},\"ts_ms\":{ts},\"name\":\"new\",\"region\":\"r\"}}", 1000 + *next);
-        produce(&bootstrap, "ej-customers", &[(0, ts as i64, customer.into_bytes())]);
-        *next += n;
-    };
+    let live = |next: &mut u64, n: u64| live_orders(&bootstrap, next, n);
     let launch = std::process::Command::new(common::launcher())
         .args(["launch", "-n", "3", "-w", "2", "--restart", "on-failure", "--max-restarts", "20", "--restart-delay", "100ms", "--"])
         .arg(common::example("enrich_join"))

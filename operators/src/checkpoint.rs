@@ -224,11 +224,6 @@ impl Checkpoints {
         self.0.borrow().participants.iter().cloned().collect()
     }
 
-    /// The times asked for whose part of this worker is not complete yet, earliest first.
-    pub fn requested(&self) -> Vec<u64> {
-        self.0.borrow().requested.iter().copied().collect()
-    }
-
     /// No checkpoint at or before `time` is asked for (the commit a restart resumes from).
     pub fn set_min_time(&self, time: u64) {
         self.0.borrow_mut().min_time = Some(time);

@@ -214,13 +214,7 @@ impl Coordinator {
 
     fn commit_at(&self, time: u64) -> Commit {
         let previous = self.log.latest();
-        let mut sources: BTreeMap<PartitionKey, PartitionSnapshot> =
-            previous.map(|c| c.sources.iter().map(|s| (s.key.clone(), s.clone())).collect()).unwrap_or_default();
-        for (key, snapshots) in &self.partitions {
-            if let Some((_, snapshot)) = snapshots.range(..=time).next_back() {
-                sources.insert(key.clone(), snapshot.clone());
-            }
-        }
+        let sources = self.sources_at(time);
         let mut sinks: BTreeMap<(String, i32), SinkPosition> =
             previous.map(|c| c.sinks.iter().map(|s| ((s.topic.clone(), s.partition), s.clone())).collect()).unwrap_or_default();
         for (key, positions) in &self.sinks {
@@ -234,14 +228,7 @@ impl Coordinator {
             checkpoints.insert(0, ready.clone());
             checkpoints.truncate(2);
         }
-        Commit {
-            version: Commit::VERSION,
-            run: self.run,
-            time,
-            sources: sources.into_values().collect(),
-            sinks: sinks.into_values().collect(),
-            checkpoints,
-        }
+        Commit { version: Commit::VERSION, run: self.run, time, sources, sinks: sinks.into_values().collect(), checkpoints }
     }
 
     fn write(&mut self, time: u64) {
