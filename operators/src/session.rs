@@ -23,6 +23,7 @@ use std::hash::Hash;
 use foldhash::HashMap;
 
 use differential_dataflow::Hashable;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use timely::ExchangeData;
 use timely::dataflow::Stream;
@@ -31,6 +32,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::aggregate::Aggregator;
+use crate::checkpoint::Participant;
 use crate::event_time::Timed;
 use crate::late::LateRecord;
 use crate::ordered::ByTime;
@@ -119,10 +121,21 @@ pub trait SessionAggregate<'scope, K, V> {
     ///     ((('u', Session { start: 20, end: 25 }), 1), 24, 1),
     /// ]);
     /// ```
+    ///
+    /// In a job with checkpoints the operator's sessions (each key's records, what was emitted, what is due and
+    /// when state is released) are saved under `name` as of each checkpoint's time, and restored on a restart,
+    /// each key going to the worker it now routes to (any number of workers).
     fn session_aggregate<A>(self, name: &str, sessions: Sessions, aggregator: A) -> SessionStreams<'scope, K, A::Output, V>
     where
-        A: Aggregator<V>;
+        A: Aggregator<V>,
+        A::Output: Serialize + DeserializeOwned;
 }
+
+/// A session operator's checkpointed state: per key its records by event time, what was emitted and when an
+/// evaluation is scheduled; the evaluations due after the checkpoint's time; and the release times of closed
+/// sessions.
+type SessionSnapshot<K, V, O> =
+    (Vec<(K, BTreeMap<u64, (isize, Vec<(V, isize)>)>, BTreeMap<u64, (u64, O)>, Option<u64>)>, Vec<(u64, K)>, Vec<(u64, K)>);
 
 /// One key's sessions on a worker.
 struct KeySessions<V, O> {
@@ -176,11 +189,13 @@ where
     fn session_aggregate<A>(self, name: &str, sessions: Sessions, aggregator: A) -> SessionStreams<'scope, K, A::Output, V>
     where
         A: Aggregator<V>,
+        A::Output: Serialize + DeserializeOwned,
     {
         let Sessions { gap_ms, allowed_lateness_ms } = sessions;
         let gap = gap_ms.max(1);
-        // Its state is not checkpointed yet: a job using it takes no checkpoints (and says so).
-        crate::checkpoint::unsupported(name);
+        let (index, peers) = (self.scope().index(), self.scope().peers());
+        let mut participant = Participant::join(name);
+        let op_name = name.to_owned();
         let gauges = crate::state::Gauges::new(name, self.scope().index());
         let mut builder = OperatorBuilder::new(name.to_owned(), self.scope());
         let exchange = Exchange::new(|(record, _time, _diff): &(Timed<(K, V)>, u64, isize)| record.value.0.hashed());
@@ -190,13 +205,39 @@ where
         let mut results_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(results_output);
         let mut late_output = OutputBuilder::<_, timely::container::CapacityContainerBuilder<_>>::from(late_output);
 
-        builder.build(move |_capabilities| {
+        builder.build(move |capabilities| {
             let mut keys: HashMap<K, KeySessions<V, A::Output>> = HashMap::default();
             let mut stash: ByTime<(Timed<(K, V)>, isize)> = ByTime::default();
             // Keys to evaluate once the frontier passes the time.
             let mut pending: ByTime<K> = ByTime::default();
             // Keys with a closed session, by the time after which it can be released.
             let mut releases: BTreeMap<u64, Vec<K>> = BTreeMap::new();
+            if let Some((_, parts)) = participant.as_ref().and_then(Participant::restored) {
+                let mine = |key: &K| (key.hashed() % peers as u64) as usize == index;
+                for part in parts {
+                    #[allow(clippy::panic, reason = "the store verified the part's checksum: only a changed program reads it wrongly")]
+                    let (saved, due, released): SessionSnapshot<K, V, A::Output> = bincode::deserialize(&part).unwrap_or_else(|e| {
+                        panic!("the checkpoint of session operator `{op_name}` cannot be read ({e}): was the program changed? Restart with a new commit log, or without --checkpoint-dir")
+                    });
+                    for (key, events, emitted, scheduled) in saved.into_iter().filter(|s| mine(&s.0)) {
+                        keys.insert(key, KeySessions { events, emitted, scheduled });
+                    }
+                    for (time, key) in due.into_iter().filter(|d| mine(&d.1)) {
+                        pending.push(time, |t| capabilities[0].delayed(t), key);
+                    }
+                    for (time, key) in released.into_iter().filter(|r| mine(&r.1)) {
+                        releases.entry(time).or_default().push(key);
+                    }
+                }
+            }
+            drop(capabilities);
+            let snapshot = |keys: &HashMap<K, KeySessions<V, A::Output>>, pending: &ByTime<K>, releases: &BTreeMap<u64, Vec<K>>| {
+                let saved: Vec<_> = keys.iter().map(|(key, s)| (key, &s.events, &s.emitted, &s.scheduled)).collect();
+                let due: Vec<_> = pending.iter().flat_map(|(time, items)| items.iter().map(move |key| (time, key))).collect();
+                let released: Vec<_> = releases.iter().flat_map(|(time, items)| items.iter().map(move |key| (time, key))).collect();
+                #[allow(clippy::expect_used, reason = "serializing into memory fails only for types serde cannot represent")]
+                bincode::serialize(&(saved, due, released)).expect("session state serializes")
+            };
             move |frontiers| {
                 let (mut received, mut emitted) = (0, 0);
                 let mut late_handle = late_output.activate();
@@ -224,6 +265,11 @@ where
                 let frontier = &frontiers[0];
                 let mut results_handle = results_output.activate();
                 while let Some(now) = stash.earliest(&pending).filter(|t| !frontier.less_equal(t)) {
+                    if let Some(participant) = participant.as_mut() {
+                        for time in participant.due_before(now) {
+                            participant.put(time, snapshot(&keys, &pending, &releases));
+                        }
+                    }
                     if let Some((cap, records)) = stash.take(now) {
                         for (record, diff) in records {
                             let event_time = record.event_time;
@@ -292,6 +338,11 @@ where
                     }
                 }
                 drop(results_handle);
+                if let Some(participant) = participant.as_mut() {
+                    for time in participant.due(frontier.frontier()) {
+                        participant.put(time, snapshot(&keys, &pending, &releases));
+                    }
+                }
 
                 // Release sessions no record that is not late can reach any more. Sessions are disjoint and in
                 // order, so the released ones are a prefix: cut the key's state at the last one's end.

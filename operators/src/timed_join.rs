@@ -6,6 +6,10 @@
 //! diffs, so the output with its times is the same for any number of workers. A record's state is released once
 //! both frontiers pass its `expires` time — the last time a record that is not late could still match it; the
 //! callers turn late records away before they get here.
+//!
+//! Matches due after the step that found them (a window join emits at the window's end) are held until the
+//! frontiers pass their time, so a checkpoint at `T` (both sides' records up to `T`, and the matches due after
+//! `T`) is the whole state the output after `T` depends on.
 
 use std::collections::BTreeMap;
 use std::hash::Hash;
@@ -20,6 +24,7 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 
+use crate::checkpoint::Participant;
 use crate::event_time::Timed;
 use crate::ordered::ByTime;
 
@@ -56,9 +61,26 @@ struct Entry<V> {
     diff: isize,
 }
 
-impl<K: Hash + Eq + Clone, V> Side<K, V> {
+/// One side's checkpointed records: per key, `(event_time, expires, value, diff)` in event-time order.
+type SideSnapshot<K, V> = Vec<(K, Vec<(u64, u64, V, isize)>)>;
+
+impl<K: Hash + Eq + Clone, V: Clone> Side<K, V> {
     fn new() -> Self {
         Side { by_key: HashMap::default(), expiry: BTreeMap::new(), len: 0 }
+    }
+
+    fn snapshot(&self) -> SideSnapshot<K, V> {
+        let entries = |entries: &Vec<Entry<V>>| entries.iter().map(|e| (e.event_time, e.expires, e.value.clone(), e.diff)).collect();
+        self.by_key.iter().map(|(key, e)| (key.clone(), entries(e))).collect()
+    }
+
+    /// Adds a key's saved records (in event-time order), listing the key at its first record's expiry.
+    fn restore(&mut self, key: K, saved: Vec<(u64, u64, V, isize)>) {
+        let Some(&(_, first_expires, _, _)) = saved.first() else { return };
+        self.expiry.entry(first_expires).or_default().push(key.clone());
+        self.len += saved.len();
+        let entries = saved.into_iter().map(|(event_time, expires, value, diff)| Entry { event_time, expires, value, diff });
+        self.by_key.entry(key).or_default().extend(entries);
     }
 
     /// The records of `key` with event times in `range`.
@@ -105,6 +127,9 @@ impl<K: Hash + Eq + Clone, V> Side<K, V> {
 /// A joined update: the pair under the key, at the later event time of the two.
 pub(crate) type Joined<K, V, W> = (Timed<(K, (V, W))>, u64, isize);
 
+/// A join's checkpointed state: both sides' records and the matches due after the checkpoint's time.
+type JoinSnapshot<K, V, W> = (SideSnapshot<K, V>, SideSnapshot<K, W>, Vec<Joined<K, V, W>>);
+
 /// Joins `left` and `right` by key; a left record at event time `t` matches right records with event times in
 /// `left_range(t)`, and a right record at `t` left records in `right_range(t)` (the same pairs, seen from the
 /// other side).
@@ -122,15 +147,42 @@ where
 {
     let by_left_key = Exchange::new(|(record, _, _): &(Joinable<K, V>, u64, isize)| record.key.hashed());
     let by_right_key = Exchange::new(|(record, _, _): &(Joinable<K, W>, u64, isize)| record.key.hashed());
-    // Its state is not checkpointed yet: a job using it takes no checkpoints (and says so).
-    crate::checkpoint::unsupported(name);
     let gauges = crate::state::Gauges::new(name, left.scope().index());
-    left.binary_frontier(right, by_left_key, by_right_key, name, move |_capability, _info| {
+    let (index, peers) = (left.scope().index(), left.scope().peers());
+    let mut participant = Participant::join(name);
+    let op_name = name.to_owned();
+    left.binary_frontier(right, by_left_key, by_right_key, name, move |capability, _info| {
         let mut lefts: Side<K, V> = Side::new();
         let mut rights: Side<K, W> = Side::new();
         let mut left_stash: ByTime<(Joinable<K, V>, isize)> = ByTime::default();
         let mut right_stash: ByTime<(Joinable<K, W>, isize)> = ByTime::default();
+        // Matches due after the step that found them, until the frontiers pass their time.
+        let mut future: ByTime<Joined<K, V, W>> = ByTime::default();
         let mut matches: BTreeMap<u64, Vec<Joined<K, V, W>>> = BTreeMap::new();
+        if let Some((_, parts)) = participant.as_ref().and_then(Participant::restored) {
+            let mine = |key: &K| (key.hashed() % peers as u64) as usize == index;
+            for part in parts {
+                #[allow(clippy::panic, reason = "the store verified the part's checksum: only a changed program reads it wrongly")]
+                let (saved_lefts, saved_rights, due): JoinSnapshot<K, V, W> = bincode::deserialize(&part).unwrap_or_else(|e| {
+                    panic!("the checkpoint of join `{op_name}` cannot be read ({e}): was the program changed? Restart with a new commit log, or without --checkpoint-dir")
+                });
+                for (key, saved) in saved_lefts.into_iter().filter(|s| mine(&s.0)) {
+                    lefts.restore(key, saved);
+                }
+                for (key, saved) in saved_rights.into_iter().filter(|s| mine(&s.0)) {
+                    rights.restore(key, saved);
+                }
+                for joined in due.into_iter().filter(|j| mine(&j.0.value.0)) {
+                    future.push(joined.1, |t| capability.delayed(t), joined);
+                }
+            }
+        }
+        drop(capability);
+        let snapshot = |lefts: &Side<K, V>, rights: &Side<K, W>, future: &ByTime<Joined<K, V, W>>| {
+            let due: Vec<&Joined<K, V, W>> = future.iter().flat_map(|(_, matches)| matches).collect();
+            #[allow(clippy::expect_used, reason = "serializing into memory fails only for types serde cannot represent")]
+            bincode::serialize(&(lefts.snapshot(), rights.snapshot(), due)).expect("join state serializes")
+        };
         move |(left_input, left_frontier), (right_input, right_frontier), output| {
             let (mut received, mut emitted) = (0, 0);
             left_input.for_each(|cap, data| {
@@ -146,13 +198,22 @@ where
                 }
             });
             let done = |t: &u64| !left_frontier.less_equal(t) && !right_frontier.less_equal(t);
-            while let Some(now) = left_stash.earliest(&right_stash).filter(done) {
+            let earliest = |l: &ByTime<_>, r: &ByTime<_>, f: &ByTime<_>| [l.first(), r.first(), f.first()].into_iter().flatten().min();
+            while let Some(now) = earliest(&left_stash, &right_stash, &future).filter(done) {
+                if let Some(participant) = participant.as_mut() {
+                    for time in participant.due_before(now) {
+                        participant.put(time, snapshot(&lefts, &rights, &future));
+                    }
+                }
+                if let Some((cap, batch)) = future.take(now) {
+                    emitted += batch.len();
+                    output.session(&cap).give_iterator(batch.into_iter());
+                }
                 let left_batch = left_stash.take(now);
                 let right_batch = right_stash.take(now);
-                #[allow(clippy::unreachable, reason = "`now` is the earliest time of the two stashes, so one holds it")]
                 let cap = match (&left_batch, &right_batch) {
                     (Some((cap, _)), _) | (None, Some((cap, _))) => cap.clone(),
-                    (None, None) => unreachable!("`now` is the first time of one of the stashes"),
+                    (None, None) => continue,
                 };
                 for (record, diff) in left_batch.into_iter().flat_map(|(_, batch)| batch) {
                     let at = now.max(record.emit_from);
@@ -173,8 +234,19 @@ where
                     rights.insert(record, diff);
                 }
                 for (at, batch) in std::mem::take(&mut matches) {
-                    emitted += batch.len();
-                    output.session(&cap.delayed(&at)).give_iterator(batch.into_iter());
+                    if at == now {
+                        emitted += batch.len();
+                        output.session(&cap).give_iterator(batch.into_iter());
+                    } else {
+                        for joined in batch {
+                            future.push(at, |t| cap.delayed(t), joined);
+                        }
+                    }
+                }
+            }
+            if let Some(participant) = participant.as_mut() {
+                for time in participant.due_where(|t| done(&t)) {
+                    participant.put(time, snapshot(&lefts, &rights, &future));
                 }
             }
             let horizon = [left_frontier.frontier(), right_frontier.frontier()]
@@ -184,7 +256,7 @@ where
                 .unwrap_or(u64::MAX);
             lefts.release_before(horizon);
             rights.release_before(horizon);
-            gauges.set(lefts.len + rights.len, left_stash.len() + right_stash.len());
+            gauges.set(lefts.len + rights.len, left_stash.len() + right_stash.len() + future.len());
             gauges.count(received, emitted);
         }
     })

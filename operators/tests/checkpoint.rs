@@ -1,4 +1,5 @@
-//! Checkpoints of the window operator: a run that saves its state as of a random time `T`, then a run restored
+//! Checkpoints of the stateful event-time operators (windows, upsert tables, temporal joins, sessions, window
+//! and interval joins): a run that saves its state as of a random time `T`, then a run restored
 //! from it (at another number of workers) that reads only the input after `T`, gives exactly the output the
 //! uninterrupted run gave after `T`: the same results at the same times, the same late records.
 
@@ -237,5 +238,124 @@ proptest! {
         let expected_joined: Joined = joined.into_iter().filter(|((_, _, _, t), _)| *t > at).collect();
         prop_assert_eq!(resumed_changes, expected_changes);
         prop_assert_eq!(resumed_joined, expected_joined);
+    }
+}
+
+/// The other stateful event-time operators: sessions, the window join and the interval join.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Sessions { gap: u64, lateness: u64 },
+    WindowJoin(common::Shape, u64),
+    IntervalJoin { lower: u64, upper: u64, lateness: u64 },
+}
+
+/// An operator's results as `(row, time) -> diff` (the row printed, whatever its type), its late records with
+/// their side, and its parts of the checkpoint.
+type OpOutcome = (BTreeMap<(String, u64), isize>, Vec<(bool, Update)>, Vec<Vec<u8>>);
+
+fn run_op(left: Vec<Update>, right: Vec<Update>, op: Op, workers: usize, checkpoint: Option<u64>, restore: Option<Restored>) -> OpOutcome {
+    use std::time::Duration;
+    use tributary_operators::interval_join::{Interval, IntervalJoin};
+    use tributary_operators::session::{SessionAggregate, Sessions};
+    use tributary_operators::window_join::WindowJoin;
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let late = Arc::new(Mutex::new(Vec::new()));
+    let parts = Arc::new(Mutex::new(Vec::new()));
+    let (r, l, p) = (Arc::clone(&results), Arc::clone(&late), Arc::clone(&parts));
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (r, l, l2) = (Arc::clone(&r), Arc::clone(&l), Arc::clone(&l));
+        let registry = Checkpoints::install(restore.clone());
+        if let Some(time) = checkpoint {
+            registry.request(time);
+        }
+        let late_record = |x: &LateRecord<(u8, u8)>| (x.record.0, x.record.1, x.event_time, x.arrived_at, x.diff);
+        let (mut left_in, mut right_in) = worker.dataflow::<u64, _, _>(|scope| {
+            let (left_in, left) = scope.new_input::<Records>();
+            let (right_in, right) = scope.new_input::<Records>();
+            let (late_left, late_right) = match op {
+                Op::Sessions { gap, lateness } => {
+                    let sessions = Sessions { gap_ms: gap, allowed_lateness_ms: lateness };
+                    let streams = left.session_aggregate("Op", sessions, Fold::new(common::listing));
+                    streams.results.inspect(move |(row, time, diff)| r.lock().unwrap().push(((format!("{row:?}"), *time), *diff)));
+                    // The right input stays empty: its late stream is the left one's, shown once.
+                    (streams.late, None)
+                }
+                Op::WindowJoin(shape, lateness) => {
+                    let streams = left.window_join("Op", right, shape.windows(), Duration::from_millis(lateness));
+                    streams.results.inspect(move |(row, time, diff)| r.lock().unwrap().push(((format!("{row:?}"), *time), *diff)));
+                    (streams.late_left, Some(streams.late_right))
+                }
+                Op::IntervalJoin { lower, upper, lateness } => {
+                    let interval = Interval { before_ms: lower, after_ms: upper };
+                    let streams = left.interval_join("Op", right, interval, Duration::from_millis(lateness));
+                    streams.results.inspect(move |(row, time, diff)| {
+                        r.lock().unwrap().push(((format!("{:?}", (row.event_time, &row.value)), *time), *diff))
+                    });
+                    (streams.late_left, Some(streams.late_right))
+                }
+            };
+            late_left.inspect(move |x| l.lock().unwrap().push((true, late_record(x))));
+            if let Some(late_right) = late_right {
+                late_right.inspect(move |x| l2.lock().unwrap().push((false, late_record(x))));
+            }
+            (left_in, right_in)
+        });
+        Checkpoints::uninstall();
+        if worker.index() == 0 {
+            feed(&mut [(&mut left_in, &left), (&mut right_in, &right)], || {
+                worker.step();
+            });
+        }
+        drop((left_in, right_in));
+        while worker.step_or_park(None) {}
+        for (_, mut operators) in registry.take_complete() {
+            p.lock().unwrap().extend(operators.remove("Op"));
+        }
+    })
+    .expect("timely");
+    let results = consolidate(results.lock().unwrap().drain(..));
+    let mut late = late.lock().unwrap().clone();
+    late.sort();
+    let parts = parts.lock().unwrap().clone();
+    (results, late, parts)
+}
+
+fn check_op(left: Vec<Update>, right: Vec<Update>, op: Op, at: u64, (before, after): (usize, usize)) -> Result<(), TestCaseError> {
+    let (results, late, parts) = run_op(left.clone(), right.clone(), op, before, Some(at), None);
+    prop_assert_eq!(parts.len(), before, "every worker saved its part");
+    let later = |updates: &[Update]| updates.iter().copied().filter(|u| u.3 > at).collect::<Vec<_>>();
+    let restore = Restored { time: at, parts: BTreeMap::from([("Op".to_owned(), parts)]) };
+    let (resumed, resumed_late, _) = run_op(later(&left), later(&right), op, after, None, Some(restore));
+    let expected: BTreeMap<(String, u64), isize> = results.into_iter().filter(|((_, t), _)| *t > at).collect();
+    prop_assert_eq!(&resumed, &expected, "{:?}: results after {} ({} -> {} workers)", op, at, before, after);
+    let expected_late: Vec<(bool, Update)> = late.into_iter().filter(|(_, u)| u.3 > at).collect();
+    prop_assert_eq!(&resumed_late, &expected_late);
+    Ok(())
+}
+
+fn arb_side() -> impl Strategy<Value = Vec<(usize, u8, u8, u64, bool)>> {
+    prop::collection::vec((0usize..2, 0u8..3, 0u8..4, 0u64..200, prop::bool::weighted(0.1)), 0..40)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn sessions_restored_from_a_checkpoint_continue_exactly_as_the_uninterrupted_run(
+        arrivals in arb_arrivals(), ooo in 0u64..40, gap in 1u64..40, lateness in 0u64..30,
+        at in 0u64..340, before in 1usize..=2, after in 1usize..=3,
+    ) {
+        let updates = arrivals_to_updates(&arrivals, ooo);
+        check_op(updates, Vec::new(), Op::Sessions { gap, lateness }, at, (before, after))?;
+    }
+
+    #[test]
+    fn window_and_interval_joins_restored_from_a_checkpoint_continue_exactly(
+        left in arb_side(), right in arb_side(), ooo in 0u64..30, lateness in 0u64..30, windows in arb_windows(),
+        lower in 0u64..30, upper in 0u64..30, at in 0u64..240, before in 1usize..=2, after in 1usize..=3,
+    ) {
+        let (left, right) = (arrivals_to_updates(&left, ooo), arrivals_to_updates(&right, ooo));
+        check_op(left.clone(), right.clone(), Op::WindowJoin(windows, lateness), at, (before, after))?;
+        check_op(left, right, Op::IntervalJoin { lower, upper, lateness }, at, (before, after))?;
     }
 }
