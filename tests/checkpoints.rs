@@ -5,6 +5,10 @@
 //! restart falls back (to the previous checkpoint, or a replay), and the output stays exact. `enrich_join` (an
 //! upsert table, a temporal join and windowed sums) the same way: the customers, read long before the
 //! checkpoint, come back from it, not from the topic.
+//!
+//! Across hosts: three network namespaces (3 processes x 2 workers, one host file, a supervisor per host as
+//! systemd would be) and the broker in a fourth; a host's link is cut, later a process is killed: every process
+//! stops naming the peer it lost, the supervisors bring the cluster back, and the output stays exact.
 
 mod common;
 
@@ -368,4 +372,215 @@ fn ten_random_kills_under_launch_restart_on_failure_lose_and_duplicate_nothing()
     let stderr = Job::start(&scratch.0, "enrich_join", (1, 2), &join_args(&bootstrap, &dir, true), &[]).succeed("the bounded run", LONG);
     assert!(stderr.contains("restoring the checkpoint"), "the bounded run restored no checkpoint:\n{stderr}");
     assert_eq!(join_outputs(&bootstrap), join_reference(next), "after ten kills and a bounded run");
+}
+
+/// One exit of a supervised process: its host, when, how, and its stderr.
+struct Exit {
+    host: usize,
+    at: Instant,
+    status: std::process::ExitStatus,
+    stderr: String,
+}
+
+/// Per host a supervisor as systemd's `Restart=on-failure` is (one unit per host, nothing shared between
+/// them): it starts the host's process, and starts it again 200 ms after it fails, until told to stop.
+struct Supervisors {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    running: std::sync::Arc<std::sync::Mutex<Vec<Option<i32>>>>,
+    exits: std::sync::mpsc::Receiver<Exit>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Supervisors {
+    fn start(hosts: usize, command: impl Fn(usize) -> std::process::Command + Send + Sync + 'static) -> Supervisors {
+        use std::io::Read;
+        use std::os::unix::process::CommandExt;
+        use std::sync::atomic::Ordering;
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let running = Arc::new(Mutex::new(vec![None; hosts]));
+        let (tx, exits) = std::sync::mpsc::channel();
+        let command = Arc::new(command);
+        let threads = (0..hosts)
+            .map(|host| {
+                let (stop, running, tx, command) = (Arc::clone(&stop), Arc::clone(&running), tx.clone(), Arc::clone(&command));
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let mut child = command(host)
+                            .process_group(0)
+                            .stdin(std::process::Stdio::null())
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::piped())
+                            .spawn()
+                            .expect("start a host's process");
+                        running.lock().unwrap()[host] = Some(child.id() as i32);
+                        let mut stderr = String::new();
+                        let _ = child.stderr.take().expect("stderr piped").read_to_string(&mut stderr);
+                        let status = child.wait().expect("wait for a host's process");
+                        running.lock().unwrap()[host] = None;
+                        let _ = tx.send(Exit { host, at: Instant::now(), status, stderr });
+                        if status.success() {
+                            break;
+                        }
+                        // systemd's RestartSec: the supervisor's policy, not a synchronisation.
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                })
+            })
+            .collect();
+        Supervisors { stop, running, exits, threads }
+    }
+
+    /// The process running on `host` now, waiting up to `LONG` for one.
+    fn pid(&self, host: usize) -> i32 {
+        let deadline = Instant::now() + LONG;
+        loop {
+            if let Some(pid) = self.running.lock().unwrap()[host] {
+                return pid;
+            }
+            assert!(Instant::now() < deadline, "host {host} ran no process within {LONG:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until every host's process has exited once since `since`, producing more input meanwhile; returns
+    /// the first exit of each host after `since`.
+    fn wait_all_exit(&self, since: Instant, within: Duration, mut more: impl FnMut()) -> Vec<Exit> {
+        let mut first: Vec<Option<Exit>> = (0..self.threads.len()).map(|_| None).collect();
+        let deadline = Instant::now() + within;
+        while first.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.exits.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(exit) if exit.at >= since && first[exit.host].is_none() => {
+                    let host = exit.host;
+                    first[host] = Some(exit);
+                }
+                Ok(_) => {}
+                Err(_) if left.is_zero() => {
+                    let missing: Vec<usize> = (0..first.len()).filter(|h| first[*h].is_none()).collect();
+                    panic!("the processes of hosts {missing:?} did not stop within {within:?}");
+                }
+                Err(_) => more(),
+            }
+        }
+        first.into_iter().flatten().collect()
+    }
+
+    /// Stops supervising and the processes (SIGTERM); returns the stderr of every exit seen.
+    fn stop(self) -> String {
+        use nix::sys::signal::kill;
+        use nix::unistd::Pid;
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut stderr = String::new();
+        let deadline = Instant::now() + LONG;
+        let mut signalled = std::collections::BTreeSet::new();
+        for thread in self.threads {
+            while !thread.is_finished() {
+                // Once each: a second SIGTERM stops a process without its graceful shutdown.
+                for &pid in self.running.lock().unwrap().iter().flatten() {
+                    if signalled.insert(pid) {
+                        let _ = kill(Pid::from_raw(-pid), Signal::SIGTERM);
+                    }
+                }
+                if Instant::now() > deadline {
+                    for pid in self.running.lock().unwrap().iter().flatten() {
+                        let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = thread.join();
+        }
+        for exit in self.exits.try_iter() {
+            stderr.push_str(&exit.stderr);
+        }
+        stderr
+    }
+}
+
+#[test]
+fn three_hosts_survive_a_cut_link_and_a_killed_process_under_their_supervisors_exactly() {
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+    const TEST: &str = "checkpoints::three_hosts_survive_a_cut_link_and_a_killed_process_under_their_supervisors_exactly";
+    let network = match common::netns::Network::create(4) {
+        Ok(network) => network,
+        Err(why) => return common::skip(TEST, &format!("cannot create network namespaces here ({why})")),
+    };
+    let scratch = Scratch::new("checkpoints-hosts");
+    // The broker is the fourth host.
+    let broker_address = std::net::SocketAddr::from((network.address(3), tributary_testkit::free_port().unwrap()));
+    let broker = tributary_testkit::Broker::start_in_netns(
+        tributary_testkit::Storage::Sqlite("broker.db".into()),
+        &scratch.0.join("broker"),
+        network.netns(3),
+        broker_address,
+    )
+    .unwrap_or_else(|e| panic!("cannot start the test broker in its namespace: {e:#}"));
+    broker.create_topic("ej-orders", 2, &[]).unwrap();
+    broker.create_topic("ej-customers", 1, &[]).unwrap();
+    let bootstrap = broker.bootstrap();
+    let dir = scratch.0.join("checkpoints");
+    produce(&bootstrap, "ej-customers", &(0..8).map(|c| customer(c, 1000, &format!("customer-{c}"))).collect::<Vec<_>>());
+    let mut next = 20_000;
+    produce(&bootstrap, "ej-orders", &(0..next).map(order).collect::<Vec<_>>());
+    let port = tributary_testkit::free_port().unwrap();
+    let addresses: Vec<std::net::SocketAddr> = (0..3).map(|h| std::net::SocketAddr::from((network.address(h), port))).collect();
+    let hostfile = common::write_hostfile(&scratch.0, &addresses);
+    let peer_timeout = Duration::from_secs(3);
+    let mut args = join_args(&bootstrap, &dir, false);
+    args.extend(["--workers", "2", "--processes", "3", "--hostfile"].map(String::from));
+    args.push(hostfile.display().to_string());
+    args.extend(["--peer-timeout".to_owned(), humantime::format_duration(peer_timeout).to_string()]);
+    let network = std::sync::Arc::new(network);
+    let net = std::sync::Arc::clone(&network);
+    let supervisors = Supervisors::start(3, move |host| {
+        let mut command = net.command(host, &common::example("enrich_join"));
+        command.args(&args).args(["--process", &host.to_string()]);
+        command
+    });
+    let live = |next: &mut u64| live_orders(&bootstrap, next, 50);
+    let wait_for_checkpoint = |what: &str, next: &mut u64| {
+        let before = committed_checkpoints(&bootstrap, "ej.commits");
+        let deadline = Instant::now() + LONG;
+        while committed_checkpoints(&bootstrap, "ej.commits") <= before {
+            assert!(Instant::now() < deadline, "{what}: no checkpoint committed within {LONG:?}");
+            live(next);
+        }
+    };
+    wait_for_checkpoint("the first cluster", &mut next);
+
+    // Host 2's link fails: no reset reaches anyone, only the heartbeats stop. Every process stops with a
+    // message naming the peer it lost, within the peer timeout and a margin.
+    let cut = Instant::now();
+    network.set_link(2, false);
+    let exits = supervisors.wait_all_exit(cut, peer_timeout + Duration::from_secs(30), || {});
+    for exit in &exits {
+        assert!(!exit.status.success(), "host {} exited {} after the cut", exit.host, exit.status);
+        assert!(
+            exit.stderr.contains("sent no heartbeat") || exit.stderr.contains("lost its connection"),
+            "host {} stopped without naming the lost peer:\n{}",
+            exit.host,
+            exit.stderr
+        );
+        eprintln!("host {} stopped {:?} after the cut", exit.host, exit.at - cut);
+    }
+    network.set_link(2, true);
+    wait_for_checkpoint("the cluster after the cut", &mut next);
+
+    // Host 1's process is killed: the others see the connection close and stop at once.
+    let killed = Instant::now();
+    kill(Pid::from_raw(supervisors.pid(1)), Signal::SIGKILL).expect("kill host 1's process");
+    let exits = supervisors.wait_all_exit(killed, peer_timeout + Duration::from_secs(30), || {});
+    for exit in exits.iter().filter(|e| e.host != 1) {
+        assert!(exit.stderr.contains("process 1"), "host {} stopped without naming process 1:\n{}", exit.host, exit.stderr);
+        eprintln!("host {} stopped {:?} after the kill", exit.host, exit.at - killed);
+    }
+    wait_for_checkpoint("the cluster after the kill", &mut next);
+
+    let stderr = supervisors.stop();
+    assert!(stderr.contains("restoring the checkpoint"), "no restarted cluster restored a checkpoint:\n{stderr}");
+    let stderr = Job::start(&scratch.0, "enrich_join", (1, 2), &join_args(&bootstrap, &dir, true), &[]).succeed("the bounded run", LONG);
+    assert!(stderr.contains("restoring the checkpoint"), "the bounded run restored no checkpoint:\n{stderr}");
+    assert_eq!(join_outputs(&bootstrap), join_reference(next), "after a cut link, a kill and a bounded run");
 }

@@ -76,7 +76,7 @@ pub enum Storage {
     Sqlite(PathBuf),
 }
 
-/// A tansu broker on a free port of 127.0.0.1, stopped when dropped.
+/// A tansu broker (on a free port of 127.0.0.1 unless started in a network namespace), stopped when dropped.
 pub struct Broker {
     child: Option<Child>,
     address: SocketAddr,
@@ -103,7 +103,24 @@ impl Broker {
     }
 
     fn start_advertising(storage: Storage, dir: &Path, advertised: Option<SocketAddr>) -> anyhow::Result<Broker> {
-        let port = free_port()?;
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        Broker::start_on(storage, dir, address, advertised, None)
+    }
+
+    /// Starts a broker in the network namespace `netns` (`ip netns exec`), listening on `address` there, for
+    /// tests that build their own network of hosts. [`Broker::bootstrap`] is `address`; the caller makes it
+    /// reachable.
+    pub fn start_in_netns(storage: Storage, dir: &Path, netns: &str, address: SocketAddr) -> anyhow::Result<Broker> {
+        Broker::start_on(storage, dir, address, None, Some(netns))
+    }
+
+    fn start_on(
+        storage: Storage,
+        dir: &Path,
+        address: SocketAddr,
+        advertised: Option<SocketAddr>,
+        netns: Option<&str>,
+    ) -> anyhow::Result<Broker> {
         let tansu = tansu_path();
         if !tansu.exists() {
             bail!("the test broker is not installed at {}; run `cargo xtask setup` (or `cargo xtask test`) first", tansu.display());
@@ -111,13 +128,21 @@ impl Broker {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let log = dir.join("tansu.log");
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).context("cannot open the broker log")?;
-        let url = format!("tcp://127.0.0.1:{port}");
+        let url = format!("tcp://{address}");
         let advertised = advertised.map_or_else(|| url.clone(), |a| format!("tcp://{a}"));
         let engine = match &storage {
             Storage::Memory => "memory://tansu/".to_owned(),
             Storage::Sqlite(file) => format!("sqlite://{}?maintenance_interval=5s", file.display()),
         };
-        let child = Command::new(&tansu)
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(&tansu);
+                command
+            }
+            None => Command::new(&tansu),
+        };
+        let child = command
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine", &engine])
             .current_dir(dir)
             .stdin(Stdio::null())
@@ -125,7 +150,6 @@ impl Broker {
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("cannot start {}", tansu.display()))?;
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let mut broker = Broker { child: Some(child), address, log };
         broker.wait_ready(Duration::from_secs(30))?;
         Ok(broker)
@@ -151,7 +175,7 @@ impl Broker {
         }
     }
 
-    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    /// `HOST:PORT` (`127.0.0.1:PORT` unless started in a network namespace), for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
         self.address.to_string()
     }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod netns;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -43,6 +44,18 @@ pub fn write_hostfile(dir: &Path, addresses: &[SocketAddr]) -> PathBuf {
     let path = dir.join("hosts.txt");
     tributary::runtime::HostFile::write(&path, addresses).expect("write host file");
     path
+}
+
+/// Records that `test` cannot run on this machine, and why: printed, and listed by `cargo xtask test` as
+/// skipped (set `TRIBUTARY_SKIPPED` to a file to collect them), not counted as passed.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    eprintln!("SKIPPED {test}: {why}");
+    if let Ok(path) = std::env::var("TRIBUTARY_SKIPPED")
+        && let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path)
+    {
+        let _ = writeln!(file, "{test}: {why}");
+    }
 }
 
 /// A fresh scratch directory under the target dir, removed on drop.
