@@ -79,6 +79,9 @@ pub fn produce(bootstrap: &str, topic: &str, records: &[(i32, i64, Vec<u8>)]) {
     producer.flush(Duration::from_secs(60)).expect("flush");
 }
 
+/// How long a metadata or offsets request may take: a sqlite broker busy with a large job answers slowly.
+const BROKER_ANSWER: Duration = Duration::from_secs(60);
+
 /// A consumer for reading topics to their end (no group, fetches answered at once).
 fn reader(bootstrap: &str) -> BaseConsumer {
     ClientConfig::new()
@@ -95,16 +98,14 @@ pub fn partitions(bootstrap: &str, topic: &str) -> i32 {
 }
 
 fn partitions_with(consumer: &BaseConsumer, topic: &str) -> i32 {
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let metadata = consumer.fetch_metadata(Some(topic), BROKER_ANSWER).expect("metadata");
     metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len() as i32)
 }
 
 /// The number of records in `topic` (sum of partition ends).
 pub fn size(bootstrap: &str, topic: &str) -> i64 {
     let consumer = reader(bootstrap);
-    (0..partitions_with(&consumer, topic))
-        .map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1)
-        .sum()
+    (0..partitions_with(&consumer, topic)).map(|p| consumer.fetch_watermarks(topic, p, BROKER_ANSWER).expect("watermarks").1).sum()
 }
 
 /// Waits until `topic` holds at least `at_least` records.
@@ -128,7 +129,7 @@ pub fn read(bootstrap: &str, topic: &str) -> Vec<Vec<Record>> {
     let mut assignment = TopicPartitionList::new();
     let mut ends = Vec::new();
     for partition in 0..count {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks");
+        let (low, high) = consumer.fetch_watermarks(topic, partition, BROKER_ANSWER).expect("watermarks");
         if high > low {
             assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
         }
@@ -138,7 +139,7 @@ pub fn read(bootstrap: &str, topic: &str) -> Vec<Vec<Record>> {
         return out;
     }
     consumer.assign(&assignment).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(300);
     let mut next: Vec<i64> = vec![0; count as usize];
     let done = |next: &[i64]| next.iter().zip(&ends).all(|(n, e)| n >= e);
     while !done(&next) {
@@ -196,12 +197,14 @@ impl Drop for Job {
 }
 
 impl Job {
-    /// Starts `name` with `args` as `processes` x `workers`; `env` is set for every process.
+    /// Starts `name` (an example, or an absolute path to a program) with `args` as `processes` x `workers`;
+    /// `env` is set for every process.
     pub fn start(dir: &Path, name: &str, (processes, workers): (usize, usize), args: &[String], env: &[(&str, &str)]) -> Job {
+        let program = if Path::new(name).is_absolute() { Path::new(name).to_path_buf() } else { example(name) };
         let hostfile = write_hostfile(dir, &free_addresses(processes));
         let running = (0..processes)
             .map(|process| {
-                let mut command = Command::new(example(name));
+                let mut command = Command::new(&program);
                 command.args(args).args(["--workers", &workers.to_string()]);
                 if processes > 1 {
                     command

@@ -26,6 +26,20 @@ pub fn example(name: &str) -> PathBuf {
     path
 }
 
+/// An example binary built with `--release`, for the tests that run a million records through a cluster
+/// (`cargo xtask test` builds it; by hand: `cargo build --release --example NAME`).
+pub fn release_example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let target = exe.parent().and_then(Path::parent).and_then(Path::parent).expect("target dir");
+    let path = target.join("release").join("examples").join(name);
+    assert!(
+        path.exists(),
+        "release example binary {} is missing: run `cargo build --release --example {name}` first (`cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
 /// `n` distinct free loopback addresses (released before use; a collision makes the test fail loudly).
 pub fn free_addresses(n: usize) -> Vec<SocketAddr> {
     let mut addresses: Vec<SocketAddr> = Vec::new();

@@ -135,6 +135,8 @@ fn test(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     // The integration tests spawn the example binaries; `cargo test --all-targets` builds examples only as test
     // harnesses, so build the real binaries first.
     run(root, &cargo, &["build", "--workspace", "--examples", "--bins"], &[])?;
+    // The kill test runs a million records through a 3x2 cluster: with the release binary.
+    run(root, &cargo, &["build", "--release", "--example", "enrich_join"], &[])?;
     let mut totals = Totals::default();
     // Tests that cannot run on this machine (e.g. without network namespaces) list themselves here.
     let skipped_file = root.join("target").join("xtask-skipped.txt");
