@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 pub mod proxy;
+pub mod tls;
 pub use proxy::Proxy;
 
 /// The tansu version every test and the demo run against.
@@ -104,14 +105,42 @@ impl Broker {
 
     fn start_advertising(storage: Storage, dir: &Path, advertised: Option<SocketAddr>) -> anyhow::Result<Broker> {
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-        Broker::start_on(storage, dir, address, advertised, None)
+        Broker::start_on(storage, dir, address, advertised, None, &[])
+    }
+
+    /// Starts a broker that requires SASL (SCRAM) authentication (`--authentication`; create the users first,
+    /// with [`Broker::create_scram_user`] on a broker without it over the same sqlite storage: tansu refuses
+    /// everything but the login to an unauthenticated client), behind a [`tls::TlsProxy`] serving `pki`'s
+    /// certificate. Clients connect to the proxy's address (the broker advertises it) with `SASL_SSL`.
+    pub fn start_secured(storage: Storage, dir: &Path, pki: &tls::Pki) -> anyhow::Result<(Broker, tls::TlsProxy)> {
+        let listener = tls::TlsProxy::bind()?;
+        let advertised = listener.local_addr().context("proxy address")?;
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let broker = Broker::start_on(storage, dir, address, Some(advertised), None, &["--authentication"])?;
+        let proxy = tls::TlsProxy::start(listener, broker.address, pki)?;
+        Ok((broker, proxy))
+    }
+
+    /// Creates a user with `password` for SCRAM-SHA-256 and SCRAM-SHA-512 (`tansu user create`, which speaks
+    /// plaintext without SASL: call it on a broker started without authentication).
+    pub fn create_scram_user(&self, name: &str, password: &str) -> anyhow::Result<()> {
+        for mechanism in ["scram256", "scram512"] {
+            let output = Command::new(tansu_path())
+                .args(["user", "create", "--broker", &format!("tcp://{}", self.address), "--mechanism", mechanism, name, password])
+                .output()
+                .context("cannot run `tansu user create`")?;
+            if !output.status.success() {
+                bail!("creating user {name} ({mechanism}) failed: {}", String::from_utf8_lossy(&output.stderr));
+            }
+        }
+        Ok(())
     }
 
     /// Starts a broker in the network namespace `netns` (`ip netns exec`), listening on `address` there, for
     /// tests that build their own network of hosts. [`Broker::bootstrap`] is `address`; the caller makes it
     /// reachable.
     pub fn start_in_netns(storage: Storage, dir: &Path, netns: &str, address: SocketAddr) -> anyhow::Result<Broker> {
-        Broker::start_on(storage, dir, address, None, Some(netns))
+        Broker::start_on(storage, dir, address, None, Some(netns), &[])
     }
 
     fn start_on(
@@ -120,6 +149,7 @@ impl Broker {
         address: SocketAddr,
         advertised: Option<SocketAddr>,
         netns: Option<&str>,
+        extra: &[&str],
     ) -> anyhow::Result<Broker> {
         let tansu = tansu_path();
         if !tansu.exists() {
@@ -144,6 +174,7 @@ impl Broker {
         };
         let child = command
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine", &engine])
+            .args(extra)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().context("log handle")?)

@@ -4,9 +4,13 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use std::sync::Mutex;
+
+use rdkafka::ClientContext;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::config::KafkaConfig;
 
@@ -27,6 +31,14 @@ pub enum AdminError {
         /// The client's message.
         reason: String,
     },
+    /// The brokers refused the client's TLS handshake or SASL login: retrying will not help.
+    #[error("cannot connect to the Kafka brokers at {brokers}: {reason}")]
+    Security {
+        /// The brokers.
+        brokers: String,
+        /// What failed, librdkafka's message, and what to check.
+        reason: String,
+    },
     /// The topic exists with another partition count.
     #[error("topic `{topic}` has {actual} partition(s) but {expected} are configured for it; configure {actual}, or use another topic")]
     PartitionMismatch {
@@ -43,8 +55,60 @@ fn request(config: &KafkaConfig, what: impl Into<String>, reason: impl ToString)
     AdminError::Request { brokers: config.brokers().to_owned(), what: what.into(), reason: reason.to_string() }
 }
 
+/// Routes librdkafka's logs into `tracing`, and keeps the latest TLS or SASL failure, so a request that cannot
+/// be answered says why instead of timing out.
+#[derive(Default)]
+pub(crate) struct AdminContext {
+    security: Mutex<Option<String>>,
+}
+
+impl AdminContext {
+    /// The latest TLS or SASL failure, with what to check.
+    pub(crate) fn security_failure(&self) -> Option<String> {
+        self.security.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl ClientContext for AdminContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        super::config::log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(check) = security_check(&error) {
+            *self.security.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{reason} ({check})"));
+        }
+        tracing::warn!(target: "librdkafka", "{error}: {reason}");
+    }
+}
+
+impl ConsumerContext for AdminContext {}
+
+/// What to check when librdkafka reports `error`, if it is a TLS or SASL failure.
+pub(crate) fn security_check(error: &KafkaError) -> Option<&'static str> {
+    match error.rdkafka_error_code()? {
+        RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
+            Some("the brokers refused the login: check --kafka-sasl, --kafka-user and the password file")
+        }
+        RDKafkaErrorCode::SSL => Some(
+            "the TLS handshake failed: check that --kafka-ca holds the CA that signed the brokers' certificates, and that they name the hosts in --brokers",
+        ),
+        _ => None,
+    }
+}
+
+/// A metadata and offsets client.
+pub(crate) type Reader = BaseConsumer<AdminContext>;
+
+/// The latest TLS or SASL failure `consumer` met. librdkafka hands errors to the context only when the
+/// client is polled, so this polls it once (a client without an assignment receives no records).
+pub(crate) fn security_failure(consumer: &Reader) -> Option<String> {
+    let _ = consumer.poll(Duration::from_millis(100));
+    consumer.context().security_failure()
+}
+
 /// A consumer for metadata and reads by assignment (no group, nothing committed).
-pub(crate) fn reader(config: &KafkaConfig) -> Result<BaseConsumer, AdminError> {
+pub(crate) fn reader(config: &KafkaConfig) -> Result<Reader, AdminError> {
     config
         .client_config(&[
             ("group.id", "tributary-sink"),
@@ -53,13 +117,28 @@ pub(crate) fn reader(config: &KafkaConfig) -> Result<BaseConsumer, AdminError> {
             // Reads here go to a known end: do not let the broker hold a fetch waiting for more.
             ("fetch.wait.max.ms", "10"),
         ])
-        .create()
+        .create_with_context(AdminContext::default())
         .map_err(|e| request(config, "creating a client", e))
 }
 
-/// The partition count of `topic`, or `None` if it does not exist.
-pub(crate) fn partition_count(config: &KafkaConfig, consumer: &BaseConsumer, topic: &str) -> Result<Option<i32>, AdminError> {
-    let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT).map_err(|e| request(config, format!("metadata of {topic}"), e))?;
+/// The partition count of `topic`, or `None` if it does not exist. Asks in short attempts, so a TLS or SASL
+/// failure ends the wait at once, with its reason.
+pub(crate) fn partition_count(config: &KafkaConfig, consumer: &Reader, topic: &str) -> Result<Option<i32>, AdminError> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let metadata = loop {
+        let attempt = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+        match consumer.fetch_metadata(Some(topic), attempt) {
+            Ok(metadata) => break metadata,
+            Err(e) => {
+                if let Some(reason) = security_failure(consumer) {
+                    return Err(AdminError::Security { brokers: config.brokers().to_owned(), reason });
+                }
+                if Instant::now() >= deadline {
+                    return Err(request(config, format!("metadata of {topic}"), e));
+                }
+            }
+        }
+    };
     Ok(metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map(|t| t.partitions().len() as i32).filter(|n| *n > 0))
 }
 
@@ -118,7 +197,7 @@ pub(crate) fn max_message_bytes(config: &KafkaConfig, topic: &str) -> Option<usi
 }
 
 /// The end (high watermark) of each partition of `topic`.
-pub(crate) fn partition_ends(config: &KafkaConfig, consumer: &BaseConsumer, topic: &str, partitions: i32) -> Result<Vec<i64>, AdminError> {
+pub(crate) fn partition_ends(config: &KafkaConfig, consumer: &Reader, topic: &str, partitions: i32) -> Result<Vec<i64>, AdminError> {
     (0..partitions)
         .map(|p| {
             consumer

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -193,7 +193,7 @@ impl CommitLog {
 
 /// Reads the last readable commit from the tail of `topic`.
 fn read_latest(config: &KafkaConfig, topic: &str) -> Result<Option<(i64, Commit)>, CommitLogError> {
-    let consumer: BaseConsumer = admin::reader(config)?;
+    let consumer = admin::reader(config)?;
     let request =
         |what: String, e: &dyn std::fmt::Display| AdminError::Request { brokers: config.brokers().to_owned(), what, reason: e.to_string() };
     let (low, high) = consumer.fetch_watermarks(topic, 0, REQUEST_TIMEOUT).map_err(|e| request(format!("end of {topic}"), &e))?;

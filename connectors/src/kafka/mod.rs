@@ -16,7 +16,7 @@ mod source;
 pub use admin::{AdminError, create_topic};
 pub(crate) use commit_log::CommitWriter;
 pub use commit_log::{CommitLog, CommitLogError};
-pub use config::{ConfigError, KafkaArgs, KafkaConfig};
+pub use config::{ConfigError, KafkaArgs, KafkaConfig, Sasl, SaslMechanism, Secret, Tls};
 pub use partitioner::partition_for;
 pub use record::{Decoder, EventTime, KafkaRecord, Message};
 pub use sink::{Delivery, KafkaSink, KafkaSinkBuilder, SinkDeadLetters, SinkError, SinkFormat, SinkKafka, Written, encode};

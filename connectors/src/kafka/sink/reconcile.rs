@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Timestamp};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -90,7 +90,7 @@ impl Suffix {
     /// Reads records `[from, to)` of `topic/partition`. `base` is the commit's time for the partition: suffix
     /// records without a usable time are resolved right after it.
     pub(super) fn read(
-        consumer: &BaseConsumer,
+        consumer: &crate::kafka::admin::Reader,
         topic: &str,
         partition: i32,
         (from, to): (i64, i64),

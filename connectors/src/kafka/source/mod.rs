@@ -74,6 +74,14 @@ pub enum SourceError {
         /// rdkafka's error.
         source: KafkaError,
     },
+    /// The brokers refused the client's TLS handshake or SASL login: retrying will not help.
+    #[error("cannot connect to the Kafka brokers at {brokers}: {reason}")]
+    Security {
+        /// The brokers.
+        brokers: String,
+        /// What failed, librdkafka's message, and what to check.
+        reason: String,
+    },
     /// A topic does not exist.
     #[error("topic `{topic}` does not exist on {brokers}; create it first (topics are not auto-created)")]
     UnknownTopic {
@@ -191,9 +199,23 @@ impl<T: Clone + 'static> KafkaSource<T> {
         let consumer = metadata_client(&config)?;
         let mut partitions = BTreeMap::new();
         for topic in topics {
-            let count = partition_count(&consumer, topic, timeout)
-                .map_err(|source| SourceError::Client { brokers: config.brokers().to_owned(), source })?
-                .ok_or_else(|| SourceError::UnknownTopic { topic: (*topic).to_owned(), brokers: config.brokers().to_owned() })?;
+            // Short attempts, so a TLS or SASL failure ends the wait at once, with its reason.
+            let deadline = std::time::Instant::now() + timeout;
+            let count = loop {
+                let attempt = deadline.saturating_duration_since(std::time::Instant::now()).min(Duration::from_secs(1));
+                match partition_count(&consumer, topic, attempt) {
+                    Ok(count) => break count,
+                    Err(source) => {
+                        if let Some(reason) = crate::kafka::admin::security_failure(&consumer) {
+                            return Err(SourceError::Security { brokers: config.brokers().to_owned(), reason });
+                        }
+                        if std::time::Instant::now() >= deadline {
+                            return Err(SourceError::Client { brokers: config.brokers().to_owned(), source });
+                        }
+                    }
+                }
+            }
+            .ok_or_else(|| SourceError::UnknownTopic { topic: (*topic).to_owned(), brokers: config.brokers().to_owned() })?;
             partitions.insert((*topic).to_owned(), count);
         }
         Ok(KafkaSource {

@@ -75,10 +75,11 @@ const CONSUMER_SETTINGS: &[(&str, &str)] = &[
     ("enable.partition.eof", "false"),
 ];
 
-pub(super) fn metadata_client(config: &KafkaConfig) -> Result<BaseConsumer, SourceError> {
+/// A client for the source's metadata requests; it keeps the latest TLS or SASL failure, to name it.
+pub(super) fn metadata_client(config: &KafkaConfig) -> Result<crate::kafka::admin::Reader, SourceError> {
     config
         .client_config(CONSUMER_SETTINGS)
-        .create::<BaseConsumer>()
+        .create_with_context(crate::kafka::admin::AdminContext::default())
         .map_err(|source| SourceError::Client { brokers: config.brokers().to_owned(), source })
 }
 

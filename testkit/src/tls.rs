@@ -1,0 +1,188 @@
+//! Throw-away TLS for tests: a certificate authority, a certificate for `127.0.0.1` it signs, and a proxy that
+//! terminates TLS in front of a plaintext broker. tansu 0.6.0 takes `--cert` and `--key` but never serves TLS
+//! (the two flags exclude each other, and the acceptor it builds is unused), so a test of a client's TLS puts
+//! this proxy in front of it and has the broker advertise the proxy.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::ec::{EcGroup, EcKey};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslStream};
+use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName};
+use openssl::x509::{X509, X509Name, X509NameBuilder};
+
+/// A certificate authority and a server certificate for `127.0.0.1` and `localhost` it signed, as PEM files.
+#[derive(Clone, Debug)]
+pub struct Pki {
+    /// The CA's certificate: what a client trusts.
+    pub ca: PathBuf,
+    /// The server's certificate.
+    pub cert: PathBuf,
+    /// The server's private key (PKCS#8).
+    pub key: PathBuf,
+}
+
+fn key() -> anyhow::Result<PKey<Private>> {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+    Ok(PKey::from_ec_key(EcKey::generate(&group)?)?)
+}
+
+fn name(common_name: &str) -> anyhow::Result<X509Name> {
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_nid(Nid::COMMONNAME, common_name)?;
+    Ok(name.build())
+}
+
+fn serial() -> anyhow::Result<openssl::asn1::Asn1Integer> {
+    let mut serial = BigNum::new()?;
+    serial.rand(64, MsbOption::MAYBE_ZERO, false)?;
+    Ok(serial.to_asn1_integer()?)
+}
+
+impl Pki {
+    /// Writes `<prefix>ca.pem`, `<prefix>server.pem` and `<prefix>server.key` into `dir`: a new CA named
+    /// `ca_name` (valid for two days) and a server certificate it signs.
+    pub fn create(dir: &Path, prefix: &str, ca_name: &str) -> anyhow::Result<Pki> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let (not_before, not_after) = (Asn1Time::days_from_now(0)?, Asn1Time::days_from_now(2)?);
+        let ca_key = key()?;
+        let mut ca = X509::builder()?;
+        ca.set_version(2)?;
+        let (ca_serial, ca_subject) = (serial()?, name(ca_name)?);
+        ca.set_serial_number(&ca_serial)?;
+        ca.set_subject_name(&ca_subject)?;
+        ca.set_issuer_name(&ca_subject)?;
+        ca.set_pubkey(&ca_key)?;
+        ca.set_not_before(&not_before)?;
+        ca.set_not_after(&not_after)?;
+        ca.append_extension(BasicConstraints::new().critical().ca().build()?)?;
+        ca.append_extension(KeyUsage::new().critical().key_cert_sign().crl_sign().build()?)?;
+        ca.sign(&ca_key, MessageDigest::sha256())?;
+        let ca = ca.build();
+
+        let server_key = key()?;
+        let mut server = X509::builder()?;
+        server.set_version(2)?;
+        let (server_serial, server_subject) = (serial()?, name("127.0.0.1")?);
+        server.set_serial_number(&server_serial)?;
+        server.set_subject_name(&server_subject)?;
+        server.set_issuer_name(ca.subject_name())?;
+        server.set_pubkey(&server_key)?;
+        server.set_not_before(&not_before)?;
+        server.set_not_after(&not_after)?;
+        let san = SubjectAlternativeName::new().ip("127.0.0.1").dns("localhost").build(&server.x509v3_context(Some(&ca), None))?;
+        server.append_extension(san)?;
+        server.append_extension(ExtendedKeyUsage::new().server_auth().build()?)?;
+        server.sign(&ca_key, MessageDigest::sha256())?;
+        let server = server.build();
+
+        let pki = Pki {
+            ca: dir.join(format!("{prefix}ca.pem")),
+            cert: dir.join(format!("{prefix}server.pem")),
+            key: dir.join(format!("{prefix}server.key")),
+        };
+        std::fs::write(&pki.ca, ca.to_pem()?).context("writing the CA certificate")?;
+        std::fs::write(&pki.cert, server.to_pem()?).context("writing the server certificate")?;
+        std::fs::write(&pki.key, server_key.private_key_to_pem_pkcs8()?).context("writing the server key")?;
+        Ok(pki)
+    }
+}
+
+/// Terminates TLS on a loopback port and forwards the plaintext to a target, one thread per connection.
+/// Stops accepting when dropped.
+pub struct TlsProxy {
+    address: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl TlsProxy {
+    /// Binds a free loopback port for a proxy (so its address can be advertised before it starts).
+    pub fn bind() -> anyhow::Result<TcpListener> {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind a loopback port for the TLS proxy")
+    }
+
+    /// Serves TLS with `pki`'s server certificate on `listener`, forwarding to `target`.
+    pub fn start(listener: TcpListener, target: SocketAddr, pki: &Pki) -> anyhow::Result<TlsProxy> {
+        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
+        acceptor.set_private_key_file(&pki.key, SslFiletype::PEM)?;
+        acceptor.set_certificate_chain_file(&pki.cert)?;
+        acceptor.check_private_key()?;
+        let acceptor = Arc::new(acceptor.build());
+        let address = listener.local_addr().context("proxy address")?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        std::thread::Builder::new().name("tls-proxy".into()).spawn(move || {
+            while !stopped.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let (acceptor, stopped) = (Arc::clone(&acceptor), Arc::clone(&stopped));
+                        std::thread::spawn(move || {
+                            let _ = client.set_nonblocking(false);
+                            // A client that does not trust the certificate fails the handshake: nothing to forward.
+                            let Ok(tls) = acceptor.accept(client) else { return };
+                            let Ok(broker) = TcpStream::connect(target) else { return };
+                            forward(tls, broker, &stopped);
+                        });
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                    Err(_) => return,
+                }
+            }
+        })?;
+        Ok(TlsProxy { address, stop })
+    }
+
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies both ways until either side closes; one thread, each side read with a short timeout in turn.
+fn forward(mut tls: SslStream<TcpStream>, mut broker: TcpStream, stop: &AtomicBool) {
+    let tick = Some(Duration::from_millis(2));
+    if tls.get_ref().set_read_timeout(tick).is_err() || broker.set_read_timeout(tick).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let idle = |e: &std::io::Error| matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
+    while !stop.load(Ordering::SeqCst) {
+        match tls.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if broker.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if idle(&e) => {}
+            Err(_) => return,
+        }
+        match broker.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if tls.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if idle(&e) => {}
+            Err(_) => return,
+        }
+    }
+}
