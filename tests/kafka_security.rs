@@ -1,8 +1,8 @@
 //! Kafka over TLS and SASL on the real broker: tansu requires a SCRAM login (`--authentication`), and a TLS
 //! proxy in front of it serves a certificate from a throw-away CA the test makes (tansu 0.6.0 cannot serve TLS
-//! itself; see docs/security.md). `kafka_word_count` runs end to end over `SASL_SSL` with SCRAM-SHA-256 (the
+//! itself; see docs/security.md) and requires a client certificate the CA signed. `kafka_word_count` runs end to end over `SASL_SSL` with SCRAM-SHA-256 (the
 //! password from a file) and SCRAM-SHA-512 (from the environment), and its output is exact; a wrong password
-//! and a CA that did not sign the broker's certificate fail at start, quickly, with a message that says what
+//! a CA that did not sign the broker's certificate and a missing client certificate fail at start, quickly, with a message that says what
 //! to check. No secret (the passwords, the cluster secret of the two-process run) appears in any line any run
 //! logs, at debug level.
 
@@ -26,6 +26,20 @@ fn storage() -> Storage {
 }
 
 fn args(bootstrap: &str, output: &str, ca: &Path, mechanism: &str) -> Vec<String> {
+    let mut args = args_without_client_cert(bootstrap, output, ca, mechanism);
+    // The client certificate the TLS proxy requires (mutual TLS).
+    args.extend(["--kafka-cert".to_owned(), ca.with_file_name(client_file(ca, "client.pem")).display().to_string()]);
+    args.extend(["--kafka-key".to_owned(), ca.with_file_name(client_file(ca, "client.key")).display().to_string()]);
+    args
+}
+
+/// The client certificate's file next to `ca` (`ca.pem` -> `client.pem`, `other-ca.pem` -> `other-client.pem`).
+fn client_file(ca: &Path, name: &str) -> String {
+    let prefix = ca.file_name().and_then(|f| f.to_str()).and_then(|f| f.strip_suffix("ca.pem")).unwrap_or_default();
+    format!("{prefix}{name}")
+}
+
+fn args_without_client_cert(bootstrap: &str, output: &str, ca: &Path, mechanism: &str) -> Vec<String> {
     let mut args: Vec<String> =
         ["--brokers", bootstrap, "--topic", "lines", "--output-topic", output, "--until-end"].map(String::from).to_vec();
     args.extend(["--kafka-ca".to_owned(), ca.display().to_string()]);
@@ -57,7 +71,7 @@ fn a_job_runs_over_tls_and_scram_and_a_wrong_password_or_ca_fails_clearly() {
     let pki = Pki::create(&scratch.0, "", "tributary test CA").unwrap();
     let stranger = Pki::create(&scratch.0, "other-", "some other CA").unwrap();
     let (mut broker, proxy) =
-        Broker::start_secured(storage(), &dir, &pki).unwrap_or_else(|e| panic!("cannot start the secured broker: {e:#}"));
+        Broker::start_secured(storage(), &dir, &pki, true).unwrap_or_else(|e| panic!("cannot start the secured broker: {e:#}"));
     let bootstrap = proxy.address().to_string();
     let password = scratch.0.join("password");
     std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
@@ -117,6 +131,19 @@ fn a_job_runs_over_tls_and_scram_and_a_wrong_password_or_ca_fails_clearly() {
     assert_no_secret("the untrusted CA", &stderr);
     let said = stderr.lines().find(|l| l.contains("cannot connect")).unwrap_or_default();
     eprintln!("an untrusted CA failed the job after {:?}: {said}", started.elapsed());
+
+    // Without the client certificate the proxy requires: the TLS handshake fails, saying what to check.
+    let mut anonymous = args_without_client_cert(&bootstrap, "counts", &pki.ca, "SCRAM-SHA-256");
+    anonymous.extend(["--kafka-password-file".to_owned(), password_file.clone()]);
+    let (statuses, stderr) = Job::start(&scratch.0, "kafka_word_count", (1, 1), &anonymous, &[debug]).wait(LONG);
+    assert!(!statuses[0].success(), "a client without the required certificate must fail:\n{stderr}");
+    assert!(
+        stderr.contains("cannot connect to the Kafka brokers") && stderr.contains("--kafka-cert"),
+        "the failure must name the client certificate:\n{stderr}"
+    );
+    assert_no_secret("no client certificate", &stderr);
+    let said = stderr.lines().find(|l| l.contains("cannot connect")).unwrap_or_default();
+    eprintln!("no client certificate: {said}");
 
     // The output, read back without authentication.
     broker.stop();

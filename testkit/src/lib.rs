@@ -112,12 +112,18 @@ impl Broker {
     /// with [`Broker::create_scram_user`] on a broker without it over the same sqlite storage: tansu refuses
     /// everything but the login to an unauthenticated client), behind a [`tls::TlsProxy`] serving `pki`'s
     /// certificate. Clients connect to the proxy's address (the broker advertises it) with `SASL_SSL`.
-    pub fn start_secured(storage: Storage, dir: &Path, pki: &tls::Pki) -> anyhow::Result<(Broker, tls::TlsProxy)> {
+    /// With `require_client_cert` the proxy admits only clients with a certificate `pki`'s CA signed.
+    pub fn start_secured(
+        storage: Storage,
+        dir: &Path,
+        pki: &tls::Pki,
+        require_client_cert: bool,
+    ) -> anyhow::Result<(Broker, tls::TlsProxy)> {
         let listener = tls::TlsProxy::bind()?;
         let advertised = listener.local_addr().context("proxy address")?;
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
         let broker = Broker::start_on(storage, dir, address, Some(advertised), None, &["--authentication"])?;
-        let proxy = tls::TlsProxy::start(listener, broker.address, pki)?;
+        let proxy = tls::TlsProxy::start(listener, broker.address, pki, require_client_cert)?;
         Ok((broker, proxy))
     }
 

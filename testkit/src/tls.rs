@@ -17,7 +17,7 @@ use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
-use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslStream};
+use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslStream, SslVerifyMode};
 use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName};
 use openssl::x509::{X509, X509Name, X509NameBuilder};
 
@@ -30,6 +30,10 @@ pub struct Pki {
     pub cert: PathBuf,
     /// The server's private key (PKCS#8).
     pub key: PathBuf,
+    /// A client certificate the CA signed, for mutual TLS.
+    pub client_cert: PathBuf,
+    /// Its private key (PKCS#8).
+    pub client_key: PathBuf,
 }
 
 fn key() -> anyhow::Result<PKey<Private>> {
@@ -86,14 +90,32 @@ impl Pki {
         server.sign(&ca_key, MessageDigest::sha256())?;
         let server = server.build();
 
+        let client_key = key()?;
+        let mut client = X509::builder()?;
+        client.set_version(2)?;
+        let (client_serial, client_subject) = (serial()?, name("tributary test client")?);
+        client.set_serial_number(&client_serial)?;
+        client.set_subject_name(&client_subject)?;
+        client.set_issuer_name(ca.subject_name())?;
+        client.set_pubkey(&client_key)?;
+        client.set_not_before(&not_before)?;
+        client.set_not_after(&not_after)?;
+        client.append_extension(ExtendedKeyUsage::new().client_auth().build()?)?;
+        client.sign(&ca_key, MessageDigest::sha256())?;
+        let client = client.build();
+
         let pki = Pki {
             ca: dir.join(format!("{prefix}ca.pem")),
             cert: dir.join(format!("{prefix}server.pem")),
             key: dir.join(format!("{prefix}server.key")),
+            client_cert: dir.join(format!("{prefix}client.pem")),
+            client_key: dir.join(format!("{prefix}client.key")),
         };
         std::fs::write(&pki.ca, ca.to_pem()?).context("writing the CA certificate")?;
         std::fs::write(&pki.cert, server.to_pem()?).context("writing the server certificate")?;
         std::fs::write(&pki.key, server_key.private_key_to_pem_pkcs8()?).context("writing the server key")?;
+        std::fs::write(&pki.client_cert, client.to_pem()?).context("writing the client certificate")?;
+        std::fs::write(&pki.client_key, client_key.private_key_to_pem_pkcs8()?).context("writing the client key")?;
         Ok(pki)
     }
 }
@@ -111,12 +133,17 @@ impl TlsProxy {
         TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind a loopback port for the TLS proxy")
     }
 
-    /// Serves TLS with `pki`'s server certificate on `listener`, forwarding to `target`.
-    pub fn start(listener: TcpListener, target: SocketAddr, pki: &Pki) -> anyhow::Result<TlsProxy> {
+    /// Serves TLS with `pki`'s server certificate on `listener`, forwarding to `target`; with
+    /// `require_client_cert`, only to clients that present a certificate `pki`'s CA signed (mutual TLS).
+    pub fn start(listener: TcpListener, target: SocketAddr, pki: &Pki, require_client_cert: bool) -> anyhow::Result<TlsProxy> {
         let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
         acceptor.set_private_key_file(&pki.key, SslFiletype::PEM)?;
         acceptor.set_certificate_chain_file(&pki.cert)?;
         acceptor.check_private_key()?;
+        if require_client_cert {
+            acceptor.set_ca_file(&pki.ca)?;
+            acceptor.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        }
         let acceptor = Arc::new(acceptor.build());
         let address = listener.local_addr().context("proxy address")?;
         listener.set_nonblocking(true)?;

@@ -75,7 +75,7 @@ impl ClientContext for AdminContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if let Some(check) = security_check(&error) {
+        if let Some(check) = security_check(&error, reason) {
             *self.security.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{reason} ({check})"));
         }
         tracing::warn!(target: "librdkafka", "{error}: {reason}");
@@ -84,14 +84,18 @@ impl ClientContext for AdminContext {
 
 impl ConsumerContext for AdminContext {}
 
-/// What to check when librdkafka reports `error`, if it is a TLS or SASL failure.
-pub(crate) fn security_check(error: &KafkaError) -> Option<&'static str> {
+/// What to check when librdkafka reports `error` with `reason`, if it is a TLS or SASL failure. A broker that
+/// refuses the client's certificate does so with a TLS alert after the handshake (TLS 1.3), which librdkafka
+/// reports as a transport failure naming OpenSSL.
+pub(crate) fn security_check(error: &KafkaError, reason: &str) -> Option<&'static str> {
+    let tls_alert = reason.contains("SSL routines");
     match error.rdkafka_error_code()? {
         RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
             Some("the brokers refused the login: check --kafka-sasl, --kafka-user and the password file")
         }
-        RDKafkaErrorCode::SSL => Some(
-            "the TLS handshake failed: check that --kafka-ca holds the CA that signed the brokers' certificates, and that they name the hosts in --brokers",
+        RDKafkaErrorCode::BrokerTransportFailure if !tls_alert => None,
+        RDKafkaErrorCode::SSL | RDKafkaErrorCode::BrokerTransportFailure => Some(
+            "the TLS handshake failed: check that --kafka-ca holds the CA that signed the brokers' certificates and that they name the hosts in --brokers, and, if the brokers require a client certificate, --kafka-cert and --kafka-key",
         ),
         _ => None,
     }
