@@ -368,3 +368,59 @@ fn a_hung_program_fails_the_test_at_its_deadline_and_leaves_no_process_behind() 
     let running = state.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z");
     assert!(!running, "the hung program's child {grandchild} still runs: {state}");
 }
+
+#[test]
+fn an_encrypted_data_plane_gives_the_same_output_and_every_process_must_agree_on_it() {
+    let scratch = Scratch::new("cluster-encrypt");
+    let (files, expected) = word_count_input(&scratch.0);
+    let secret = scratch.0.join("secret");
+    std::fs::write(&secret, "the cluster secret of the encryption test\n").unwrap();
+    let output = Command::new(launcher())
+        .args(["launch", "--processes", "3", "--workers", "2", "--"])
+        .arg(example("word_count"))
+        .arg("--cluster-encrypt")
+        .arg("--cluster-secret-file")
+        .arg(&secret)
+        .arg("--input")
+        .args(&files)
+        .env_remove("TRIBUTARY_CLUSTER_SECRET_FILE")
+        .stdin(Stdio::null())
+        .output_within(common::RUN_LIMIT)
+        .expect("run launcher");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "3x2 encrypted failed: {stderr}");
+    assert_eq!(stderr.matches("the data connections to the peers are encrypted").count(), 3, "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), expected, "the encrypted 3x2 output differs from the reference");
+
+    // Without a secret there are no keys: refused before anything starts.
+    let alone = Command::new(example("word_count"))
+        .arg("--cluster-encrypt")
+        .arg("--input")
+        .args(&files)
+        .env_remove("TRIBUTARY_CLUSTER_SECRET_FILE")
+        .stdin(Stdio::null())
+        .output_within(common::RUN_LIMIT)
+        .expect("run");
+    let said = String::from_utf8_lossy(&alone.stderr);
+    assert!(!alone.status.success() && said.contains("--cluster-encrypt needs --cluster-secret-file"), "{said}");
+
+    // One process encrypts, the other does not: both stop, saying which flag differs.
+    let hostfile = write_hostfile(&scratch.0, &free_addresses(2));
+    let process = |index: usize, encrypt: bool| {
+        let mut command = Command::new(example("cluster_check"));
+        command.args(["--processes", "2", "--process", &index.to_string(), "--interval", "50ms", "--connect-timeout", "60s"]);
+        command.arg("--hostfile").arg(&hostfile).arg("--cluster-secret-file").arg(&secret).env_remove("TRIBUTARY_CLUSTER_SECRET_FILE");
+        if encrypt {
+            command.arg("--cluster-encrypt");
+        }
+        spawn(&mut command)
+    };
+    let (p0, p1) = (process(0, true), process(1, false));
+    for (run, flag) in
+        [(p0, "this process does (--cluster-encrypt)"), (p1, "it encrypts the data plane (--cluster-encrypt) and this process does not")]
+    {
+        let (status, stderr) = run.wait(LONG);
+        assert!(!status.success(), "a process with a different --cluster-encrypt ran: {stderr}");
+        assert!(stderr.contains(flag), "{stderr}");
+    }
+}

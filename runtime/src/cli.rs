@@ -63,6 +63,10 @@ pub struct ClusterArgs {
     /// and a process without it is refused. Give every process the same file (docs/security.md)
     #[arg(long = "cluster-secret-file", value_name = "FILE", env = "TRIBUTARY_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Encrypt the data connections between processes (ChaCha20-Poly1305 with keys derived from the cluster
+    /// secret for each connection; needs --cluster-secret-file). Every process must be given the same flag.
+    #[arg(long = "cluster-encrypt")]
+    pub cluster_encrypt: bool,
 }
 
 /// The longest timeout a flag takes (a year): longer ones are mistakes, and would overflow the clock.
@@ -81,6 +85,7 @@ impl Default for ClusterArgs {
             metrics_addr: None,
             quiet: false,
             cluster_secret_file: None,
+            cluster_encrypt: false,
         }
     }
 }
@@ -135,7 +140,13 @@ impl ClusterArgs {
             Some(path) => Some(ClusterSecret::read(path)?),
             None => None,
         };
+        if self.cluster_encrypt && secret.is_none() {
+            return Err(Error::Options(
+                "--cluster-encrypt needs --cluster-secret-file (or TRIBUTARY_CLUSTER_SECRET_FILE): the keys come from the secret".into(),
+            ));
+        }
         Ok(Layout {
+            encrypt: self.cluster_encrypt,
             secret,
             workers_per_process: self.workers,
             processes: self.processes,
@@ -193,6 +204,8 @@ impl ClusterSecret {
 pub struct Layout {
     /// The shared secret peers prove they hold, if any.
     pub secret: Option<ClusterSecret>,
+    /// Whether the data connections are encrypted (`--cluster-encrypt`).
+    pub encrypt: bool,
     /// Worker threads per process.
     pub workers_per_process: usize,
     /// Processes in the cluster.

@@ -13,8 +13,8 @@
 //! after the greetings the connecting side sends a random nonce, the accepting side answers with its own nonce
 //! and an HMAC-SHA256 over both nonces and both greetings, and the connecting side answers with its HMAC. A
 //! connection that proves nothing, or without a secret, is refused with a warning naming its address and the
-//! wait goes on, so a stranger cannot join the cluster or stop it from forming. The data itself is not encrypted
-//! (docs/security.md).
+//! wait goes on, so a stranger cannot join the cluster or stop it from forming. With `--cluster-encrypt` the
+//! data connections are then encrypted with keys derived from the secret and both nonces ([`crate::encrypt`]).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,6 +24,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::cli::{ClusterSecret, Layout};
+use crate::encrypt::Keys;
 use crate::error::{Error, Result};
 use crate::hostfile::HostFile;
 
@@ -47,7 +48,8 @@ struct Hello {
     processes: u64,
     workers: u64,
     channel: u64,
-    /// 1: this process holds a cluster secret and authenticates every connection; 0: none.
+    /// 1: this process holds a cluster secret and authenticates every connection; 2: and encrypts the data
+    /// connections (`--cluster-encrypt`); 0: none.
     auth: u64,
 }
 
@@ -89,6 +91,8 @@ pub(crate) struct Connected {
     pub(crate) data: Vec<Option<TcpStream>>,
     /// For heartbeats.
     pub(crate) liveness: Vec<Option<TcpStream>>,
+    /// With `--cluster-encrypt`, each data connection's keys.
+    pub(crate) keys: Vec<Option<Keys>>,
 }
 
 /// Connects this process to all its peers, or fails once `layout.connect_timeout` has passed.
@@ -105,12 +109,17 @@ pub(crate) fn connect_peers(layout: &Layout, hosts: &HostFile, interrupted: &dyn
         processes: layout.processes as u64,
         workers: layout.workers_per_process as u64,
         channel,
-        auth: u64::from(secret.is_some()),
+        auth: match (secret.is_some(), layout.encrypt) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
+        },
     };
     let started = Instant::now();
     let deadline = started + layout.connect_timeout;
     let mut sockets: Vec<Option<TcpStream>> = (0..layout.processes).map(|_| None).collect();
     let mut liveness: Vec<Option<TcpStream>> = (0..layout.processes).map(|_| None).collect();
+    let mut keys: Vec<Option<Keys>> = (0..layout.processes).map(|_| None).collect();
     let mut next_report = started + REPORT_EVERY;
     tracing::info!(listen = %own.address, peers = layout.processes - 1, "connecting to peer processes");
 
@@ -119,10 +128,11 @@ pub(crate) fn connect_peers(layout: &Layout, hosts: &HostFile, interrupted: &dyn
         loop {
             match listener.accept() {
                 Ok((stream, from)) => match accept_one(stream, &hello(DATA), secret, &sockets, &liveness) {
-                    Ok((peer, LIVENESS, stream)) => liveness[peer] = Some(stream),
-                    Ok((peer, _, stream)) => {
+                    Ok((peer, LIVENESS, stream, _)) => liveness[peer] = Some(stream),
+                    Ok((peer, _, stream, session)) => {
                         tracing::debug!(peer, %from, "peer connected");
                         sockets[peer] = Some(stream);
+                        keys[peer] = session;
                     }
                     Err(Refusal::Stray(why)) => tracing::warn!(%from, "ignoring a connection that is not a peer: {why}"),
                     Err(Refusal::Unauthenticated(why)) => {
@@ -147,10 +157,13 @@ pub(crate) fn connect_peers(layout: &Layout, hosts: &HostFile, interrupted: &dyn
                 let target = &hosts.hosts()[peer];
                 let Ok(stream) = TcpStream::connect_timeout(&target.resolved, Duration::from_millis(500)) else { continue };
                 match greet(stream, &hello(channel), secret, peer) {
-                    Ok(stream) => {
+                    Ok((stream, session)) => {
                         tracing::debug!(peer, address = %target.address, channel, "connected to peer");
                         let slots = if channel == DATA { &mut sockets } else { &mut liveness };
                         slots[peer] = Some(stream);
+                        if channel == DATA {
+                            keys[peer] = session;
+                        }
                     }
                     Err(GreetError::Retry(why)) => tracing::debug!(peer, "connection attempt failed, retrying: {why}"),
                     Err(GreetError::Unauthenticated(why)) => {
@@ -188,7 +201,7 @@ pub(crate) fn connect_peers(layout: &Layout, hosts: &HostFile, interrupted: &dyn
         setup.map_err(|source| Error::Io { what: "cannot configure a peer socket".into(), source })?;
     }
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "all {} peer processes connected", layout.processes - 1);
-    Ok(Connected { data: sockets, liveness })
+    Ok(Connected { data: sockets, liveness, keys })
 }
 
 fn describe(hosts: &HostFile, process: usize) -> String {
@@ -227,13 +240,39 @@ fn nonce() -> std::io::Result<[u8; NONCE]> {
 fn auth_agrees(theirs: &Hello, ours: &Hello) -> std::result::Result<bool, (bool, String)> {
     match (ours.auth, theirs.auth) {
         (0, 0) => Ok(false),
-        (1, 1) => Ok(true),
+        // Whether both encrypt is checked once they have proven the secret (the proofs cover the greetings).
+        (1 | 2, 1 | 2) => Ok(true),
         // We have a secret and they do not: a stranger (or a process started without the file).
-        (1, _) => Err((true, "it has no cluster secret; give every process the same --cluster-secret-file".into())),
+        (1 | 2, _) => Err((true, "it has no cluster secret; give every process the same --cluster-secret-file".into())),
         _ => {
             Err((false, "it requires a cluster secret and this process has none; give every process the same --cluster-secret-file".into()))
         }
     }
+}
+
+/// Once both proved the secret: whether both encrypt the data connections, or neither.
+fn check_encryption(theirs: &Hello, ours: &Hello) -> std::result::Result<(), String> {
+    match (ours.auth, theirs.auth) {
+        (2, 1) => {
+            Err("it does not encrypt the data plane and this process does (--cluster-encrypt); start every process with the same flags"
+                .into())
+        }
+        (1, 2) => {
+            Err("it encrypts the data plane (--cluster-encrypt) and this process does not; start every process with the same flags".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The keys of a data connection both sides encrypt.
+fn session(
+    secret: &ClusterSecret,
+    ours: &Hello,
+    connector_nonce: &[u8; NONCE],
+    acceptor_nonce: &[u8; NONCE],
+    connector: bool,
+) -> Option<Keys> {
+    (ours.auth == 2 && ours.channel == DATA).then(|| Keys::derive(secret.bytes(), connector_nonce, acceptor_nonce, connector))
 }
 
 fn check_layout(theirs: &Hello, ours: &Hello) -> std::result::Result<(), String> {
@@ -252,7 +291,7 @@ fn accept_one(
     secret: Option<&ClusterSecret>,
     sockets: &[Option<TcpStream>],
     liveness: &[Option<TcpStream>],
-) -> std::result::Result<(usize, u64, TcpStream), Refusal> {
+) -> std::result::Result<(usize, u64, TcpStream, Option<Keys>), Refusal> {
     let io = |e: std::io::Error| Refusal::Stray(e.to_string());
     stream.set_nonblocking(false).map_err(io)?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
@@ -265,6 +304,7 @@ fn accept_one(
     }
     // Answer before judging the layout, so the peer sees a mismatch too and both fail at once.
     stream.write_all(&ours.encode()).map_err(io)?;
+    let mut keys = None;
     match (auth_agrees(&theirs, ours), secret) {
         (Ok(true), Some(secret)) => {
             let unproven = |e: std::io::Error| {
@@ -280,6 +320,8 @@ fn accept_one(
             mac(secret, b"connector", (&theirs_nonce, &our_nonce), (&theirs, ours)).verify_slice(&their_proof).map_err(|_| {
                 Refusal::Unauthenticated(format!("it claims to be process {peer} but does not hold the cluster secret (wrong secret)"))
             })?;
+            check_encryption(&theirs, ours).map_err(|m| Refusal::Mismatch(peer, m))?;
+            keys = session(secret, &Hello { channel: theirs.channel, ..*ours }, &theirs_nonce, &our_nonce, false);
         }
         (Ok(_), _) => {}
         (Err((true, why)), _) => return Err(Refusal::Unauthenticated(format!("it claims to be process {peer} but {why}"))),
@@ -290,7 +332,7 @@ fn accept_one(
     if taken {
         return Err(Refusal::Mismatch(peer, "a second process claims this index; check the --process flags".into()));
     }
-    Ok((peer, theirs.channel, stream))
+    Ok((peer, theirs.channel, stream, keys))
 }
 
 enum GreetError {
@@ -300,7 +342,12 @@ enum GreetError {
     Unauthenticated(String),
 }
 
-fn greet(mut stream: TcpStream, ours: &Hello, secret: Option<&ClusterSecret>, peer: usize) -> std::result::Result<TcpStream, GreetError> {
+fn greet(
+    mut stream: TcpStream,
+    ours: &Hello,
+    secret: Option<&ClusterSecret>,
+    peer: usize,
+) -> std::result::Result<(TcpStream, Option<Keys>), GreetError> {
     let retry = |e: std::io::Error| GreetError::Retry(e.to_string());
     stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(retry)?;
     stream.write_all(&ours.encode()).map_err(retry)?;
@@ -310,6 +357,7 @@ fn greet(mut stream: TcpStream, ours: &Hello, secret: Option<&ClusterSecret>, pe
     if theirs.process as usize != peer {
         return Err(GreetError::Mismatch(format!("the process at that address says it is process {}", theirs.process)));
     }
+    let mut keys = None;
     match (auth_agrees(&theirs, ours), secret) {
         (Ok(true), Some(secret)) => {
             let our_nonce = nonce().map_err(retry)?;
@@ -328,12 +376,14 @@ fn greet(mut stream: TcpStream, ours: &Hello, secret: Option<&ClusterSecret>, pe
             let proof = mac(secret, b"connector", (&our_nonce, &their_nonce), (ours, &theirs)).finalize().into_bytes();
             stream.write_all(&proof).map_err(retry)?;
             proven.map_err(|_| GreetError::Unauthenticated("it does not hold the cluster secret (wrong secret)".into()))?;
+            check_encryption(&theirs, ours).map_err(GreetError::Mismatch)?;
+            keys = session(secret, ours, &our_nonce, &their_nonce, true);
         }
         (Ok(_), _) => {}
         (Err((_, why)), _) => return Err(GreetError::Mismatch(why)),
     }
     check_layout(&theirs, ours).map_err(GreetError::Mismatch)?;
-    Ok(stream)
+    Ok((stream, keys))
 }
 
 #[cfg(test)]

@@ -145,9 +145,30 @@ where
             liveness = Some(Liveness::start(connected.liveness, layout.peer_timeout, &describe, report));
             let threads = layout.workers_per_process;
             let local = ProcessBuilder::new_typed_vector(threads, Hooks::default().refill, None);
-            let (builders, guard) = initialize_networking_from_sockets(local, sockets, layout.process, threads, Hooks::default())
-                .map_err(|source| Error::Io { what: "cannot start timely's network threads".into(), source })?;
-            (builders.into_iter().map(AllocatorBuilder::Tcp).collect(), Some(Box::new(guard)))
+            let network = |source| Error::Io { what: "cannot start timely's network threads".into(), source };
+            if layout.encrypt {
+                let mut relayed = Vec::with_capacity(sockets.len());
+                for (peer, (socket, keys)) in sockets.into_iter().zip(connected.keys).enumerate() {
+                    relayed.push(match (socket, keys) {
+                        (Some(socket), Some(keys)) => Some(
+                            crate::encrypt::relay(socket, &keys, describe(peer))
+                                .map_err(|source| Error::Io { what: "cannot start the encryption relay".into(), source })?,
+                        ),
+                        (None, _) => None,
+                        (Some(_), None) => {
+                            return Err(Error::Options(format!("{} agreed on no encryption keys", describe(peer))));
+                        }
+                    });
+                }
+                tracing::info!("the data connections to the peers are encrypted");
+                let (builders, guard) =
+                    initialize_networking_from_sockets(local, relayed, layout.process, threads, Hooks::default()).map_err(network)?;
+                (builders.into_iter().map(AllocatorBuilder::Tcp).collect(), Some(Box::new(guard)))
+            } else {
+                let (builders, guard) =
+                    initialize_networking_from_sockets(local, sockets, layout.process, threads, Hooks::default()).map_err(network)?;
+                (builders.into_iter().map(AllocatorBuilder::Tcp).collect(), Some(Box::new(guard)))
+            }
         }
         _ => {
             let config = if layout.workers_per_process == 1 {

@@ -20,6 +20,7 @@ mod arrangements;
 pub mod checkpoint;
 mod cli;
 mod connect;
+mod encrypt;
 mod error;
 mod execute;
 mod failure;
