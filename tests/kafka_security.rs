@@ -117,6 +117,8 @@ fn a_job_runs_over_tls_and_scram_and_a_wrong_password_or_ca_fails_clearly() {
     assert_no_secret("the wrong password", &stderr);
     let said = stderr.lines().find(|l| l.contains("cannot connect")).unwrap_or_default();
     eprintln!("a wrong password failed the job after {:?}: {said}", started.elapsed());
+    // Not a speed figure: without the failure recognised the source waits out its 10 s metadata deadline.
+    assert!(started.elapsed() < Duration::from_secs(8), "the refused login was not recognised at once");
 
     // A CA that did not sign the broker's certificate: the TLS handshake fails, saying what to check.
     let mut untrusted = args(&bootstrap, "counts", &stranger.ca, "SCRAM-SHA-256");
@@ -131,6 +133,7 @@ fn a_job_runs_over_tls_and_scram_and_a_wrong_password_or_ca_fails_clearly() {
     assert_no_secret("the untrusted CA", &stderr);
     let said = stderr.lines().find(|l| l.contains("cannot connect")).unwrap_or_default();
     eprintln!("an untrusted CA failed the job after {:?}: {said}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(8), "the refused certificate was not recognised at once");
 
     // Without the client certificate the proxy requires: the TLS handshake fails, saying what to check.
     let mut anonymous = args_without_client_cert(&bootstrap, "counts", &pki.ca, "SCRAM-SHA-256");

@@ -100,7 +100,9 @@ fn send(mut local: UnixStream, mut tcp: TcpStream, cipher: &ChaCha20Poly1305) ->
         }
         Ok(())
     })();
-    let _ = tcp.shutdown(Shutdown::Write);
+    // timely closed its writing half (it finished): pass that on, and only that, as a TCP half-close. The
+    // other direction goes on until the peer finishes too.
+    let _ = tcp.shutdown(if result.is_ok() { Shutdown::Write } else { Shutdown::Both });
     let _ = local.shutdown(Shutdown::Read);
     result
 }
@@ -128,9 +130,17 @@ fn receive(mut tcp: TcpStream, mut local: UnixStream, cipher: &ChaCha20Poly1305)
         }
         Ok(())
     })();
-    // timely sees the connection end, as it would see a broken TCP connection.
-    let _ = local.shutdown(Shutdown::Both);
-    let _ = tcp.shutdown(Shutdown::Both);
+    // A clean end (the peer finished) reaches timely as the end of what it reads, and only that; a frame
+    // that does not open, or a broken connection, ends both directions, as a broken TCP connection would.
+    match &result {
+        Ok(()) => {
+            let _ = local.shutdown(Shutdown::Write);
+        }
+        Err(_) => {
+            let _ = local.shutdown(Shutdown::Both);
+            let _ = tcp.shutdown(Shutdown::Both);
+        }
+    }
     result
 }
 

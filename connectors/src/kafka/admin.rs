@@ -67,6 +67,11 @@ impl AdminContext {
     pub(crate) fn security_failure(&self) -> Option<String> {
         self.security.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// Forgets what was recorded (before a new request, so an old failure does not end it).
+    pub(crate) fn clear(&self) {
+        *self.security.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 impl ClientContext for AdminContext {
@@ -88,7 +93,9 @@ impl ConsumerContext for AdminContext {}
 /// refuses the client's certificate does so with a TLS alert after the handshake (TLS 1.3), which librdkafka
 /// reports as a transport failure naming OpenSSL.
 pub(crate) fn security_check(error: &KafkaError, reason: &str) -> Option<&'static str> {
-    let tls_alert = reason.contains("SSL routines");
+    // Only a refusal, not a connection that merely ended (OpenSSL also names itself for an EOF without
+    // close_notify, e.g. from a proxy whose backend is down, which is worth retrying).
+    let tls_alert = reason.contains("SSL routines") && (reason.contains("alert") || reason.contains("certificate"));
     match error.rdkafka_error_code()? {
         RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
             Some("the brokers refused the login: check --kafka-sasl, --kafka-user and the password file")
@@ -129,6 +136,7 @@ pub(crate) fn reader(config: &KafkaConfig) -> Result<Reader, AdminError> {
 /// failure ends the wait at once, with its reason.
 pub(crate) fn partition_count(config: &KafkaConfig, consumer: &Reader, topic: &str) -> Result<Option<i32>, AdminError> {
     let deadline = Instant::now() + REQUEST_TIMEOUT;
+    consumer.context().clear();
     let metadata = loop {
         let attempt = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
         match consumer.fetch_metadata(Some(topic), attempt) {

@@ -180,6 +180,7 @@ const SECRET_OPTIONS: &[(&str, &str)] = &[
     ("ssl.key.pem", "put the key in a file and use --kafka-key"),
     ("sasl.jaas.config", "use --kafka-sasl with --kafka-user and --kafka-password-file"),
     ("sasl.oauthbearer.client.secret", "use KafkaConfig::set from the program, reading the secret from a file"),
+    ("ssl.keystore.password", "use KafkaConfig::set from the program, reading the password from a file"),
 ];
 
 /// The Kafka flags a program takes, to `#[command(flatten)]` into its clap arguments: `--brokers` and any
@@ -253,7 +254,8 @@ impl KafkaArgs {
     pub fn config(&self) -> Result<KafkaConfig, ConfigError> {
         let mut config = KafkaConfig::new(self.brokers.clone().unwrap_or_default())?;
         for option in &self.kafka_options {
-            let (key, value) = option.split_once('=').ok_or_else(|| ConfigError::NotKeyValue { given: option.clone() })?;
+            let shown = || if secret(option) { "<redacted>".to_owned() } else { option.clone() };
+            let (key, value) = option.split_once('=').ok_or_else(|| ConfigError::NotKeyValue { given: shown() })?;
             let key = key.trim();
             if let Some((_, instead)) = SECRET_OPTIONS.iter().find(|(secret, _)| secret.eq_ignore_ascii_case(key)) {
                 return Err(ConfigError::SecretOnCommandLine { key: key.to_owned(), instead });
@@ -575,6 +577,8 @@ mod security_tests {
         assert!(err.contains("--kafka-password-file"), "{err}");
         let err = parse(&["--kafka-option", "sasl.password=hunter2"]).unwrap_err().to_string();
         assert!(err.contains("does not go on the command line") && !err.contains("hunter2"), "{err}");
+        let err = parse(&["--kafka-option", "sasl.password:hunter2"]).unwrap_err().to_string();
+        assert!(err.contains("expected KEY=VALUE") && !err.contains("hunter2"), "{err}");
         let err = parse(&["--kafka-cert", "/c.pem"]).unwrap_err();
         assert_eq!(err, ConfigError::ClientCertificateIncomplete);
         let err = parse(&["--kafka-ca", "/nonexistent/ca.pem"]).unwrap_err().to_string();

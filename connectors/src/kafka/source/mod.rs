@@ -201,6 +201,7 @@ impl<T: Clone + 'static> KafkaSource<T> {
         for topic in topics {
             // Short attempts, so a TLS or SASL failure ends the wait at once, with its reason.
             let deadline = std::time::Instant::now() + timeout;
+            rdkafka::consumer::Consumer::context(&consumer).clear();
             let count = loop {
                 let attempt = deadline.saturating_duration_since(std::time::Instant::now()).min(Duration::from_secs(1));
                 match partition_count(&consumer, topic, attempt) {
