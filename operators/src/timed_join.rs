@@ -158,7 +158,8 @@ where
         let mut right_stash: ByTime<(Joinable<K, W>, isize)> = ByTime::default();
         // Matches due after the step that found them, until the frontiers pass their time.
         let mut future: ByTime<Joined<K, V, W>> = ByTime::default();
-        let mut matches: BTreeMap<u64, Vec<Joined<K, V, W>>> = BTreeMap::new();
+        // Matches due at the step that found them, emitted at its end.
+        let mut ready: Vec<Joined<K, V, W>> = Vec::new();
         if let Some((_, parts)) = participant.as_ref().and_then(Participant::restored) {
             let mine = |key: &K| (key.hashed() % peers as u64) as usize == index;
             for part in parts {
@@ -220,7 +221,8 @@ where
                     for other in rights.matching(&record.key, left_range(record.event_time)) {
                         let pair = (record.key.clone(), (record.value.clone(), other.value.clone()));
                         let event_time = other.event_time.max(record.event_time);
-                        matches.entry(at).or_default().push((Timed::new(event_time, pair), at, diff * other.diff));
+                        let joined = (Timed::new(event_time, pair), at, diff * other.diff);
+                        if at == now { ready.push(joined) } else { future.push(at, |t| cap.delayed(t), joined) }
                     }
                     lefts.insert(record, diff);
                 }
@@ -229,19 +231,14 @@ where
                     for other in lefts.matching(&record.key, right_range(record.event_time)) {
                         let pair = (record.key.clone(), (other.value.clone(), record.value.clone()));
                         let event_time = other.event_time.max(record.event_time);
-                        matches.entry(at).or_default().push((Timed::new(event_time, pair), at, other.diff * diff));
+                        let joined = (Timed::new(event_time, pair), at, other.diff * diff);
+                        if at == now { ready.push(joined) } else { future.push(at, |t| cap.delayed(t), joined) }
                     }
                     rights.insert(record, diff);
                 }
-                for (at, batch) in std::mem::take(&mut matches) {
-                    if at == now {
-                        emitted += batch.len();
-                        output.session(&cap).give_iterator(batch.into_iter());
-                    } else {
-                        for joined in batch {
-                            future.push(at, |t| cap.delayed(t), joined);
-                        }
-                    }
+                if !ready.is_empty() {
+                    emitted += ready.len();
+                    output.session(&cap).give_iterator(ready.drain(..));
                 }
             }
             if let Some(participant) = participant.as_mut() {

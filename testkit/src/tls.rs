@@ -53,37 +53,36 @@ fn serial() -> anyhow::Result<openssl::asn1::Asn1Integer> {
     Ok(serial.to_asn1_integer()?)
 }
 
+/// A certificate builder for `subject`'s `key`, valid for two days from now, with its issuer set (`None`:
+/// self-signed); the caller adds extensions and signs.
+fn builder(subject: &str, key: &PKey<Private>, issuer: Option<&X509>) -> anyhow::Result<openssl::x509::X509Builder> {
+    let mut builder = X509::builder()?;
+    builder.set_version(2)?;
+    let (serial, subject) = (serial()?, name(subject)?);
+    builder.set_serial_number(&serial)?;
+    builder.set_subject_name(&subject)?;
+    builder.set_issuer_name(issuer.map_or(&*subject, |ca| ca.subject_name()))?;
+    builder.set_pubkey(key)?;
+    builder.set_not_before(&*Asn1Time::days_from_now(0)?)?;
+    builder.set_not_after(&*Asn1Time::days_from_now(2)?)?;
+    Ok(builder)
+}
+
 impl Pki {
-    /// Writes `<prefix>ca.pem`, `<prefix>server.pem` and `<prefix>server.key` into `dir`: a new CA named
-    /// `ca_name` (valid for two days) and a server certificate it signs.
+    /// Writes `<prefix>ca.pem`, `<prefix>server.pem`/`.key` and `<prefix>client.pem`/`.key` into `dir`: a new
+    /// CA named `ca_name` (valid for two days), a server certificate for `127.0.0.1` and a client certificate
+    /// it signs.
     pub fn create(dir: &Path, prefix: &str, ca_name: &str) -> anyhow::Result<Pki> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let (not_before, not_after) = (Asn1Time::days_from_now(0)?, Asn1Time::days_from_now(2)?);
         let ca_key = key()?;
-        let mut ca = X509::builder()?;
-        ca.set_version(2)?;
-        let (ca_serial, ca_subject) = (serial()?, name(ca_name)?);
-        ca.set_serial_number(&ca_serial)?;
-        ca.set_subject_name(&ca_subject)?;
-        ca.set_issuer_name(&ca_subject)?;
-        ca.set_pubkey(&ca_key)?;
-        ca.set_not_before(&not_before)?;
-        ca.set_not_after(&not_after)?;
+        let mut ca = builder(ca_name, &ca_key, None)?;
         ca.append_extension(BasicConstraints::new().critical().ca().build()?)?;
         ca.append_extension(KeyUsage::new().critical().key_cert_sign().crl_sign().build()?)?;
         ca.sign(&ca_key, MessageDigest::sha256())?;
         let ca = ca.build();
 
         let server_key = key()?;
-        let mut server = X509::builder()?;
-        server.set_version(2)?;
-        let (server_serial, server_subject) = (serial()?, name("127.0.0.1")?);
-        server.set_serial_number(&server_serial)?;
-        server.set_subject_name(&server_subject)?;
-        server.set_issuer_name(ca.subject_name())?;
-        server.set_pubkey(&server_key)?;
-        server.set_not_before(&not_before)?;
-        server.set_not_after(&not_after)?;
+        let mut server = builder("127.0.0.1", &server_key, Some(&ca))?;
         let san = SubjectAlternativeName::new().ip("127.0.0.1").dns("localhost").build(&server.x509v3_context(Some(&ca), None))?;
         server.append_extension(san)?;
         server.append_extension(ExtendedKeyUsage::new().server_auth().build()?)?;
@@ -91,15 +90,7 @@ impl Pki {
         let server = server.build();
 
         let client_key = key()?;
-        let mut client = X509::builder()?;
-        client.set_version(2)?;
-        let (client_serial, client_subject) = (serial()?, name("tributary test client")?);
-        client.set_serial_number(&client_serial)?;
-        client.set_subject_name(&client_subject)?;
-        client.set_issuer_name(ca.subject_name())?;
-        client.set_pubkey(&client_key)?;
-        client.set_not_before(&not_before)?;
-        client.set_not_after(&not_after)?;
+        let mut client = builder("tributary test client", &client_key, Some(&ca))?;
         client.append_extension(ExtendedKeyUsage::new().client_auth().build()?)?;
         client.sign(&ca_key, MessageDigest::sha256())?;
         let client = client.build();
