@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::{Inspect, Probe};
 use tributary_connectors::kafka::{Decoder, EventTime, KafkaConfig, KafkaSource, Position, StartFrom};
 use tributary_connectors::{DeadLetter, PartitionMetrics, Reason, SourceOptions};
@@ -345,35 +346,81 @@ fn backpressure_reads_everything_once_even_with_a_lagging_partition() {
     let broker = broker("backpressure", Storage::Memory);
     broker.create_topic("bp", 4, &[]).unwrap();
     // Partition 3 is far behind the others in event time: with at most 50 records in flight the source must keep
-    // reading it (and only it) while the others wait, or it would never move the watermark.
+    // reading it (and only it) while the others wait, or it would never move the watermark. Every partition's
+    // times rise, so with no out-of-orderness a record completes as soon as its partition moves past it.
     let data: Vec<Produce> = (0..2_000u64)
         .map(|i| {
             let partition = (i % 4) as i32;
-            let ts = if partition == 3 { i } else { 1_000_000 + i };
+            let ts = if partition == 3 { i * 10 } else { 1_000_000 + i };
             (partition, ts, json(ts))
         })
         .collect();
     produce(&broker, "bp", &data);
     let source = source(&broker, &["bp"]).until_end(true);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&seen);
-    timely::execute(timely::Config::process(2), move |worker| {
-        let probe = timely::dataflow::ProbeHandle::new();
-        let backpressure =
-            tributary_connectors::Backpressure { probe: probe.clone(), max_ahead: Some(Duration::from_secs(10)), max_records: Some(50) };
-        let options = SourceOptions { backpressure: Some(backpressure), batch: 16, ..Default::default() };
-        let sink = Arc::clone(&sink);
-        worker.dataflow::<u64, _, _>(|scope| {
-            source.build(scope, options).records.inspect(move |(s, _, _)| sink.lock().unwrap().push(s.value.clone())).probe_with(&probe);
-        });
-    })
-    .expect("timely");
-    let mut seen = seen.lock().unwrap().clone();
-    seen.sort();
-    let before = seen.len();
-    seen.dedup();
-    assert_eq!(before, seen.len(), "no record twice");
-    assert_eq!(seen.len(), data.len(), "every record once");
+    let policy = WatermarkPolicy { max_out_of_orderness: Duration::ZERO, idle_timeout: None, max_lateness: None, max_ahead: None };
+    const LIMIT: usize = 50;
+    const BATCH: usize = 16;
+    let run = |limit: Option<usize>| {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        // Per worker: the most records held at once by an operator that keeps each record until its time
+        // completes (what a window does), i.e. the memory backpressure is there to bound.
+        let held = Arc::new(Mutex::new(BTreeMap::<usize, usize>::new()));
+        let (sink, most, source) = (Arc::clone(&seen), Arc::clone(&held), source.clone());
+        timely::execute(timely::Config::process(2), move |worker| {
+            let probe = timely::dataflow::ProbeHandle::new();
+            let backpressure = tributary_connectors::Backpressure { probe: probe.clone(), max_ahead: None, max_records: limit };
+            let options = SourceOptions { backpressure: Some(backpressure), batch: BATCH, policy, ..Default::default() };
+            let (sink, most, index) = (Arc::clone(&sink), Arc::clone(&most), worker.index());
+            worker.dataflow::<u64, _, _>(|scope| {
+                source
+                    .build(scope, options)
+                    .records
+                    .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                        timely::dataflow::channels::pact::Pipeline,
+                        "Hold",
+                        move |_, _| {
+                            let mut waiting: BTreeMap<u64, Vec<Seen>> = BTreeMap::new();
+                            move |(input, frontier), _output| {
+                                input.for_each(|_, data| {
+                                    for (s, t, _) in data.drain(..) {
+                                        waiting.entry(t).or_default().push(s.value);
+                                    }
+                                });
+                                while let Some(entry) = waiting.first_entry() {
+                                    if frontier.less_equal(entry.key()) {
+                                        break;
+                                    }
+                                    sink.lock().unwrap().extend(entry.remove());
+                                }
+                                let held: usize = waiting.values().map(Vec::len).sum();
+                                let mut most = most.lock().unwrap();
+                                let max = most.entry(index).or_default();
+                                *max = (*max).max(held);
+                            }
+                        },
+                    )
+                    .probe_with(&probe);
+            });
+        })
+        .expect("timely");
+        let mut seen: Vec<Seen> = seen.lock().unwrap().clone();
+        seen.sort();
+        let before = seen.len();
+        seen.dedup();
+        assert_eq!(before, seen.len(), "no record twice");
+        assert_eq!(seen.len(), data.len(), "every record once");
+        held.lock().unwrap().clone()
+    };
+    // A source may overshoot the limit by one batch (it checks before it polls), and while throttled it reads one
+    // more batch from the partitions holding the frontier back, to move it.
+    let bounded = run(Some(LIMIT));
+    for (worker, most) in &bounded {
+        assert!(*most <= LIMIT + 2 * BATCH, "worker {worker} held {most} records at once with a limit of {LIMIT} in flight");
+    }
+    // The same run without the limit holds most of the leading partitions' records: the check above can fail.
+    let unbounded = run(None);
+    let most = unbounded.values().sum::<usize>();
+    assert!(most > 10 * (LIMIT + 2 * BATCH), "without backpressure the operator held only {most} records: the test shows nothing");
 }
 
 #[test]

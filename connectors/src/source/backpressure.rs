@@ -11,7 +11,10 @@ pub struct Backpressure {
     pub probe: ProbeHandle<u64>,
     /// Do not read while the source's watermark is this far ahead of the probe's frontier.
     pub max_ahead: Option<std::time::Duration>,
-    /// Do not read while this many emitted records are at times the probe has not passed.
+    /// Do not read while this many emitted records are at times the probe has not passed. A source checks before
+    /// it reads a batch, and while waiting still reads from the partitions that hold the dataflow's frontier back
+    /// (or nothing could complete), so the records in flight per source instance stay below this plus two
+    /// batches (`SourceOptions::batch`).
     pub max_records: Option<usize>,
 }
 
@@ -36,13 +39,11 @@ impl Outstanding {
     }
 }
 
-/// Whether the source must wait for the dataflow to catch up.
-pub(super) fn throttled(bp: &Backpressure, outstanding: &mut Outstanding, watermark: u64) -> bool {
-    let frontier = bp.probe.with_frontier(|f| f.first().copied());
-    let Some(frontier) = frontier else { return false };
+/// Whether the source must wait for the dataflow to catch up: then the probe's frontier, the time the whole
+/// dataflow (every worker) has not completed. Only partitions at or behind it can move it on.
+pub(super) fn throttled(bp: &Backpressure, outstanding: &mut Outstanding, watermark: u64) -> Option<u64> {
+    let frontier = bp.probe.with_frontier(|f| f.first().copied())?;
     outstanding.complete_before(frontier);
-    if bp.max_ahead.is_some_and(|ahead| watermark > frontier.saturating_add(tributary_operators::event_time::ms(ahead))) {
-        return true;
-    }
-    bp.max_records.is_some_and(|max| outstanding.total >= max)
+    let ahead = bp.max_ahead.is_some_and(|ahead| watermark > frontier.saturating_add(tributary_operators::event_time::ms(ahead)));
+    (ahead || bp.max_records.is_some_and(|max| outstanding.total >= max)).then_some(frontier)
 }

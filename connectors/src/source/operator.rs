@@ -273,10 +273,11 @@ where
                 return;
             }
             if let Some(bp) = &options.backpressure {
-                if throttled(bp, &mut outstanding, caps.time()) {
-                    // Read only from the partitions that hold the watermark back; if none can, wait.
-                    let watermark = caps.time();
-                    let ahead: Vec<bool> = (0..clock.partitions()).map(|p| clock.partition_watermark(p) > watermark).collect();
+                if let Some(frontier) = throttled(bp, &mut outstanding, caps.time()) {
+                    // Read only from the partitions that hold the dataflow's frontier back; if none can (another
+                    // worker's partition, or an operator downstream holds it), wait. Compared with this worker's
+                    // own watermark instead, a worker whose partitions all lead would read on without bound.
+                    let ahead: Vec<bool> = (0..clock.partitions()).map(|p| clock.partition_watermark(p) > frontier).collect();
                     if ahead.iter().all(|a| *a) || ahead.is_empty() {
                         activator.activate_after(Duration::from_millis(1));
                         return;
