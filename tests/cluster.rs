@@ -314,6 +314,47 @@ fn sigterm_to_the_launcher_stops_the_cluster_cleanly() {
 }
 
 #[test]
+fn sigint_to_the_launcher_is_forwarded_to_every_process() {
+    // Each process says when SIGINT reaches it and exits 0; `$6` is the `--process` index the launcher appends.
+    let script = r#"trap 'echo "process $6 got SIGINT" >&2; exit 0' INT; echo "ready $6"; while :; do sleep 1; done"#;
+    let run = spawn(Command::new(launcher()).args(["launch", "--processes", "2", "--stop-timeout", "60s", "--", "sh", "-c", script, "sh"]));
+    for _ in 0..2 {
+        run.wait_for_line("ready", LONG);
+    }
+    kill(Pid::from_raw(run.pid), Signal::SIGINT).expect("signal launcher");
+    let (status, stderr) = run.wait(LONG);
+    assert!(status.success(), "the processes exited 0 after SIGINT, so must the launcher: {stderr}");
+    assert!(stderr.contains("received SIGINT; forwarding it to every process"), "{stderr}");
+    for p in 0..2 {
+        assert!(stderr.contains(&format!("[p{p}] process {p} got SIGINT")), "process {p} did not get SIGINT: {stderr}");
+    }
+    assert!(!stderr.contains("killing them"), "nothing had to be killed: {stderr}");
+}
+
+#[test]
+fn processes_that_ignore_the_stop_signal_are_killed_after_the_stop_timeout() {
+    // Ignored signals stay ignored across exec: `sleep` cannot be stopped but by SIGKILL.
+    let script = r#"trap '' INT TERM; echo "ready $6"; exec sleep 600"#;
+    let run = spawn(Command::new(launcher()).args(["launch", "--processes", "2", "--stop-timeout", "1s", "--", "sh", "-c", script, "sh"]));
+    for _ in 0..2 {
+        run.wait_for_line("ready", LONG);
+    }
+    let processes = common::children(run.pid);
+    assert_eq!(processes.len(), 2, "the launcher runs two processes: {processes:?}");
+    let signalled = Instant::now();
+    kill(Pid::from_raw(run.pid), Signal::SIGINT).expect("signal launcher");
+    let (status, stderr) = run.wait(LONG);
+    let took = signalled.elapsed();
+    assert!(stderr.contains("processes did not stop within 1s; killing them"), "{stderr}");
+    assert!(!status.success(), "killed processes are not a clean stop: {stderr}");
+    assert!(took >= Duration::from_secs(1), "killed after {took:?}, before the stop timeout");
+    for pid in processes {
+        // The launcher reaped them: no such process, not even a zombie.
+        assert_eq!(kill(Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH), "process {pid} is still there");
+    }
+}
+
+#[test]
 fn a_stopped_peer_stops_the_cluster_within_the_peer_timeout_naming_it() {
     let scratch = Scratch::new("stopped-peer");
     let hosts = write_hostfile(&scratch.0, &free_addresses(2));
