@@ -1,7 +1,9 @@
 //! Broker faults, through the testkit's fault-injecting proxy in front of tansu (sqlite engine): a 30 s outage in
 //! the middle of a run is survived with exact output in both delivery modes; a lost produce response (so the retry
 //! meets a duplicate sequence number) neither loses nor duplicates output, also across a crash; an outage past
-//! the delivery timeout stops the job with a message, and a restart completes the output.
+//! the delivery timeout stops the job with a message, and a restart completes the output; a stop that cannot
+//! drain (no acknowledgement comes) ends at `--shutdown-timeout`, or at once on a second signal, and a restart
+//! completes the output exactly.
 
 mod common;
 
@@ -173,4 +175,70 @@ fn an_outage_past_the_delivery_timeout_stops_the_job_with_a_message() {
         assert_eq!(table(&bootstrap, name), reference(&all), "{name}: after the restart");
     }
     check_exact(&proxy, "exact", &reference(&all));
+}
+
+#[test]
+fn a_stop_that_cannot_drain_ends_at_the_shutdown_timeout_or_at_a_second_signal() {
+    let (scratch, _broker, proxy) = start();
+    let bootstrap = proxy.address().to_string();
+    let mut all = lines(0, 10_000, 100, 11);
+    all.extend(lines(1, 10_000, 100, 12));
+    produce(&bootstrap, "lines", &all);
+    // (output name, --shutdown-timeout, a second signal)
+    for (name, grace, second) in [("timeout", 2, None), ("second", 600, Some(Signal::SIGINT))] {
+        let grace_flag = format!("{grace}s");
+        let job = Job::start(&scratch.0, "kafka_word_count", (1, 1), &args(&proxy, name, false, &["--shutdown-timeout", &grace_flag]), &[]);
+        let job = wait_until(&bootstrap, name, job, |t| !t.is_empty());
+        // From now on the broker stores what the job writes but no acknowledgement reaches it, so the sink can
+        // never finish: a stop cannot drain. New input gives it something to write (produced with acks=0, which
+        // waits for no response; the input topic's size is checked below).
+        proxy.drop_produce_responses(usize::MAX);
+        let more = lines_of(&["lagoon", name], 0, 15_000, 10, 40, grace);
+        produce_unacknowledged(&bootstrap, "lines", &more);
+        all.extend(more);
+        // Its output for the new input is in the topic, unacknowledged: the sink holds that time open.
+        let job = wait_until(&bootstrap, name, job, |t| t.contains_key("lagoon"));
+        assert!(proxy.dropped() > 0, "{name}: no acknowledgement was held back");
+        let signalled = Instant::now();
+        job.signal(Signal::SIGTERM);
+        if let Some(signal) = second {
+            job.signal(signal);
+        }
+        let (statuses, stderr) = job.wait(LONG);
+        let took = signalled.elapsed();
+        proxy.drop_produce_responses(0);
+        assert!(!statuses[0].success(), "{name}: a stop that did not drain is not a success: {stderr}");
+        assert!(stderr.contains(": asking sources to stop"), "{name}: {stderr}");
+        match second {
+            None => {
+                assert!(took >= Duration::from_secs(2), "{name}: exited after {took:?}, before its 2 s shutdown timeout");
+                assert!(stderr.contains("stopping after SIGTERM: the dataflow did not finish within 2s"), "{name}: {stderr}");
+            }
+            Some(_) => {
+                // The two signals may be handled in either order.
+                assert!(stderr.contains("while stopping after") && stderr.contains("exiting now"), "{name}: {stderr}");
+                assert!(stderr.contains("came before the dataflow finished"), "{name}: no clear message: {stderr}");
+                assert!(took < Duration::from_secs(60), "{name}: the second signal took {took:?} to end a 600 s grace");
+            }
+        }
+        assert_eq!(common::kafka::size(&bootstrap, "lines"), all.len() as i64, "{name}: the broker lost input produced with acks=0");
+        // Whatever the forced exit left half-written, a bounded run completes exactly.
+        Job::start(&scratch.0, "kafka_word_count", (1, 1), &args(&proxy, name, true, &[]), &[]).succeed("the restart", LONG);
+        check_exact(&proxy, name, &reference(&all));
+    }
+}
+
+/// Produces `records` with acks=0: the broker sends no response, so this works while the proxy swallows them.
+fn produce_unacknowledged(bootstrap: &str, topic: &str, records: &[(i32, i64, Vec<u8>)]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "0")
+        .set("enable.idempotence", "false")
+        .create()
+        .expect("producer");
+    for (partition, timestamp, bytes) in records {
+        producer.send(BaseRecord::<(), _>::to(topic).partition(*partition).timestamp(*timestamp).payload(bytes)).expect("queue a record");
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
 }

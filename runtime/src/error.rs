@@ -105,12 +105,22 @@ pub enum Error {
         message: String,
     },
     /// The process was asked to stop and the dataflow did not finish in time.
-    #[error("stopping after {signal}: the dataflow did not finish within {} (or a second signal came); exiting without waiting further", humantime::format_duration(*.grace))]
+    #[error("stopping after {signal}: the dataflow did not finish within {} (--shutdown-timeout); exiting without waiting further (a restart resumes from the last commit)", humantime::format_duration(*.grace))]
     ShutdownTimeout {
         /// The signal's name, e.g. `SIGTERM`.
         signal: &'static str,
         /// How long the runtime waited.
         grace: Duration,
+    },
+    /// A second SIGINT/SIGTERM came while the process was stopping after the first.
+    #[error(
+        "stopping after {first}: {second} came before the dataflow finished; exiting without waiting further (a restart resumes from the last commit)"
+    )]
+    SecondSignal {
+        /// The first signal's name.
+        first: &'static str,
+        /// The second signal's name.
+        second: &'static str,
     },
     /// SIGINT/SIGTERM arrived before the cluster had started.
     #[error("stopped by {signal} while connecting to the peer processes")]

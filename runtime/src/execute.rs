@@ -276,7 +276,7 @@ where
                 let name = signal_name(signal);
                 if let Some((first, _)) = stopping {
                     tracing::warn!("received {name} while stopping after {first}; exiting now");
-                    break Err(Error::ShutdownTimeout { signal: first, grace: Duration::ZERO });
+                    break Err(Error::SecondSignal { first, second: name });
                 }
                 tracing::info!(
                     "received {name}: asking sources to stop; waiting up to {} for the dataflow to drain",

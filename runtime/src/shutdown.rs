@@ -1,8 +1,9 @@
 //! Orderly shutdown on SIGINT/SIGTERM.
 //!
 //! The first signal sets the cluster's [`Shutdown`] flag and wakes every worker, so sources can stop reading and
-//! let the dataflow drain; the runtime then waits up to `--shutdown-timeout`. A second signal, or the timeout,
-//! ends the wait with [`Error::ShutdownTimeout`](crate::Error::ShutdownTimeout).
+//! let the dataflow drain; the runtime then waits up to `--shutdown-timeout`. The timeout ends the wait with
+//! [`Error::ShutdownTimeout`](crate::Error::ShutdownTimeout), a second signal with
+//! [`Error::SecondSignal`](crate::Error::SecondSignal).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
