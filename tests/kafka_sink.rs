@@ -174,7 +174,9 @@ fn word_counts_reach_the_topic_exactly_once_across_crashes() {
     run(&bootstrap, (2, 2), "counts-2x2", None).expect("2x2 run");
     assert_eq!(read_topic(&bootstrap, "counts-2x2", partitions), clean, "2x2 writes what 1x1 writes");
 
-    // Crashes, then restarts with the same flags.
+    // Crashes, then restarts with the same flags. At 2x2 with 3 output partitions, worker 2 (on process 1) writes
+    // partition 2: `worker=2` aims the crash at it alone, halfway through its records.
+    let one_process = format!("sink-after-records={},worker=2", clean[2].len() / 2);
     let scenarios: &[(&str, (usize, usize), &[&str])] = &[
         ("after-1", (1, 1), &["sink-after-records=1"]),
         ("after-n", (1, 1), &["sink-after-records=337"]),
@@ -182,7 +184,9 @@ fn word_counts_reach_the_topic_exactly_once_across_crashes() {
         ("progress", (1, 1), &["sink-before-progress=1"]),
         ("progress-twice", (1, 1), &["sink-before-progress=1", "sink-before-progress=1"]),
         ("two-processes", (2, 2), &["sink-after-records=90"]),
+        ("one-process", (2, 2), &[one_process.as_str()]),
     ];
+    let complete: usize = clean.iter().map(Vec::len).sum();
     for (name, layout, failpoints) in scenarios {
         let topic = format!("counts-{name}");
         for failpoint in *failpoints {
@@ -190,6 +194,19 @@ fn word_counts_reach_the_topic_exactly_once_across_crashes() {
                 .err()
                 .unwrap_or_else(|| panic!("{name}: {failpoint} did not stop the job"));
             assert!(stderr.contains("failpoint"), "{name}: the job stopped at the failpoint: {stderr}");
+            // The crash left output behind that no commit covers, so the restart has something to reconcile: part
+            // of it (a crash amid the records), or all of it (a crash before the first progress report, once the
+            // records were written).
+            let written: usize = read_topic(&bootstrap, &topic, partitions).iter().map(Vec::len).sum();
+            let partial = failpoint.starts_with("sink-after-records");
+            assert!(0 < written && (written < complete || !partial), "{name}: {written} of {complete} changes written before the crash");
+            if failpoint.contains("worker=") {
+                let aimed: Vec<&str> = stderr.lines().filter(|l| l.contains("failpoint sink-after-records")).collect();
+                assert!(
+                    !aimed.is_empty() && aimed.iter().all(|l| l.starts_with("[p1]")),
+                    "{name}: only process 1 crashed at the failpoint: {stderr}"
+                );
+            }
         }
         run(&bootstrap, *layout, &topic, None).unwrap_or_else(|e| panic!("{name}: restart failed: {e}"));
         assert_eq!(read_topic(&bootstrap, &topic, partitions), clean, "{name}: each change exactly once");

@@ -105,8 +105,10 @@ impl ProducerContext for SinkContext {
 /// Crash points for tests, from `TRIBUTARY_FAILPOINT`: `sink-after-records=N` aborts the process once this
 /// writer has handed the N-th record (and those before it) to the producer, in the middle of a batch;
 /// `sink-before-progress=N` aborts after the writer's N-th acknowledged batch, before its position is reported.
-/// Counted per writer (one per worker and sink). Only with the `failpoints` feature (the workspace's tests and
-/// examples enable it); without it the variable is ignored.
+/// Counted per writer (one per worker and sink). `worker=W` among them aims the crash at global worker `W`
+/// alone, so at the one process that runs it (`W / workers per process`); without it every writer crashes.
+/// Only with the `failpoints` feature (the workspace's tests and examples enable it); without it the variable
+/// is ignored.
 #[derive(Default)]
 struct Failpoints {
     after_records: Option<u64>,
@@ -115,14 +117,22 @@ struct Failpoints {
 
 impl Failpoints {
     #[cfg(not(feature = "failpoints"))]
-    fn from_env() -> Self {
+    fn from_env(_worker: usize) -> Self {
         Failpoints::default()
     }
 
     #[cfg(feature = "failpoints")]
-    fn from_env() -> Self {
-        let spec = std::env::var("TRIBUTARY_FAILPOINT").unwrap_or_default();
-        let value = |name: &str| spec.split(',').find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse().ok());
+    fn from_env(worker: usize) -> Self {
+        Self::parse(&std::env::var("TRIBUTARY_FAILPOINT").unwrap_or_default(), worker)
+    }
+
+    /// The crash points of `spec` that apply to global worker `worker`.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    fn parse(spec: &str, worker: usize) -> Self {
+        let value = |name: &str| spec.split(',').find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok());
+        if value("worker").is_some_and(|aimed| aimed != worker as u64) {
+            return Failpoints::default();
+        }
         Failpoints { after_records: value("sink-after-records"), before_progress: value("sink-before-progress") }
     }
 }
@@ -210,7 +220,7 @@ impl Writer {
             pending: VecDeque::new(),
             abandon_from: None,
             last_time: 0,
-            failpoints: Failpoints::from_env(),
+            failpoints: Failpoints::from_env(index),
             sent: 0,
             sent_metric,
             acked_batches: 0,
@@ -507,5 +517,20 @@ impl Writer {
         if let Some(other) = deliveries.other_writer.take() {
             stop(SinkError::OtherWriter { sink: self.name.clone(), detail: other.to_string() });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Failpoints;
+
+    #[test]
+    fn a_failpoint_aimed_at_a_worker_applies_to_that_worker_alone() {
+        let everywhere = Failpoints::parse("sink-after-records=5", 3);
+        assert_eq!((everywhere.after_records, everywhere.before_progress), (Some(5), None));
+        let aimed = Failpoints::parse("sink-before-progress=2,worker=1", 1);
+        assert_eq!((aimed.after_records, aimed.before_progress), (None, Some(2)));
+        let elsewhere = Failpoints::parse("sink-after-records=5,worker=1", 0);
+        assert_eq!((elsewhere.after_records, elsewhere.before_progress), (None, None));
     }
 }
