@@ -8,6 +8,9 @@ use tributary_connectors::file::FileSource;
 use tributary_connectors::{DeadLetter, Reason, SourceOptions};
 use tributary_operators::WatermarkPolicy;
 
+/// How long a test's dataflow may run before the test binary fails (a hung source would hang the suite).
+const DATAFLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
 struct Row {
     key: String,
@@ -49,6 +52,7 @@ fn run(source: FileSource<Row>, policy: WatermarkPolicy, workers: usize) -> Obse
     let records = Arc::new(Mutex::new(Vec::new()));
     let dead = Arc::new(Mutex::new(Vec::new()));
     let (r, d) = (Arc::clone(&records), Arc::clone(&dead));
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute(timely::Config::process(workers), move |worker| {
         let (r, d) = (Arc::clone(&r), Arc::clone(&d));
         let source = source.clone();

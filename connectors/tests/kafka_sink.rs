@@ -15,6 +15,9 @@ use tributary_connectors::job::JobError;
 use tributary_connectors::kafka::{CommitLog, Delivery, KafkaConfig, KafkaSink, SinkError, SinkFormat, SinkKafka, partition_for};
 use tributary_testkit::{Broker, Storage};
 
+/// How long a test's dataflow may run before the test binary fails (a hung source would hang the suite).
+const DATAFLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 fn broker(name: &str, storage: Storage) -> Broker {
     let dir = std::env::temp_dir().join(format!("tributary-sink-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -99,6 +102,7 @@ fn upsert_and_changelog_topics_hold_the_collection() {
         .expect("open at-least-once sink");
     let changes = changes();
     let feed = changes.clone();
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute(timely::Config::process(2), move |worker| {
         let (mut input, probes) = worker.dataflow::<u64, _, _>(|scope| {
             let job = log.job(scope);
@@ -217,6 +221,7 @@ fn a_record_the_brokers_never_acknowledge_stops_the_job_with_a_typed_error() {
     // The broker stores what it is sent, but no produce request gets an answer.
     proxy.drop_produce_responses(usize::MAX);
     let started = Instant::now();
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     let result = tributary_runtime::execute(&tributary_runtime::ClusterArgs::default(), move |worker, _ctx| {
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let job = log.job(scope);

@@ -19,6 +19,9 @@ use tributary_operators::WatermarkPolicy;
 use tributary_runtime::Shutdown;
 use tributary_testkit::{Broker, Storage};
 
+/// How long a test's dataflow may run before the test binary fails (a hung source would hang the suite).
+const DATAFLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// What a test record decodes to: where it came from and its event time.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct Seen {
@@ -100,6 +103,7 @@ struct Run {
 fn run(source: &KafkaSource<Seen>, policy: WatermarkPolicy, workers: usize) -> Run {
     let out = Arc::new(Mutex::new(Run::default()));
     let (source, sink) = (source.clone(), Arc::clone(&out));
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute(timely::Config::process(workers), move |worker| {
         let (records, dead) = (Arc::clone(&sink), Arc::clone(&sink));
         let streams = worker.dataflow::<u64, _, _>(|scope| {
@@ -320,6 +324,7 @@ fn an_idle_partition_stops_holding_the_watermark_back() {
     for workers in [1, 2] {
         let reached = Arc::new(Mutex::new(Vec::new()));
         let (result, source) = (Arc::clone(&reached), source.clone());
+        let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
         timely::execute(timely::Config::process(workers), move |worker| {
             let shutdown = Shutdown::default();
             let options = SourceOptions { policy, shutdown: Some(shutdown.clone()), ..Default::default() };
@@ -366,6 +371,7 @@ fn backpressure_reads_everything_once_even_with_a_lagging_partition() {
         // completes (what a window does), i.e. the memory backpressure is there to bound.
         let held = Arc::new(Mutex::new(BTreeMap::<usize, usize>::new()));
         let (sink, most, source) = (Arc::clone(&seen), Arc::clone(&held), source.clone());
+        let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
         timely::execute(timely::Config::process(2), move |worker| {
             let probe = timely::dataflow::ProbeHandle::new();
             let backpressure = tributary_connectors::Backpressure { probe: probe.clone(), max_ahead: None, max_records: limit };
@@ -469,6 +475,7 @@ fn whole_records_with_key_headers_and_timestamp() {
     let source = KafkaSource::new(config, &["headers"], Decoder::message(), EventTime::KafkaTimestamp).unwrap().until_end(true);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&seen);
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute(timely::Config::thread(), move |worker| {
         let sink = Arc::clone(&sink);
         worker.dataflow::<u64, _, _>(|scope| {
@@ -523,6 +530,7 @@ fn start_from_latest_reads_only_what_is_produced_after_the_start() {
     let (sink, bootstrap) = (Arc::clone(&seen), broker.bootstrap());
     let (observed, to_produce) = (Arc::clone(&seen), new.clone());
     let shutdown = Shutdown::default();
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute_directly(move |worker| {
         let options = SourceOptions { shutdown: Some(shutdown.clone()), ..Default::default() };
         let metrics = worker.dataflow::<u64, _, _>(|scope| {

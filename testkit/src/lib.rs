@@ -44,7 +44,7 @@ pub fn tansu_path() -> PathBuf {
 /// Installs the pinned tansu into the cache unless a working one is there; returns its path.
 pub fn install() -> anyhow::Result<PathBuf> {
     let path = tansu_path();
-    if path.exists() && Command::new(&path).arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if path.exists() && output_within(Command::new(&path).arg("--version"), CLI_LIMIT).is_ok_and(|o| o.status.success()) {
         return Ok(path);
     }
     if std::env::var_os("TRIBUTARY_TANSU").is_some() {
@@ -131,10 +131,20 @@ impl Broker {
     /// plaintext without SASL: call it on a broker started without authentication).
     pub fn create_scram_user(&self, name: &str, password: &str) -> anyhow::Result<()> {
         for mechanism in ["scram256", "scram512"] {
-            let output = Command::new(tansu_path())
-                .args(["user", "create", "--broker", &format!("tcp://{}", self.address), "--mechanism", mechanism, name, password])
-                .output()
-                .context("cannot run `tansu user create`")?;
+            let output = output_within(
+                Command::new(tansu_path()).args([
+                    "user",
+                    "create",
+                    "--broker",
+                    &format!("tcp://{}", self.address),
+                    "--mechanism",
+                    mechanism,
+                    name,
+                    password,
+                ]),
+                CLI_LIMIT,
+            )
+            .context("cannot run `tansu user create`")?;
             if !output.status.success() {
                 bail!("creating user {name} ({mechanism}) failed: {}", String::from_utf8_lossy(&output.stderr));
             }
@@ -224,7 +234,7 @@ impl Broker {
         for (key, value) in config {
             command.args(["--config", &format!("{key}={value}")]);
         }
-        let output = command.arg(name).output().context("cannot run `tansu topic create`")?;
+        let output = output_within(command.arg(name), CLI_LIMIT).context("cannot run `tansu topic create`")?;
         if !output.status.success() {
             bail!("creating topic {name} failed: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         }
@@ -296,4 +306,67 @@ pub fn peak_rss_mib() -> f64 {
 pub fn flag(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+/// How long one tansu command-line call (`topic create`, `user create`, `--version`) may take.
+const CLI_LIMIT: Duration = Duration::from_secs(60);
+
+/// `Command::output` with a deadline: a program that hangs is killed and reported instead of hanging the caller.
+fn output_within(command: &mut Command, limit: Duration) -> anyhow::Result<std::process::Output> {
+    use std::io::Read;
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{:?} did not finish within {limit:?} (killed)", command.get_program());
+        }
+        // Polling the child's exit, with a deadline.
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let join = |h: std::thread::JoinHandle<Vec<u8>>| h.join().unwrap_or_default();
+    Ok(std::process::Output { status, stdout: join(stdout), stderr: join(stderr) })
+}
+
+/// A deadline for a wait a test cannot bound by itself, such as joining timely's workers in `timely::execute`:
+/// unless the guard is dropped within `limit`, the whole test binary exits with a message naming `what`, so a
+/// hung dataflow fails the suite instead of hanging it. A panicking test drops the guard too.
+///
+/// ```
+/// let _deadline = tributary_testkit::Deadline::new("a quick step", std::time::Duration::from_secs(60));
+/// ```
+pub struct Deadline {
+    _done: std::sync::mpsc::Sender<()>,
+}
+
+impl Deadline {
+    /// Starts the clock.
+    pub fn new(what: impl Into<String>, limit: Duration) -> Deadline {
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let what = what.into();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(limit) {
+                // Straight to the process's stderr: the test harness captures `eprintln!`, and would drop it.
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "FAILED: {what} did not finish within {limit:?}; exiting the test binary");
+                std::process::exit(101);
+            }
+        });
+        Deadline { _done: done }
+    }
 }

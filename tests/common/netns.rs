@@ -6,6 +6,8 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 
+use super::OutputWithin;
+
 /// The namespaces and links one test created.
 pub struct Network {
     bridge: String,
@@ -15,7 +17,7 @@ pub struct Network {
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let output = Command::new("ip").args(args).output().map_err(|e| format!("cannot run `ip` (iproute2): {e}"))?;
+    let output = Command::new("ip").args(args).output_within(super::RUN_LIMIT).map_err(|e| format!("cannot run `ip` (iproute2): {e}"))?;
     if !output.status.success() {
         return Err(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()));
     }
