@@ -13,6 +13,9 @@ use proptest::prelude::*;
 use timely::dataflow::operators::Inspect;
 use tributary_operators::aggregate::{Aggregate, Aggregator, Fold, Sum};
 
+/// How long a test's dataflow may run before the test binary fails (a hang would hang the suite).
+const DATAFLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// `(key, value, time, diff)`, in time order.
 type Change = (u8, u8, u64, isize);
 
@@ -71,6 +74,7 @@ where
 {
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&log);
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute(timely::Config::process(workers), move |worker| {
         let sink = Arc::clone(&sink);
         let mut input = worker.dataflow::<u64, _, _>(|scope| {

@@ -16,6 +16,9 @@ use tributary_operators::checkpoint::{Checkpoints, Restored};
 use tributary_operators::late::LateRecord;
 use tributary_operators::window::{WindowAggregate, WindowSpec};
 
+/// How long a test's dataflow may run before the test binary fails (a hang would hang the suite).
+const DATAFLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 type Timed<O> = BTreeMap<((u8, u64), O, u64), isize>;
 
 struct Outcome<O> {
@@ -44,6 +47,7 @@ where
     let late = Arc::new(Mutex::new(Vec::new()));
     let parts = Arc::new(Mutex::new(Vec::new()));
     let (r, l, p) = (Arc::clone(&results), Arc::clone(&late), Arc::clone(&parts));
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute(timely::Config::process(workers), move |worker| {
         let (r, l) = (Arc::clone(&r), Arc::clone(&l));
         let registry = Checkpoints::install(restore.clone());
@@ -165,6 +169,7 @@ fn run_join(
     let joined = Arc::new(Mutex::new(Vec::new()));
     let parts = Arc::new(Mutex::new(BTreeMap::<String, Vec<Vec<u8>>>::new()));
     let (c, j, p) = (Arc::clone(&changes), Arc::clone(&joined), Arc::clone(&parts));
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute(timely::Config::process(workers), move |worker| {
         let (c, j) = (Arc::clone(&c), Arc::clone(&j));
         let registry = Checkpoints::install(restore.clone());
@@ -262,6 +267,7 @@ fn run_op(left: Vec<Update>, right: Vec<Update>, op: Op, workers: usize, checkpo
     let late = Arc::new(Mutex::new(Vec::new()));
     let parts = Arc::new(Mutex::new(Vec::new()));
     let (r, l, p) = (Arc::clone(&results), Arc::clone(&late), Arc::clone(&parts));
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute(timely::Config::process(workers), move |worker| {
         let (r, l, l2) = (Arc::clone(&r), Arc::clone(&l), Arc::clone(&l));
         let registry = Checkpoints::install(restore.clone());

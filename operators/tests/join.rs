@@ -8,6 +8,9 @@ use differential_dataflow::input::Input;
 use proptest::prelude::*;
 use tributary_operators::join::OuterJoin;
 
+/// How long a test's dataflow may run before the test binary fails (a hang would hang the suite).
+const DATAFLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 type Row = (u8, (Option<u8>, Option<u8>));
 
 /// Adds `(key, value, diff)` updates, never retracting what is not there (so the final collections are sets
@@ -60,6 +63,7 @@ enum Kind {
 fn run(a: Vec<(u8, u8, isize)>, b: Vec<(u8, u8, isize)>, kind: Kind, workers: usize) -> BTreeMap<Row, isize> {
     let out = Arc::new(Mutex::new(BTreeMap::new()));
     let sink = Arc::clone(&out);
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute(timely::Config::process(workers), move |worker| {
         let sink = Arc::clone(&sink);
         let (mut left, mut right) = worker.dataflow::<u64, _, _>(|scope| {

@@ -14,6 +14,9 @@ use tributary_operators::aggregate::Fold;
 use tributary_operators::late::LateRecord;
 use tributary_operators::session::{Session, SessionAggregate, Sessions};
 
+/// How long a test's dataflow may run before the test binary fails (a hang would hang the suite).
+const DATAFLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 type Multiset = BTreeMap<u8, isize>;
 
 /// The final sessions per key with their values by the model, and the late updates.
@@ -63,6 +66,7 @@ fn run(updates: Vec<Update>, gap: u64, lateness: u64, workers: usize) -> Observe
     let results = Arc::new(Mutex::new(Vec::new()));
     let late = Arc::new(Mutex::new(Vec::new()));
     let (r, l) = (Arc::clone(&results), Arc::clone(&late));
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute(timely::Config::process(workers), move |worker| {
         let (r, l) = (Arc::clone(&r), Arc::clone(&l));
         let mut input = worker.dataflow::<u64, _, _>(|scope| {

@@ -10,6 +10,9 @@ use tributary_operators::aggregate::Count;
 use tributary_operators::state::{self, sizes};
 use tributary_operators::{Interval, IntervalJoin, SessionAggregate, Sessions, Timed, WindowAggregate, WindowJoin, Windows};
 
+/// How long a test's dataflow may run before the test binary fails (a hang would hang the suite).
+const DATAFLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 type Records = Vec<(Timed<(u8, u8)>, u64, isize)>;
 
 /// `(held, buffered)` of operator `name`, summed over workers.
@@ -30,6 +33,7 @@ fn send(input: &mut timely::dataflow::InputHandle<u64, timely::container::Capaci
 
 #[test]
 fn a_window_holds_its_keys_until_the_frontier_passes_its_end_plus_the_lateness() {
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute_directly(|worker| {
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, records) = scope.new_input::<Records>();
@@ -63,6 +67,7 @@ fn a_window_holds_its_keys_until_the_frontier_passes_its_end_plus_the_lateness()
 
 #[test]
 fn a_session_is_held_until_the_frontier_passes_its_end_plus_gap_and_lateness() {
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute_directly(|worker| {
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, records) = scope.new_input::<Records>();
@@ -88,6 +93,7 @@ fn a_session_is_held_until_the_frontier_passes_its_end_plus_gap_and_lateness() {
 
 #[test]
 fn joins_release_their_records_once_no_match_is_possible() {
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute_directly(|worker| {
         let (mut left, mut right, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (left, lefts) = scope.new_input::<Records>();

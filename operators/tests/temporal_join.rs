@@ -10,6 +10,9 @@ use timely::dataflow::operators::{Input, Inspect};
 use tributary_operators::event_time::Timed;
 use tributary_operators::temporal_join::TemporalJoin;
 
+/// How long a test's dataflow may run before the test binary fails (a hang would hang the suite).
+const DATAFLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 type Out = BTreeMap<(u8, u8, Option<u8>, u64), isize>;
 
 fn model(table: &[(u8, u8, u64)], records: &[(u8, u8, u64)]) -> Out {
@@ -34,6 +37,7 @@ fn model(table: &[(u8, u8, u64)], records: &[(u8, u8, u64)]) -> Out {
 fn run(table: Vec<(u8, u8, u64)>, records: Vec<(u8, u8, u64)>, workers: usize) -> Out {
     let out = Arc::new(Mutex::new(Out::new()));
     let sink = Arc::clone(&out);
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute(timely::Config::process(workers), move |worker| {
         let sink = Arc::clone(&sink);
         let (mut table_in, mut records_in) = worker.dataflow::<u64, _, _>(|scope| {

@@ -9,9 +9,13 @@ use timely::dataflow::operators::Input;
 use tributary_operators::event_time::Timed;
 use tributary_operators::upsert::Upsert;
 
+/// How long a test's dataflow may run before the test binary fails (a hang would hang the suite).
+const DATAFLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 fn run(updates: Vec<(u8, Option<u8>, u64)>, workers: usize) -> BTreeMap<(u8, u8), isize> {
     let table = Arc::new(Mutex::new(BTreeMap::new()));
     let sink = Arc::clone(&table);
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute(timely::Config::process(workers), move |worker| {
         let sink = Arc::clone(&sink);
         let mut input = worker.dataflow::<u64, _, _>(|scope| {

@@ -13,6 +13,9 @@ use tributary_operators::aggregate::{Aggregator, Count, Fold};
 use tributary_operators::late::LateRecord;
 use tributary_operators::window::{Emit, WindowAggregate, WindowSpec, Windows};
 
+/// How long a test's dataflow may run before the test binary fails (a hang would hang the suite).
+const DATAFLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Final values per (key, window start) by the model, and the late updates.
 fn model(updates: &[Update], shape: Shape, lateness: u64) -> (BTreeMap<(u8, u64), BTreeMap<u8, isize>>, Vec<Update>) {
     let mut values: BTreeMap<(u8, u64), BTreeMap<u8, isize>> = BTreeMap::new();
@@ -58,6 +61,7 @@ where
     let results = Arc::new(Mutex::new(Vec::new()));
     let late = Arc::new(Mutex::new(Vec::new()));
     let (r, l) = (Arc::clone(&results), Arc::clone(&late));
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute(timely::Config::process(workers), move |worker| {
         let (r, l) = (Arc::clone(&r), Arc::clone(&l));
         let mut input = worker.dataflow::<u64, _, _>(|scope| {

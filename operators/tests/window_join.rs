@@ -15,6 +15,9 @@ use tributary_operators::interval_join::{Interval, IntervalJoin};
 use tributary_operators::late::LateRecord;
 use tributary_operators::window_join::WindowJoin;
 
+/// How long a test's dataflow may run before the test binary fails (a hang would hang the suite).
+const DATAFLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// `(key, window start or event time, left value, right value, time)`.
 type Pair = (u8, u64, u8, u8, u64);
 type Late = Vec<(bool, Update)>;
@@ -64,6 +67,7 @@ fn run(left: Vec<Update>, right: Vec<Update>, join: Join, workers: usize) -> (BT
     let pairs = Arc::new(Mutex::new(Vec::new()));
     let late = Arc::new(Mutex::new(Vec::new()));
     let (p, l) = (Arc::clone(&pairs), Arc::clone(&late));
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute(timely::Config::process(workers), move |worker| {
         let (p, l, l2) = (Arc::clone(&p), Arc::clone(&l), Arc::clone(&l));
         let late_record = |side: bool, x: &LateRecord<(u8, u8)>| (side, (x.record.0, x.record.1, x.event_time, x.arrived_at, x.diff));
