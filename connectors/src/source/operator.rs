@@ -279,6 +279,14 @@ where
                     // own watermark instead, a worker whose partitions all lead would read on without bound.
                     let ahead: Vec<bool> = (0..clock.partitions()).map(|p| clock.partition_watermark(p) > frontier).collect();
                     if ahead.iter().all(|a| *a) || ahead.is_empty() {
+                        // Waiting, still tell the others how far this worker is: an all-idle worker follows these
+                        // heartbeats, and without them it could hold the very frontier this source waits for.
+                        let watermark = caps.time();
+                        if options.policy.idle_timeout.is_some() && watermark > heartbeat_sent && now >= next_heartbeat {
+                            heartbeat_output.activate().session(&caps.beats).give(Beat::Watermark { worker: me });
+                            heartbeat_sent = watermark;
+                            next_heartbeat = now + HEARTBEAT_EVERY;
+                        }
                         activator.activate_after(Duration::from_millis(1));
                         return;
                     }
