@@ -423,10 +423,12 @@ fn backpressure_reads_everything_once_even_with_a_lagging_partition() {
     for (worker, most) in &bounded {
         assert!(*most <= LIMIT + 2 * BATCH, "worker {worker} held {most} records at once with a limit of {LIMIT} in flight");
     }
-    // The same run without the limit holds most of the leading partitions' records: the check above can fail.
+    // The same run without the limit holds the leading partitions' records on some worker: the check above can fail.
     let unbounded = run(None);
-    let most = unbounded.values().sum::<usize>();
-    assert!(most > 10 * (LIMIT + 2 * BATCH), "without backpressure the operator held only {most} records: the test shows nothing");
+    assert!(
+        unbounded.values().any(|most| *most > LIMIT + 2 * BATCH),
+        "without backpressure the operator held only {unbounded:?} records per worker: the bound above shows nothing"
+    );
 }
 
 #[test]

@@ -13,8 +13,10 @@ pub struct Backpressure {
     pub max_ahead: Option<std::time::Duration>,
     /// Do not read while this many emitted records are at times the probe has not passed. A source checks before
     /// it reads a batch, and while waiting still reads from the partitions that hold the dataflow's frontier back
-    /// (or nothing could complete), so the records in flight per source instance stay below this plus two
-    /// batches (`SourceOptions::batch`).
+    /// (or nothing could complete). With event times that rise in each partition and no out-of-orderness, the
+    /// records in flight per source instance stay below this plus two batches (`SourceOptions::batch`); with an
+    /// out-of-orderness D, the partition holding the frontier is read until its records pass the frontier by D,
+    /// and those records count on top.
     pub max_records: Option<usize>,
 }
 
