@@ -69,15 +69,28 @@ impl Failure {
 /// Returns the results of this process's workers, in local index order. Sets up `tracing` logging from
 /// `RUST_LOG` if the program has not installed a subscriber itself.
 ///
+/// Each of the two workers below turns `0..4` into a stream and exchanges it by value, so worker 0
+/// receives the even numbers from both workers and worker 1 the odd ones:
+///
 /// ```
-/// use timely::dataflow::operators::{ToStream, Inspect};
+/// use std::{cell::RefCell, rc::Rc};
+/// use timely::dataflow::operators::{Exchange, Inspect, ToStream};
 /// let results = tributary_runtime::execute(&tributary_runtime::ClusterArgs::single_process(2), |worker, ctx| {
+///     let received = Rc::new(RefCell::new(Vec::new()));
+///     let log = Rc::clone(&received);
 ///     worker.dataflow::<u64, _, _>(|scope| {
-///         (0..3u64).to_stream(scope).container::<Vec<_>>().inspect(|_x| {});
+///         (0..4u64)
+///             .to_stream(scope)
+///             .container::<Vec<_>>()
+///             .exchange(|x| *x)
+///             .inspect(move |x| log.borrow_mut().push(*x));
 ///     });
-///     ctx.index
+///     while worker.step() {}
+///     let mut received = received.take();
+///     received.sort();
+///     (ctx.index, received)
 /// })?;
-/// assert_eq!(results, vec![0, 1]);
+/// assert_eq!(results, vec![(0, vec![0, 0, 2, 2]), (1, vec![1, 1, 3, 3])]);
 /// # Ok::<(), tributary_runtime::Error>(())
 /// ```
 pub fn execute<T, F>(args: &ClusterArgs, func: F) -> Result<Vec<T>>
