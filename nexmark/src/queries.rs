@@ -2,7 +2,8 @@
 //!
 //! Every query takes the event stream as sources emit it (`(Timed<Event>, time, diff)`) and returns its result as
 //! a differential collection of [`Row`]s, plus the records its event-time operators found too late (allowed
-//! lateness 0; with the 4 s watermark delay the generator's disorder never gets there).
+//! lateness 0; with the 4 s watermark delay, the generator's disorder at its default event-time rate never gets
+//! there; at a slow rate, such as the example's `--event-rate 25`, it does).
 //!
 //! | query | what | how |
 //! |---|---|---|

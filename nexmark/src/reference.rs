@@ -2,7 +2,7 @@
 //!
 //! Each takes every event with its dataflow time (as [`Config::all`](crate::Config::all) gives them) and
 //! returns the final result as a multiset of rows. Windowed queries drop records later than their window's end
-//! (allowed lateness 0), as the dataflows do.
+//! (allowed lateness 0), as the dataflows do; [`late`] counts the records they drop.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -118,4 +118,30 @@ pub fn reference(query: Query, events: &[(u32, Event, u64)]) -> BTreeMap<Row, is
         }
     }
     out
+}
+
+/// How many records `query` finds too late over `events`: for the windowed queries (allowed lateness 0), the
+/// records whose every window ended at or before their dataflow time (q5: its bids; q7: its bids; q8: its persons
+/// and auctions); the other queries have no event-time windows, so none.
+pub fn late(query: Query, events: &[(u32, Event, u64)]) -> u64 {
+    // The last window an event falls in (sliding by SLIDE_MS for q5, tumbling otherwise) ends latest: a record is
+    // late when that window has ended by its dataflow time.
+    let ended = |event_time: u64, step: u64, time: u64| event_time - event_time % step + WINDOW_MS <= time;
+    let count = |keep: &dyn Fn(&Event) -> Option<u64>, step: u64| {
+        events.iter().filter(|(_, e, time)| keep(e).is_some_and(|event_time| ended(event_time, step, *time))).count() as u64
+    };
+    let bid = |e: &Event| if let Event::Bid(b) = e { Some(b.date_time) } else { None };
+    match query {
+        Query::Q0 | Query::Q1 | Query::Q2 | Query::Q3 | Query::Q4 | Query::Q6 => 0,
+        Query::Q5 => count(&bid, SLIDE_MS),
+        Query::Q7 => count(&bid, WINDOW_MS),
+        Query::Q8 => count(
+            &|e| match e {
+                Event::Person(p) => Some(p.date_time),
+                Event::Auction(a) => Some(a.date_time),
+                Event::Bid(_) => None,
+            },
+            WINDOW_MS,
+        ),
+    }
 }
