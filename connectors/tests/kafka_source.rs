@@ -432,6 +432,49 @@ fn backpressure_reads_everything_once_even_with_a_lagging_partition() {
 }
 
 #[test]
+fn backpressure_does_not_stall_behind_a_worker_whose_only_partition_is_idle() {
+    let broker = broker("bp-idle", Storage::Memory);
+    broker.create_topic("bp-idle", 2, &[]).unwrap();
+    // Each worker reads one partition, and only one has records: the other worker goes idle and follows the
+    // first one's heartbeats. The first one, throttled with its partition ahead of the frontier the idle worker
+    // holds, must keep sending them while it waits, or neither moves again.
+    assert_ne!(tributary_connectors::kafka::owner("bp-idle", 0, 2), tributary_connectors::kafka::owner("bp-idle", 1, 2));
+    const RECORDS: u64 = 600;
+    produce(&broker, "bp-idle", &(0..RECORDS).map(|i| (0, 1_000 + i * 10, json(1_000 + i * 10))).collect::<Vec<_>>());
+    let source = source(&broker, &["bp-idle"]);
+    let policy = WatermarkPolicy {
+        max_out_of_orderness: Duration::ZERO,
+        idle_timeout: Some(Duration::from_millis(200)),
+        max_lateness: None,
+        max_ahead: None,
+    };
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (sink, observed) = (Arc::clone(&seen), Arc::clone(&seen));
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
+    timely::execute(timely::Config::process(2), move |worker| {
+        let (probe, shutdown, sink) = (timely::dataflow::ProbeHandle::new(), Shutdown::default(), Arc::clone(&sink));
+        let backpressure = tributary_connectors::Backpressure { probe: probe.clone(), max_ahead: None, max_records: Some(20) };
+        let options =
+            SourceOptions { backpressure: Some(backpressure), batch: 8, policy, shutdown: Some(shutdown.clone()), ..Default::default() };
+        worker.dataflow::<u64, _, _>(|scope| {
+            source.build(scope, options).records.inspect(move |(s, _, _)| sink.lock().unwrap().push(s.value.ts)).probe_with(&probe);
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (observed.lock().unwrap().len() as u64) < RECORDS {
+            let seen = observed.lock().unwrap().len();
+            assert!(Instant::now() < deadline, "worker {}: the source stalled after {seen} of {RECORDS} records", worker.index());
+            worker.step_or_park(Some(Duration::from_millis(10)));
+        }
+        shutdown.request();
+        while worker.step_or_park(Some(Duration::from_millis(10))) {}
+    })
+    .expect("timely");
+    let mut got = seen.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(got, (0..RECORDS).map(|i| 1_000 + i * 10).collect::<Vec<_>>(), "every record once");
+}
+
+#[test]
 fn positions_are_committed_for_lag_tools() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let broker = broker("lag", Storage::Memory);
