@@ -2,7 +2,9 @@
 //! exact for exactly-once): the output topic read back as a table equals the counts of `word_count`; its content
 //! is the same record for record at 1x1 and 2x2; after crashes at random points (between records, between a
 //! batch and its progress record, twice in a row, in one of two processes) and restarts, the topic holds exactly
-//! what a clean run writes, each change once; every malformed record is in the dead-letter topic once.
+//! what a clean run writes, each change once; every malformed record is in the dead-letter topic once. Positions
+//! committed for lag tools wait for the sinks: after a crash some input is not committed (none before the first
+//! progress report), after the restart all of it.
 
 mod common;
 
@@ -70,6 +72,20 @@ fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Vec<(Option<
 }
 
 /// The counts `word_count` gives for the same lines.
+/// Per partition of `lines`: the offset `group` has committed (what lag tools read), and the partition's end.
+fn lag_positions(bootstrap: &str, group: &str) -> Vec<(Offset, i64)> {
+    let lag: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
+    let mut positions = TopicPartitionList::new();
+    positions.add_partition("lines", 0);
+    positions.add_partition("lines", 1);
+    let committed = lag.committed_offsets(positions, Duration::from_secs(10)).expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .map(|e| (e.offset(), lag.fetch_watermarks("lines", e.partition(), Duration::from_secs(10)).expect("end offsets").1))
+        .collect()
+}
+
 fn reference(lines: &[(i32, i64, Vec<u8>)]) -> BTreeMap<String, i64> {
     let mut counts = BTreeMap::new();
     for (_, _, bytes) in lines {
@@ -134,15 +150,12 @@ fn word_counts_reach_the_topic_exactly_once_across_crashes() {
     // A clean run: the topic read as a table is the word counts.
     run_with(&bootstrap, (1, 1), "counts", None, &["--lag-group", "word-count-lag"]).expect("clean run");
     // Positions are committed for lag tools once the counts are written: at the end, all of them.
-    let lag: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("group.id", "word-count-lag").create().unwrap();
-    let mut positions = TopicPartitionList::new();
-    positions.add_partition("lines", 0);
-    positions.add_partition("lines", 1);
-    let committed = lag.committed_offsets(positions, Duration::from_secs(10)).expect("committed offsets");
-    for element in committed.elements() {
-        let (_, end) = lag.fetch_watermarks("lines", element.partition(), Duration::from_secs(10)).unwrap();
-        assert_eq!(element.offset(), Offset::Offset(end), "lines/{} committed to its end", element.partition());
-    }
+    let ends = lag_positions(&bootstrap, "word-count-lag").into_iter().map(|(_, end)| Offset::Offset(end)).collect::<Vec<_>>();
+    assert_eq!(
+        lag_positions(&bootstrap, "word-count-lag").into_iter().map(|(c, _)| c).collect::<Vec<_>>(),
+        ends,
+        "lines committed to its ends"
+    );
     let clean = read_topic(&bootstrap, "counts", partitions);
     let mut table = BTreeMap::new();
     for (key, value) in clean.iter().flatten() {
@@ -189,8 +202,11 @@ fn word_counts_reach_the_topic_exactly_once_across_crashes() {
     let complete: usize = clean.iter().map(Vec::len).sum();
     for (name, layout, failpoints) in scenarios {
         let topic = format!("counts-{name}");
+        // Positions reach the lag tools' group only once the sinks wrote their records' output.
+        let group = format!("{topic}-lag");
+        let lag = ["--lag-group", group.as_str()];
         for failpoint in *failpoints {
-            let stderr = run(&bootstrap, *layout, &topic, Some(failpoint))
+            let stderr = run_with(&bootstrap, *layout, &topic, Some(failpoint), &lag)
                 .err()
                 .unwrap_or_else(|| panic!("{name}: {failpoint} did not stop the job"));
             assert!(stderr.contains("failpoint"), "{name}: the job stopped at the failpoint: {stderr}");
@@ -200,6 +216,19 @@ fn word_counts_reach_the_topic_exactly_once_across_crashes() {
             let written: usize = read_topic(&bootstrap, &topic, partitions).iter().map(Vec::len).sum();
             let partial = failpoint.starts_with("sink-after-records");
             assert!(0 < written && (written < complete || !partial), "{name}: {written} of {complete} changes written before the crash");
+            let committed = lag_positions(&bootstrap, &group);
+            if failpoint.starts_with("sink-before-progress") {
+                // No time was reported written: no position may be committed.
+                assert!(
+                    committed.iter().all(|(c, _)| matches!(c, Offset::Invalid | Offset::Offset(0))),
+                    "{name}: positions committed for output not reported written: {committed:?}"
+                );
+            } else {
+                assert!(
+                    committed.iter().any(|(c, end)| *c != Offset::Offset(*end)),
+                    "{name}: every position committed after a crash: {committed:?}"
+                );
+            }
             if failpoint.contains("worker=") {
                 let aimed: Vec<&str> = stderr.lines().filter(|l| l.contains("failpoint sink-after-records")).collect();
                 assert!(
@@ -208,7 +237,9 @@ fn word_counts_reach_the_topic_exactly_once_across_crashes() {
                 );
             }
         }
-        run(&bootstrap, *layout, &topic, None).unwrap_or_else(|e| panic!("{name}: restart failed: {e}"));
+        run_with(&bootstrap, *layout, &topic, None, &lag).unwrap_or_else(|e| panic!("{name}: restart failed: {e}"));
+        let committed = lag_positions(&bootstrap, &group);
+        assert!(committed.iter().all(|(c, end)| *c == Offset::Offset(*end)), "{name}: the restart committed every position: {committed:?}");
         assert_eq!(read_topic(&bootstrap, &topic, partitions), clean, "{name}: each change exactly once");
         assert_eq!(read_topic(&bootstrap, &format!("{topic}.dead"), 1).concat(), dead, "{name}: dead letters exactly once");
     }
