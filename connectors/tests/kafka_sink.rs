@@ -1,7 +1,7 @@
 //! The Kafka sink against a real broker (tansu, started per test on a free port): upsert topics read back as the
 //! collection (tombstones for deletions), the changelog format's diffs and times, both delivery modes, Kafka's
-//! partitioning, and the partition-count check. Crash/restart is tested with real processes in
-//! `tests/kafka_sink.rs` at the workspace root.
+//! partitioning, the partition-count check, and the refusal of an output topic that ends before the job's commit.
+//! Crash/restart is tested with real processes in `tests/kafka_sink.rs` at the workspace root.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -248,4 +248,57 @@ fn a_record_the_brokers_never_acknowledge_stops_the_job_with_a_typed_error() {
     );
     assert!(error.to_string().contains("restart the job"), "the message says what to do: {error}");
     assert!(started.elapsed() < Duration::from_secs(60), "stopped within the delivery timeout and its margin");
+}
+
+#[test]
+fn an_output_topic_recreated_behind_the_jobs_commit_is_refused() {
+    // The commit log and the output on separate brokers, so the output topic can be lost (a fresh broker with the
+    // same topic stands for a topic deleted and recreated) while the job's commit survives.
+    let commits = broker("recreated-commits", Storage::Memory);
+    let first = broker("recreated-first", Storage::Sqlite(PathBuf::from("tansu.db")));
+    let log_config = KafkaConfig::new(commits.bootstrap()).unwrap();
+    let output = |broker: &Broker| KafkaConfig::new(broker.bootstrap()).unwrap();
+    let log = CommitLog::open(log_config.clone(), "recreated.commits").expect("open the commit log");
+    let sink = KafkaSink::<u32, String>::json(output(&first), "recreated").partitions(2).open(&log).expect("open the sink");
+    let feed = changes();
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
+    timely::execute(timely::Config::thread(), move |worker| {
+        let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let job = log.job(scope);
+            let (input, table) = scope.new_collection::<(u32, String), isize>();
+            table.sink_kafka("Recreated", &sink, &job);
+            (input, job.finish())
+        });
+        for (time, row, diff) in &feed {
+            if *time > *input.time() {
+                input.advance_to(*time);
+            }
+            input.update(row.clone(), *diff);
+        }
+        input.close();
+        worker.step_while(|| !probe.done());
+    })
+    .expect("timely");
+    let written = read(&first.bootstrap(), "recreated", 2).len();
+    assert!(written > 0, "the first run wrote its output");
+
+    // Control: the same topic, at the commit, opens.
+    let log = CommitLog::open(log_config.clone(), "recreated.commits").expect("reopen the commit log");
+    KafkaSink::<u32, String>::json(output(&first), "recreated").partitions(2).open(&log).expect("the topic the commit describes opens");
+
+    drop(first);
+    let second = broker("recreated-second", Storage::Sqlite(PathBuf::from("tansu.db")));
+    second.create_topic("recreated", 2, &[]).unwrap();
+    let error = KafkaSink::<u32, String>::json(output(&second), "recreated")
+        .partitions(2)
+        .open(&log)
+        .err()
+        .expect("an output topic that ends before the commit is refused");
+    let SinkError::Truncated { ref topic, end, recorded, ref commit_log, .. } = error else {
+        panic!("not a truncation error: {error:?}");
+    };
+    assert_eq!((topic.as_str(), end, commit_log.as_str()), ("recreated", 0, "recreated.commits"));
+    assert!(recorded > 0, "the commit records where the first run's output ended: {error}");
+    let message = error.to_string();
+    assert!(message.contains("write to a new topic with a new commit log"), "the message says what to do: {message}");
 }
