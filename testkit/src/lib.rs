@@ -11,7 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use process::output_within;
 
+pub mod process;
 pub mod proxy;
 pub mod tls;
 pub use proxy::Proxy;
@@ -311,41 +313,10 @@ pub fn flag(name: &str) -> Option<String> {
 /// How long one tansu command-line call (`topic create`, `user create`, `--version`) may take.
 const CLI_LIMIT: Duration = Duration::from_secs(60);
 
-/// `Command::output` with a deadline: a program that hangs is killed and reported instead of hanging the caller.
-fn output_within(command: &mut Command, limit: Duration) -> anyhow::Result<std::process::Output> {
-    use std::io::Read;
-    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    let read = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
-            bytes
-        })
-    };
-    let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{:?} did not finish within {limit:?} (killed)", command.get_program());
-        }
-        // Polling the child's exit, with a deadline.
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let join = |h: std::thread::JoinHandle<Vec<u8>>| h.join().unwrap_or_default();
-    Ok(std::process::Output { status, stdout: join(stdout), stderr: join(stderr) })
-}
-
 /// A deadline for a wait a test cannot bound by itself, such as joining timely's workers in `timely::execute`:
 /// unless the guard is dropped within `limit`, the whole test binary exits with a message naming `what`, so a
-/// hung dataflow fails the suite instead of hanging it. A panicking test drops the guard too.
+/// hung dataflow fails the suite instead of hanging it; every process the binary started (brokers) is killed
+/// first. A panicking test drops the guard too.
 ///
 /// ```
 /// let _deadline = tributary_testkit::Deadline::new("a quick step", std::time::Duration::from_secs(60));
@@ -363,7 +334,12 @@ impl Deadline {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(limit) {
                 // Straight to the process's stderr: the test harness captures `eprintln!`, and would drop it.
                 use std::io::Write;
-                let _ = writeln!(std::io::stderr(), "FAILED: {what} did not finish within {limit:?}; exiting the test binary");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "FAILED: {what} did not finish within {limit:?}; killing the processes it started (brokers) and exiting the test binary"
+                );
+                // An exit runs no destructors: the brokers' `Drop` would not stop them.
+                process::kill_descendants();
                 std::process::exit(101);
             }
         });

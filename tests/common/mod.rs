@@ -7,9 +7,9 @@ pub mod netns;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The `tributary` launcher binary.
 pub fn launcher() -> PathBuf {
@@ -162,8 +162,9 @@ impl Running {
 /// How long a test lets a program it runs to completion take before killing it and failing.
 pub const RUN_LIMIT: Duration = Duration::from_secs(300);
 
-/// `Command::output` with a deadline: a program that hangs is killed, with its descendants, and fails the test
-/// (with its stderr so far) instead of hanging the suite.
+/// `Command::output` with a deadline ([`tributary_testkit::process::output_within`]): a program that hangs is
+/// killed, with its process group and descendants, and fails the test (with its stderr so far) instead of
+/// hanging the suite.
 pub trait OutputWithin {
     /// Runs the command with stdin closed and its output captured, for at most `timeout`.
     fn output_within(&mut self, timeout: Duration) -> std::io::Result<Output>;
@@ -171,71 +172,13 @@ pub trait OutputWithin {
 
 impl OutputWithin for Command {
     fn output_within(&mut self, timeout: Duration) -> std::io::Result<Output> {
-        let deadline = Instant::now() + timeout;
-        let mut child = self.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-        let pid = child.id() as i32;
-        let read = |mut pipe: Box<dyn Read + Send>| {
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                let mut bytes = Vec::new();
-                let _ = pipe.read_to_end(&mut bytes);
-                let _ = tx.send(bytes);
-            });
-            rx
-        };
-        let stdout = read(Box::new(child.stdout.take().expect("stdout piped")));
-        let stderr = read(Box::new(child.stderr.take().expect("stderr piped")));
-        let (exit_tx, exit) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = exit_tx.send(child.wait());
-        });
-        let left = || deadline.saturating_duration_since(Instant::now());
-        // The pipes close when the program and everything it started have exited: wait for them too.
-        let done = exit.recv_timeout(left()).ok().and_then(|status| {
-            let out = stdout.recv_timeout(left()).ok()?;
-            let err = stderr.recv_timeout(left()).ok()?;
-            Some((status, out, err))
-        });
-        match done {
-            Some((status, stdout, stderr)) => Ok(Output { status: status?, stdout, stderr }),
-            None => {
-                kill_tree(pid);
-                let err = stderr.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
-                panic!(
-                    "{self:?} did not finish within {timeout:?} (killed with its descendants); its stderr:\n{}",
-                    String::from_utf8_lossy(&err)
-                );
-            }
+        match tributary_testkit::process::output_within(self, timeout) {
+            Ok(output) => Ok(output),
+            Err(tributary_testkit::process::RunError::Spawn(e)) => Err(e),
+            Err(e) => panic!("{e}"),
         }
     }
 }
 
-/// The processes whose parent is `pid` (from /proc).
-pub fn children(pid: i32) -> std::collections::BTreeSet<i32> {
-    let mut out = std::collections::BTreeSet::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
-    for entry in entries.flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // `pid (comm) state ppid ...`: the command may hold spaces and parentheses, so read after the last `)`.
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<i32>().ok());
-        if ppid == Some(pid) {
-            out.insert(child);
-        }
-    }
-    out
-}
-
-/// SIGKILLs `pid` and every process it started, and theirs (the launcher's children run in process groups of
-/// their own, so killing its group would miss them).
-pub fn kill_tree(pid: i32) {
-    let mut tree = vec![pid];
-    let mut i = 0;
-    while i < tree.len() {
-        tree.extend(children(tree[i]));
-        i += 1;
-    }
-    for pid in tree {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-    }
-}
+#[allow(unused_imports, reason = "each test binary uses its own part of the helpers")]
+pub use tributary_testkit::process::{children, kill_tree};
