@@ -376,8 +376,11 @@ fn ten_random_kills_under_launch_restart_on_failure_lose_and_duplicate_nothing()
         (seed >> 33) % n
     };
     let mut cluster = next_cluster(launcher.pid, 3, &Default::default());
-    let mut unplanned = 0;
-    for kill_number in 0..10 {
+    // Kills that found their cluster already gone (it failed by itself: the launcher's log says why) are
+    // tried again on the cluster the launcher started instead, so ten kills land.
+    let mut missed = 0;
+    let mut kill_number = 0;
+    while kill_number < 10 {
         // Kill 3 hits a cluster as soon as it is up (restoring); kills 6 and 7 come within a second.
         let wait_ms = match kill_number {
             3 | 7 => 0,
@@ -404,9 +407,8 @@ fn ten_random_kills_under_launch_restart_on_failure_lose_and_duplicate_nothing()
         let victims: Vec<i32> = cluster.iter().copied().collect();
         let victim = victims[random(victims.len() as u64) as usize];
         match kill(Pid::from_raw(victim), Signal::SIGKILL) {
-            Ok(()) => {}
-            // The cluster failed by itself just before (the launcher's log says why): it restarts all the same.
-            Err(nix::errno::Errno::ESRCH) => unplanned += 1,
+            Ok(()) => kill_number += 1,
+            Err(nix::errno::Errno::ESRCH) => missed += 1,
             Err(e) => panic!("cannot kill process {victim} of the cluster: {e}"),
         }
         cluster = next_cluster(launcher.pid, 3, &cluster);
@@ -424,10 +426,21 @@ fn ten_random_kills_under_launch_restart_on_failure_lose_and_duplicate_nothing()
     let (status, stderr) = launcher.wait(LONG);
     assert!(status.success(), "the launcher, stopped with SIGTERM after the kills: {status}\n{stderr}");
     let failures: Vec<&str> = stderr.lines().filter(|l| l.contains("tributary_runtime::launch") && !l.contains("INFO")).collect();
-    eprintln!("{unplanned} clusters had failed by themselves before their kill; the launcher's warnings:\n{}", failures.join("\n"));
-    // Ten kills; a cluster that failed by itself on the way (e.g. a restarted process whose port was still
-    // held) was restarted too, and its kill went to the next one.
-    assert_eq!(stderr.matches("restarting the cluster").count(), 10 + unplanned, "ten restarts: {stderr}");
+    // A process that exited other than by our SIGKILL failed by itself: say why, from its own error lines.
+    let by_themselves = failures.iter().filter(|l| l.contains("exited with") && !l.contains("code 137")).count();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(" ERROR ") || l.contains("Error:") || l.contains("panicked")).collect();
+    eprintln!(
+        "{by_themselves} clusters failed by themselves ({missed} kills found theirs gone); the launcher's warnings:\n{}\nthe error lines:\n{}",
+        failures.join("\n"),
+        errors.join("\n")
+    );
+    // Every kill restarted the cluster, and so did every failure of its own (a kill that hit a cluster already
+    // failing by itself shares its restart).
+    let restarts = stderr.matches("restarting the cluster").count();
+    assert!(
+        (10..=10 + by_themselves).contains(&restarts),
+        "{restarts} restarts for ten kills and {by_themselves} failures (the launcher's warnings above)"
+    );
     assert!(stderr.contains("restoring the checkpoint"), "no restarted cluster restored a checkpoint:\n{stderr}");
     let program = program.display().to_string();
     let stderr = Job::start(&scratch.0, &program, (1, 2), &join_args(&bootstrap, &dir, true), &[]).succeed("the bounded run", LONG);
