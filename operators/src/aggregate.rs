@@ -24,11 +24,13 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
-use differential_dataflow::lattice::Lattice;
 use differential_dataflow::operators::CountTotal;
-use differential_dataflow::{ExchangeData, Hashable, VecCollection};
-use timely::order::TotalOrder;
+use differential_dataflow::{AsCollection, ExchangeData, Hashable, VecCollection};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::operator::Operator;
 use timely::progress::Timestamp;
 
 /// An aggregate over a multiset of values (a window's, or a key's in a collection) that accepts retractions
@@ -324,6 +326,10 @@ pub trait Aggregate<'scope, T: Timestamp, K, V> {
     /// One `(key, result)` per key whose values are not all retracted; a change of a key's values retracts its
     /// old result and adds the new one at the time of the change.
     ///
+    /// In a job with checkpoints each key's consolidated values (for running totals, its `(sum, count)`) are
+    /// saved under `name` and restored on a restart, at any number of workers; without, the state lives in
+    /// differential's arrangements (`reduce`, `count_total`), which are faster but cannot be saved.
+    ///
     /// ```
     /// use differential_dataflow::input::Input;
     /// use timely::dataflow::operators::{Capture, capture::Extract};
@@ -349,39 +355,182 @@ pub trait Aggregate<'scope, T: Timestamp, K, V> {
         A::Output: ExchangeData;
 }
 
-impl<'scope, T, K, V> Aggregate<'scope, T, K, V> for VecCollection<'scope, T, (K, V), isize>
+impl<'scope, K, V> Aggregate<'scope, u64, K, V> for VecCollection<'scope, u64, (K, V), isize>
 where
-    T: Timestamp + Lattice + TotalOrder + Ord,
     K: ExchangeData + Hashable,
     V: ExchangeData,
 {
-    fn aggregate<A>(self, name: &str, aggregator: A) -> VecCollection<'scope, T, (K, A::Output), isize>
+    fn aggregate<A>(self, name: &str, aggregator: A) -> VecCollection<'scope, u64, (K, A::Output), isize>
     where
         A: Aggregator<V>,
         A::Output: ExchangeData,
     {
-        // Differential's arrangements are not checkpointed yet: a job using them takes no checkpoints.
-        crate::checkpoint::unsupported(name);
-        // Running totals: one `(sum, count)` per key as the update's weight, accumulated by `count_total`,
-        // whose changelog retracts a key's old totals and adds the new ones.
-        if aggregator.is_linear() {
-            let (contribute, finish) = (aggregator.clone(), aggregator);
-            return self
-                .explode(move |(key, value)| contribute.linear(&value).map(|totals| (key, totals)))
-                .count_total()
-                .flat_map(move |(key, totals)| finish.linear_output(totals).map(|output| (key, output)));
+        let mut participant = crate::checkpoint::Participant::join(name);
+        if participant.is_none() {
+            // No checkpoints: differential's operators, which keep the state in arrangements.
+            // Running totals: one `(sum, count)` per key as the update's weight, accumulated by `count_total`,
+            // whose changelog retracts a key's old totals and adds the new ones.
+            if aggregator.is_linear() {
+                let (contribute, finish) = (aggregator.clone(), aggregator);
+                return self
+                    .explode(move |(key, value)| contribute.linear(&value).map(|totals| (key, totals)))
+                    .count_total()
+                    .flat_map(move |(key, totals)| finish.linear_output(totals).map(|output| (key, output)));
+            }
+            // `reduce` hands the key's whole consolidated input and diffs the outputs against the previous ones,
+            // which is the changelog the aggregators' retractions need.
+            return self.reduce_named(name, move |_key, values, output| {
+                let mut state = A::State::default();
+                for (value, diff) in values {
+                    aggregator.update(&mut state, value, *diff);
+                }
+                if let Some(result) = aggregator.output(&state) {
+                    output.push((result, 1));
+                }
+            });
         }
-        // `reduce` hands the key's whole consolidated input and diffs the outputs against the previous ones,
-        // which is the changelog the aggregators' retractions need.
-        self.reduce_named(name, move |_key, values, output| {
-            let mut state = A::State::default();
-            for (value, diff) in values {
-                aggregator.update(&mut state, value, *diff);
-            }
-            if let Some(result) = aggregator.output(&state) {
-                output.push((result, 1));
-            }
-        })
+        // With checkpoints: one operator keeps each key's consolidated values (or, for running totals, its
+        // `(sum, count)`) where it can save them, applies the updates one time at a time once the frontier has
+        // passed it, and emits the changes of each key's result, as the operators above do (the same tests
+        // check both against one model).
+        let exchange = Exchange::new(|((key, _), _, _): &((K, V), u64, isize)| key.hashed().into());
+        let gauges = crate::state::Gauges::new(name, self.scope().index());
+        let (index, peers) = (self.scope().index(), self.scope().peers());
+        let op_name = name.to_owned();
+        let linear = aggregator.is_linear();
+        let contribute = aggregator.clone();
+        self.inner
+            .unary_frontier(exchange, name, move |_capability, _info| {
+                let result = move |group: &Group<V>| -> Option<A::Output> {
+                    if linear {
+                        (group.totals != (0, 0)).then(|| aggregator.linear_output(group.totals)).flatten()
+                    } else if group.values.is_empty() {
+                        None
+                    } else {
+                        let mut state = A::State::default();
+                        for (value, diff) in &group.values {
+                            aggregator.update(&mut state, value, *diff);
+                        }
+                        aggregator.output(&state)
+                    }
+                };
+                // Each key's group, and its current result (what the next change retracts).
+                let mut groups: BTreeMap<K, (Group<V>, Option<A::Output>)> = BTreeMap::new();
+                // Restored: the groups as of the checkpoint whose keys route to this worker now.
+                for part in participant.as_ref().and_then(crate::checkpoint::Participant::restored).map(|(_, parts)| parts).unwrap_or_default() {
+                    #[allow(clippy::panic, reason = "the store verified the part's checksum: only a changed program reads it wrongly")]
+                    let rows: Vec<(K, Group<V>)> = bincode::deserialize(&part).unwrap_or_else(|e| {
+                        panic!("the checkpoint of aggregate `{op_name}` cannot be read ({e}): was the program changed? Restart with a new commit log, or without --checkpoint-dir")
+                    });
+                    for (key, group) in rows {
+                        if (key.hashed().into() % peers as u64) as usize == index {
+                            let current = result(&group);
+                            groups.insert(key, (group, current));
+                        }
+                    }
+                }
+                let snapshot = |groups: &BTreeMap<K, (Group<V>, Option<A::Output>)>| {
+                    let rows: Vec<(&K, &Group<V>)> = groups.iter().map(|(key, (group, _))| (key, group)).collect();
+                    #[allow(clippy::expect_used, reason = "serializing into memory fails only for types serde cannot represent")]
+                    bincode::serialize(&rows).expect("aggregate groups serialize")
+                };
+                // Updates waiting for their time to complete, with a capability for that time.
+                let mut pending: BTreeMap<u64, (Capability<u64>, Vec<((K, V), isize)>)> = BTreeMap::new();
+                move |(input, frontier), output| {
+                    let (mut received, mut emitted) = (0, 0);
+                    input.for_each(|cap, data| {
+                        received += data.len();
+                        for (record, time, diff) in data.drain(..) {
+                            pending.entry(time).or_insert_with(|| (cap.delayed(&time, 0), Vec::new())).1.push((record, diff));
+                        }
+                    });
+                    while let Some(entry) = pending.first_entry() {
+                        if frontier.less_equal(entry.key()) {
+                            break;
+                        }
+                        if let Some(participant) = participant.as_mut() {
+                            for due in participant.due_before(*entry.key()) {
+                                participant.put(due, snapshot(&groups));
+                            }
+                        }
+                        let (time, (cap, updates)) = entry.remove_entry();
+                        let mut by_key: BTreeMap<K, Vec<(V, isize)>> = BTreeMap::new();
+                        for ((key, value), diff) in updates {
+                            by_key.entry(key).or_default().push((value, diff));
+                        }
+                        let mut session = output.session(&cap);
+                        for (key, changes) in by_key {
+                            let (group, current) = groups.entry(key.clone()).or_insert_with(|| (Group::default(), None));
+                            let before = current.take();
+                            for (value, diff) in changes {
+                                if linear {
+                                    if let Some((sum, count)) = contribute.linear(&value) {
+                                        group.totals = (group.totals.0 + sum * diff, group.totals.1 + count * diff);
+                                    }
+                                } else {
+                                    match group.values.entry(value) {
+                                        Entry::Occupied(mut held) => {
+                                            *held.get_mut() += diff;
+                                            if *held.get() == 0 {
+                                                held.remove();
+                                            }
+                                        }
+                                        Entry::Vacant(new) => {
+                                            if diff != 0 {
+                                                new.insert(diff);
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            let after = result(group);
+                            if group.is_empty() {
+                                groups.remove(&key);
+                            } else {
+                                current.clone_from(&after);
+                            }
+                            if before != after {
+                                if let Some(old) = before {
+                                    session.give(((key.clone(), old), time, -1));
+                                    emitted += 1;
+                                }
+                                if let Some(new) = after {
+                                    session.give(((key, new), time, 1));
+                                    emitted += 1;
+                                }
+                            }
+                        }
+                    }
+                    if let Some(participant) = participant.as_mut() {
+                        for due in participant.due(frontier.frontier()) {
+                            participant.put(due, snapshot(&groups));
+                        }
+                    }
+                    gauges.set(groups.len(), pending.values().map(|(_, updates)| updates.len()).sum());
+                    gauges.count(received, emitted);
+                }
+            })
+            .as_collection()
+    }
+}
+
+/// One key's state in [`Aggregate::aggregate`]: its consolidated values, or for running totals its `(sum, count)`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound(serialize = "V: serde::Serialize", deserialize = "V: serde::de::DeserializeOwned + Ord"))]
+struct Group<V> {
+    values: BTreeMap<V, isize>,
+    totals: (isize, isize),
+}
+
+impl<V> Default for Group<V> {
+    fn default() -> Self {
+        Group { values: BTreeMap::new(), totals: (0, 0) }
+    }
+}
+
+impl<V: Ord> Group<V> {
+    fn is_empty(&self) -> bool {
+        self.values.is_empty() && self.totals == (0, 0)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Whole-collection aggregations against a plain model of their changelog: random inserts and retractions over
-//! time, at 1, 2 and 3 workers. Each change of a key's values retracts its old result and adds the new one, at
+//! time, at 1, 2 and 3 workers, with differential's arrangements and (in a dataflow taking checkpoints) with the
+//! aggregate's own checkpointed state. Each change of a key's values retracts its old result and adds the new one, at
 //! the time of the change.
 
 mod common;
@@ -12,6 +13,7 @@ use differential_dataflow::input::Input;
 use proptest::prelude::*;
 use timely::dataflow::operators::Inspect;
 use tributary_operators::aggregate::{Aggregate, Aggregator, Fold, Sum};
+use tributary_operators::checkpoint::Checkpoints;
 
 /// How long a test's dataflow may run before the test binary fails (a hang would hang the suite).
 const DATAFLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
@@ -67,7 +69,9 @@ fn model<O: Ord + Clone>(changes: &[Change], f: impl Fn(&BTreeMap<u8, isize>) ->
     consolidate(log)
 }
 
-fn run<A, O>(changes: Vec<Change>, workers: usize, aggregator: fn() -> A) -> BTreeMap<(u8, O, u64), isize>
+/// `checkpointed`: in a dataflow that takes checkpoints (a registry installed, no checkpoint asked for), where the
+/// aggregate keeps its state in an operator of its own instead of differential's arrangements.
+fn run<A, O>(changes: Vec<Change>, workers: usize, checkpointed: bool, aggregator: fn() -> A) -> BTreeMap<(u8, O, u64), isize>
 where
     A: Aggregator<u8, Output = O>,
     O: differential_dataflow::ExchangeData + Send,
@@ -77,6 +81,9 @@ where
     let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
     timely::execute(timely::Config::process(workers), move |worker| {
         let sink = Arc::clone(&sink);
+        if checkpointed {
+            Checkpoints::install(None);
+        }
         let mut input = worker.dataflow::<u64, _, _>(|scope| {
             let (input, collection) = scope.new_collection::<(u8, u8), isize>();
             collection
@@ -85,6 +92,7 @@ where
                 .inspect(move |((k, o), t, d)| sink.lock().unwrap().push(((*k, o.clone(), *t), *d)));
             input
         });
+        Checkpoints::uninstall();
         if worker.index() == 0 {
             for &(k, v, t, d) in &changes {
                 if t > *input.time() {
@@ -111,8 +119,9 @@ proptest! {
     fn multiset_fold_matches_the_model(ops in arb_ops()) {
         let changes = changes(&ops);
         let expected = model(&changes, listing);
-        for workers in 1..=3 {
-            prop_assert_eq!(&run(changes.clone(), workers, || Fold::new(listing)), &expected, "workers = {}", workers);
+        for (workers, checkpointed) in (1..=3).flat_map(|w| [(w, false), (w, true)]) {
+            let got = run(changes.clone(), workers, checkpointed, || Fold::new(listing));
+            prop_assert_eq!(&got, &expected, "workers = {}, checkpointed = {}", workers, checkpointed);
         }
     }
 
@@ -120,8 +129,8 @@ proptest! {
     fn sum_matches_the_model(ops in arb_ops()) {
         let changes = changes(&ops);
         let expected = model(&changes, |m| (!m.is_empty()).then(|| m.iter().map(|(v, n)| i64::from(*v) * *n as i64).sum::<i64>()));
-        for workers in 1..=3 {
-            prop_assert_eq!(&run(changes.clone(), workers, || Sum), &expected, "workers = {}", workers);
+        for (workers, checkpointed) in (1..=3).flat_map(|w| [(w, false), (w, true)]) {
+            prop_assert_eq!(&run(changes.clone(), workers, checkpointed, || Sum), &expected, "workers = {}, checkpointed = {}", workers, checkpointed);
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Checkpoints of the stateful event-time operators (windows, upsert tables, temporal joins, sessions, window
-//! and interval joins): a run that saves its state as of a random time `T`, then a run restored
+//! Checkpoints of the stateful operators (windows, upsert tables, temporal joins, sessions, window and interval
+//! joins, whole-collection aggregates): a run that saves its state as of a random time `T`, then a run restored
 //! from it (at another number of workers) that reads only the input after `T`, gives exactly the output the
 //! uninterrupted run gave after `T`: the same results at the same times, the same late records.
 
@@ -363,5 +363,115 @@ proptest! {
         let (left, right) = (arrivals_to_updates(&left, ooo), arrivals_to_updates(&right, ooo));
         check_op(left.clone(), right.clone(), Op::WindowJoin(windows, lateness), at, (before, after))?;
         check_op(left, right, Op::IntervalJoin { lower, upper, lateness }, at, (before, after))?;
+    }
+}
+
+/// Whole-collection aggregation (`aggregate`) over `(key, value, time, diff)` changes at `workers` workers,
+/// with a checkpoint asked for at `checkpoint` or restored from `restore`: its changes `((key, result), time)
+/// -> diff` and its parts of the checkpoint.
+fn run_aggregate<A, O>(
+    changes: Vec<(u8, u8, u64, isize)>,
+    workers: usize,
+    checkpoint: Option<u64>,
+    restore: Option<Restored>,
+    aggregator: fn() -> A,
+) -> (BTreeMap<((u8, O), u64), isize>, Vec<Vec<u8>>)
+where
+    A: tributary_operators::Aggregator<u8, Output = O>,
+    O: differential_dataflow::ExchangeData + Send,
+{
+    use differential_dataflow::input::Input as _;
+    use tributary_operators::aggregate::Aggregate;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let parts = Arc::new(Mutex::new(Vec::new()));
+    let (sink, p) = (Arc::clone(&log), Arc::clone(&parts));
+    let _deadline = tributary_testkit::Deadline::new("the dataflow", DATAFLOW_LIMIT);
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let sink = Arc::clone(&sink);
+        let registry = Checkpoints::install(restore.clone());
+        if let Some(time) = checkpoint {
+            registry.request(time);
+        }
+        let mut input = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, collection) = scope.new_collection::<(u8, u8), isize>();
+            collection
+                .aggregate("Totals", aggregator())
+                .inner
+                .inspect(move |((k, o), t, d)| sink.lock().unwrap().push((((*k, o.clone()), *t), *d)));
+            input
+        });
+        Checkpoints::uninstall();
+        if worker.index() == 0 {
+            for &(k, v, t, d) in &changes {
+                if t > *input.time() {
+                    input.advance_to(t);
+                    input.flush();
+                    worker.step();
+                }
+                input.update((k, v), d);
+            }
+        }
+        drop(input);
+        while worker.step_or_park(None) {}
+        for (_, mut operators) in registry.take_complete() {
+            p.lock().unwrap().extend(operators.remove("Totals"));
+        }
+    })
+    .expect("timely");
+    let results = consolidate(log.lock().unwrap().drain(..));
+    let parts = parts.lock().unwrap().clone();
+    (results, parts)
+}
+
+fn check_aggregate<A, O>(
+    changes: &[(u8, u8, u64, isize)],
+    at: u64,
+    (before, after): (usize, usize),
+    aggregator: fn() -> A,
+) -> Result<(), TestCaseError>
+where
+    A: tributary_operators::Aggregator<u8, Output = O>,
+    O: differential_dataflow::ExchangeData + Send + std::fmt::Debug,
+{
+    let (whole, parts) = run_aggregate(changes.to_vec(), before, Some(at), None, aggregator);
+    prop_assert_eq!(parts.len(), before, "every worker saved its part");
+    let later: Vec<_> = changes.iter().copied().filter(|c| c.2 > at).collect();
+    let restore = Restored { time: at, parts: BTreeMap::from([("Totals".to_owned(), parts)]) };
+    let (resumed, _) = run_aggregate(later, after, None, Some(restore), aggregator);
+    let expected: BTreeMap<_, _> = whole.into_iter().filter(|((_, t), _)| *t > at).collect();
+    prop_assert_eq!(resumed, expected, "changes after {} ({} -> {} workers)", at, before, after);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The aggregate's groups as of `T` restored at another number of workers, and only the changes after `T`
+    /// read again, give the changes the uninterrupted run gave after `T`: for running totals (count, sum) and
+    /// for aggregates over the whole multiset (max, a listing of every value).
+    #[test]
+    fn an_aggregate_restored_from_a_checkpoint_continues_exactly_as_the_uninterrupted_run(
+        ops in prop::collection::vec((0u64..40, 0u8..3, 0u8..5, prop::bool::weighted(0.3)), 0..60),
+        at in 0u64..45, before in 1usize..=2, after in 1usize..=3,
+    ) {
+        use tributary_operators::aggregate::{Max, Sum, over};
+        // Retractions retract a value inserted before (or at the same time), as a collection's would.
+        let mut held: Vec<(u8, u8)> = Vec::new();
+        let mut changes = Vec::new();
+        let mut ops = ops;
+        ops.sort_by_key(|op| op.0);
+        for (time, key, value, retract) in ops {
+            if retract && !held.is_empty() {
+                let (k, v) = held.remove(usize::from(value) % held.len());
+                changes.push((k, v, time, -1));
+            } else {
+                held.push((key, value));
+                changes.push((key, value, time, 1));
+            }
+        }
+        check_aggregate(&changes, at, (before, after), || Count)?;
+        check_aggregate(&changes, at, (before, after), || over(|v: &u8| i64::from(*v), Sum))?;
+        check_aggregate(&changes, at, (before, after), || Max)?;
+        check_aggregate(&changes, at, (before, after), || Fold::new(common::listing))?;
     }
 }
