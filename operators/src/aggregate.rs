@@ -326,6 +326,8 @@ pub trait Aggregate<'scope, T: Timestamp, K, V> {
     /// One `(key, result)` per key whose values are not all retracted; a change of a key's values retracts its
     /// old result and adds the new one at the time of the change.
     ///
+    /// Times are the job's `u64` event times (both implementations below need a total order).
+    ///
     /// In a job with checkpoints each key's consolidated values (for running totals, its `(sum, count)`) are
     /// saved under `name` and restored on a restart, at any number of workers; without, the state lives in
     /// differential's arrangements (`reduce`, `count_total`), which are faster but cannot be saved.
@@ -465,7 +467,8 @@ where
                             for (value, diff) in changes {
                                 if linear {
                                     if let Some((sum, count)) = contribute.linear(&value) {
-                                        group.totals = (group.totals.0 + sum * diff, group.totals.1 + count * diff);
+                                        // Wrapping, as `Sum` promises.
+                                        group.totals = (group.totals.0.wrapping_add(sum.wrapping_mul(diff)), group.totals.1.wrapping_add(count.wrapping_mul(diff)));
                                     }
                                 } else {
                                     match group.values.entry(value) {
