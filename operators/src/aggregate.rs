@@ -367,8 +367,7 @@ where
         A: Aggregator<V>,
         A::Output: ExchangeData,
     {
-        let mut participant = crate::checkpoint::Participant::join(name);
-        if participant.is_none() {
+        let Some(mut participant) = crate::checkpoint::Participant::join(name) else {
             // No checkpoints: differential's operators, which keep the state in arrangements.
             // Running totals: one `(sum, count)` per key as the update's weight, accumulated by `count_total`,
             // whose changelog retracts a key's old totals and adds the new ones.
@@ -390,7 +389,7 @@ where
                     output.push((result, 1));
                 }
             });
-        }
+        };
         // With checkpoints: one operator keeps each key's consolidated values (or, for running totals, its
         // `(sum, count)`) where it can save them, applies the updates one time at a time once the frontier has
         // passed it, and emits the changes of each key's result, as the operators above do (the same tests
@@ -419,7 +418,7 @@ where
                 // Each key's group, and its current result (what the next change retracts).
                 let mut groups: BTreeMap<K, (Group<V>, Option<A::Output>)> = BTreeMap::new();
                 // Restored: the groups as of the checkpoint whose keys route to this worker now.
-                for part in participant.as_ref().and_then(crate::checkpoint::Participant::restored).map(|(_, parts)| parts).unwrap_or_default() {
+                for part in participant.restored().map(|(_, parts)| parts).unwrap_or_default() {
                     #[allow(clippy::panic, reason = "the store verified the part's checksum: only a changed program reads it wrongly")]
                     let rows: Vec<(K, Group<V>)> = bincode::deserialize(&part).unwrap_or_else(|e| {
                         panic!("the checkpoint of aggregate `{op_name}` cannot be read ({e}): was the program changed? Restart with a new commit log, or without --checkpoint-dir")
@@ -450,10 +449,8 @@ where
                         if frontier.less_equal(entry.key()) {
                             break;
                         }
-                        if let Some(participant) = participant.as_mut() {
-                            for due in participant.due_before(*entry.key()) {
-                                participant.put(due, snapshot(&groups));
-                            }
+                        for due in participant.due_before(*entry.key()) {
+                            participant.put(due, snapshot(&groups));
                         }
                         let (time, (cap, updates)) = entry.remove_entry();
                         let mut by_key: BTreeMap<K, Vec<(V, isize)>> = BTreeMap::new();
@@ -504,10 +501,8 @@ where
                             }
                         }
                     }
-                    if let Some(participant) = participant.as_mut() {
-                        for due in participant.due(frontier.frontier()) {
-                            participant.put(due, snapshot(&groups));
-                        }
+                    for due in participant.due(frontier.frontier()) {
+                        participant.put(due, snapshot(&groups));
                     }
                     gauges.set(groups.len(), pending.values().map(|(_, updates)| updates.len()).sum());
                     gauges.count(received, emitted);
