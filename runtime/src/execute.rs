@@ -289,6 +289,10 @@ where
                 let name = signal_name(signal);
                 if let Some((first, _)) = stopping {
                     tracing::warn!("received {name} while stopping after {first}; exiting now");
+                    // A fault recorded meanwhile is why the job stopped, not the signal.
+                    if let Some(error) = failure.take() {
+                        break Err(error);
+                    }
                     break Err(Error::SecondSignal { first, second: name });
                 }
                 tracing::info!(
