@@ -176,6 +176,68 @@ fn a_restart_restores_the_checkpoint_reads_only_what_follows_and_stays_exact() {
     assert_eq!(table(&bootstrap, "ck-out"), reference(&all), "after the fallback");
 }
 
+/// The newest commit of `log`, parsed.
+fn last_commit(bootstrap: &str, log: &str) -> Option<serde_json::Value> {
+    let last = read(bootstrap, log).into_iter().flatten().filter_map(|r| r.value).next_back()?;
+    serde_json::from_slice(&last).ok()
+}
+
+#[test]
+fn a_sigterm_takes_a_final_checkpoint_and_the_restart_reads_only_what_followed_it() {
+    let _serial = serial();
+    let scratch = Scratch::new("checkpoints-final");
+    let broker = sqlite_broker(&scratch.0);
+    broker.create_topic("ck-in", 2, &[]).unwrap();
+    let bootstrap = broker.bootstrap();
+    let dir = scratch.0.join("checkpoints");
+    let mut all = events(1_000_000, 3000);
+    produce(&bootstrap, "ck-in", &all);
+
+    // No checkpoint on the interval (an hour): the only one is the stop's. Two processes, so the stop's
+    // agreement travels between them.
+    let mut unbounded = args(&bootstrap, &dir, false);
+    let at = unbounded.iter().position(|a| a == "--checkpoint-interval").unwrap();
+    unbounded[at + 1] = "1h".into();
+    let job = Job::start(&scratch.0, "windowed_count", (2, 1), &unbounded, &[]);
+    // Once the job has committed most of the input (its last 10 s of event time may still be open), stop it.
+    let deadline = Instant::now() + LONG;
+    while last_commit(&bootstrap, "ck.commits").and_then(|c| c["time"].as_u64()).is_none_or(|t| t < 1_020_000) {
+        if Instant::now() > deadline {
+            job.signal(Signal::SIGKILL);
+            panic!("the job committed no time past 1,020,000 within {LONG:?}:\n{}", job.wait(LONG).1);
+        }
+        // Polling the commit log is how the test sees the job's progress.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    job.signal(Signal::SIGTERM);
+    let stderr = job.succeed("the unbounded run stopped with SIGTERM", LONG);
+    assert!(stderr.contains("taking the final checkpoint"), "no final checkpoint was taken:\n{stderr}");
+
+    // The last commit names the stop's checkpoint, at the commit's own time, and no other.
+    let commit = last_commit(&bootstrap, "ck.commits").expect("a commit");
+    let checkpoint = &commit["checkpoints"][0];
+    assert_eq!(checkpoint["time"], commit["time"], "the final checkpoint is at the stop's commit: {commit}");
+    assert_eq!(committed_checkpoints(&bootstrap, "ck.commits"), 1, "one checkpoint, the stop's: {commit}");
+    // What a restore reads again: per partition, the records from the checkpoint's resume point on.
+    let mut after = 0u64;
+    for source in checkpoint["sources"].as_array().expect("the checkpoint's sources") {
+        let partition = source["key"]["partition"].as_i64().expect("a partition") as i32;
+        let from = source["resume"]["offset"].as_u64().unwrap_or_else(|| panic!("no resume point: {source}"));
+        let records = all.iter().filter(|(p, _, _)| *p == partition).count() as u64;
+        assert!(from > 0 && from <= records, "partition {partition} resumes at {from} of {records}: {commit}");
+        after += records - from;
+    }
+
+    let more = events(1_000_000 + 3000 * 10, 1000);
+    produce(&bootstrap, "ck-in", &more);
+    all.extend(more);
+    let stderr = Job::start(&scratch.0, "windowed_count", (1, 1), &args(&bootstrap, &dir, true), &[]).succeed("the restart", LONG);
+    assert!(stderr.contains("restoring the checkpoint"), "the restart restored no checkpoint:\n{stderr}");
+    let consumed = records_read(&stderr);
+    assert_eq!(consumed, after + 2000, "the restart read the records after the final checkpoint and the new ones, nothing else");
+    assert_eq!(table(&bootstrap, "ck-out"), reference(&all), "after SIGTERM, more input and the restart");
+}
+
 fn order(id: u64) -> (i32, i64, Vec<u8>) {
     let ts = 1_000_000 + id * 10;
     let json = format!("{{\"order_id\":{id},\"customer_id\":{},\"amount_cents\":{},\"ts_ms\":{ts}}}", id % 8, id % 100 + 1);

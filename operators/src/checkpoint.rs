@@ -79,6 +79,14 @@ struct Inner {
     min_time: Option<u64>,
     /// Requests the job has not released yet (see [`Checkpoints::oldest_open`]).
     open: BTreeSet<u64>,
+    /// The latest time any participant handed its state over for in this run.
+    latest_put: Option<u64>,
+    /// The job is stopping (SIGTERM): no checkpoint is asked for on the interval any more.
+    stopping: bool,
+    /// While stopping: per source, the earliest time any of its instances stopped at (`None`: none holds one).
+    stopped: Vec<Option<Option<u64>>>,
+    /// While stopping: the final checkpoint's time, once decided (`None` inside: there is none).
+    final_time: Option<Option<u64>>,
 }
 
 /// A worker's checkpoint registry (see the module docs). Cheap to clone: clones share it.
@@ -144,6 +152,7 @@ impl Checkpoints {
             let mut inner = self.0.borrow_mut();
             let interval = inner.interval?;
             if inner.building
+                || inner.stopping
                 || !inner.unsupported.is_empty()
                 || inner.gate.is_some()
                 || !inner.requested.is_empty()
@@ -201,6 +210,55 @@ impl Checkpoints {
         inner.taken.insert(time, BTreeMap::new());
         inner.open.insert(time);
         Self::check(&mut inner, time);
+    }
+
+    /// The job is stopping (SIGTERM): no more checkpoints on the interval; the sources decide a final one
+    /// ([`stopped`](Self::stopped)).
+    pub fn stopping(&self) {
+        self.0.borrow_mut().stopping = true;
+    }
+
+    /// At a graceful stop: every instance of source `source` has stopped, the earliest at `time` (`None`: none
+    /// of them held a time). Once every source of this worker that still holds a time has said so, the final
+    /// checkpoint is decided, the same on every worker: at the time before the earliest any source stopped at
+    /// (nothing downstream of the sources has processed a time after it, and the job's last commit is at it),
+    /// unless some operator handed over its state at or after it already (or it was restored, or committed).
+    /// A request on the interval still open after it does not stand in the way: no operator has reached it
+    /// yet, and each hands over the earlier time first. Returns the
+    /// decision once made: `Some(Some(T))` (asked for here), `Some(None)` (no final checkpoint).
+    pub fn stopped(&self, source: usize, time: Option<u64>) -> Option<Option<u64>> {
+        let decided = {
+            let mut inner = self.0.borrow_mut();
+            if let Some(decided) = inner.final_time {
+                return Some(decided);
+            }
+            let sources = inner.sources.len();
+            inner.stopped.resize(sources, None);
+            if let Some(slot) = inner.stopped.get_mut(source) {
+                *slot = Some(time);
+            }
+            let waiting = inner.sources.iter().zip(&inner.stopped).any(|(held, stopped)| held.is_some() && stopped.is_none());
+            if waiting {
+                return None;
+            }
+            let earliest = inner.stopped.iter().flatten().flatten().min().copied();
+            let floor = [inner.latest_put, inner.restore.as_ref().map(|r| r.time), inner.min_time].into_iter().flatten().max();
+            let enabled = inner.interval.is_some() && inner.unsupported.is_empty() && !inner.building;
+            let time = earliest.and_then(|e| e.checked_sub(1)).filter(|&t| enabled && t > 0 && floor.is_none_or(|f| t > f));
+            inner.final_time = Some(time);
+            time
+        };
+        if let Some(time) = decided {
+            self.request(time);
+        }
+        Some(decided)
+    }
+
+    /// Whether the request at `time` is settled: its part is complete (and taken by
+    /// [`take_complete`](Self::take_complete)'s caller), or it could not be taken consistently.
+    pub fn settled(&self, time: u64) -> bool {
+        let inner = self.0.borrow();
+        !inner.requested.contains(&time) && !inner.complete.iter().any(|(t, _)| *t == time)
     }
 
     /// The earliest request not released yet: the job keeps what a checkpoint at that time needs.
@@ -331,6 +389,7 @@ impl Participant {
     pub fn put(&mut self, time: u64, state: Vec<u8>) {
         self.taken = Some(self.taken.map_or(time, |t| t.max(time)));
         let mut inner = self.registry.0.borrow_mut();
+        inner.latest_put = Some(inner.latest_put.map_or(time, |t| t.max(time)));
         if let Some(parts) = inner.taken.get_mut(&time) {
             parts.insert(self.name.clone(), state);
         }
@@ -366,6 +425,58 @@ mod tests {
         assert_eq!(complete[0].1.len(), 2);
         assert!(a.due_before(100).is_empty(), "taken once");
         assert!(Participant::join("c").is_none());
+    }
+
+    #[test]
+    fn the_final_checkpoint_waits_for_every_source_and_is_before_the_earliest_stop() {
+        let registry = Checkpoints::install(None);
+        registry.set_interval(std::time::Duration::from_secs(3600));
+        let mut a = Participant::join("a").unwrap();
+        Checkpoints::uninstall();
+        let (orders, customers) = (registry.add_source(), registry.add_source());
+        registry.publish(orders, Some(40));
+        registry.publish(customers, Some(30));
+        registry.stopping();
+        assert_eq!(registry.open_gate(std::time::Instant::now()), None, "no checkpoint on the interval once stopping");
+        assert_eq!(registry.stopped(orders, Some(40)), None, "the other source has not said where it stopped");
+        assert_eq!(registry.stopped(customers, Some(30)), Some(Some(29)));
+        assert_eq!(registry.stopped(orders, Some(40)), Some(Some(29)), "decided once");
+        assert!(!registry.settled(29));
+        for t in a.due_before(35) {
+            a.put(t, vec![7]);
+        }
+        let complete = registry.take_complete();
+        assert_eq!(complete.iter().map(|(t, _)| *t).collect::<Vec<_>>(), vec![29]);
+        assert!(registry.settled(29));
+    }
+
+    #[test]
+    fn no_final_checkpoint_at_or_before_state_already_handed_over_or_restored() {
+        // A participant handed over its state as of 50: a request at 49 could never complete.
+        let registry = Checkpoints::install(None);
+        registry.set_interval(std::time::Duration::from_secs(3600));
+        let mut a = Participant::join("a").unwrap();
+        Checkpoints::uninstall();
+        let source = registry.add_source();
+        registry.request(50);
+        for t in a.due_before(51) {
+            a.put(t, vec![]);
+        }
+        registry.publish(source, Some(50));
+        assert_eq!(registry.stopped(source, Some(50)), Some(None));
+        // Restored at 20, stopped at 21: the state is the restored one.
+        let restored = Restored { time: 20, parts: BTreeMap::new() };
+        let registry = Checkpoints::install(Some(restored));
+        registry.set_interval(std::time::Duration::from_secs(3600));
+        let _a = Participant::join("a").unwrap();
+        Checkpoints::uninstall();
+        let source = registry.add_source();
+        assert_eq!(registry.stopped(source, Some(21)), Some(None));
+        // Without checkpoints on an interval (a registry that takes none), none at the stop either.
+        let registry = Checkpoints::install(None);
+        Checkpoints::uninstall();
+        let source = registry.add_source();
+        assert_eq!(registry.stopped(source, Some(100)), Some(None));
     }
 
     #[test]

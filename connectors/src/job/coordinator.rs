@@ -55,7 +55,10 @@ pub(super) fn build<'scope>(
                 }
                 let finished = frontier.is_empty();
                 let candidate = state.candidate(frontier.frontier().first().copied());
-                let due = state.in_flight.is_none() && candidate.is_some_and(|t| state.committed.is_none_or(|c| t > c));
+                // Due once the completed time has advanced, or a checkpoint every worker wrote can be named.
+                let due = state.in_flight.is_none()
+                    && candidate
+                        .is_some_and(|t| state.committed.is_none_or(|c| t > c) || state.ready.as_ref().is_some_and(|r| r.time <= t));
                 if due {
                     let wait = state.interval.saturating_sub(state.last_write.elapsed());
                     if finished || wait.is_zero() {
@@ -161,6 +164,11 @@ impl Coordinator {
             Event::Control(Control::Snapshot(snapshots)) => {
                 for snapshot in snapshots {
                     self.partitions.entry(snapshot.key.clone()).or_default().insert(time, snapshot);
+                }
+            }
+            Event::Control(Control::SnapshotBefore(snapshots)) => {
+                for snapshot in snapshots {
+                    self.partitions.entry(snapshot.key.clone()).or_default().insert(time.saturating_sub(1), snapshot);
                 }
             }
             Event::Control(Control::Drain { horizon, .. }) => self.horizon = Some(self.horizon.map_or(horizon, |h| h.min(horizon))),
@@ -270,9 +278,6 @@ impl Coordinator {
                         metrics.checkpoint_time.get_or_create(&labels).set(i64::try_from(newest.time).unwrap_or(i64::MAX));
                         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
                         metrics.checkpoint_committed_at.get_or_create(&labels).set(i64::try_from(now).unwrap_or(i64::MAX));
-                        if self.ready.as_ref().is_some_and(|r| r.time == newest.time) {
-                            self.ready = None;
-                        }
                     }
                     if let Some(settings) = self.log.checkpoint_settings() {
                         let keep: Vec<_> = named.iter().map(CheckpointRef::id).collect();
@@ -284,6 +289,10 @@ impl Coordinator {
                             }
                         }
                     }
+                }
+                // A checkpoint the commit names is no longer waiting to be named (else a commit is due again).
+                if self.ready.as_ref().is_some_and(|r| named.iter().any(|c| c.time == r.time)) {
+                    self.ready = None;
                 }
                 self.checkpoints = named;
                 // Keep, per partition, the latest entry at or before the committed time (or the earliest time a

@@ -75,6 +75,9 @@ pub enum DrainMode {
 pub enum Control {
     /// The partitions whose state changed since the previous snapshot, as of the message's time.
     Snapshot(Vec<PartitionSnapshot>),
+    /// Every partition of the sender, as of the time before the message's (sent at a graceful stop by a source
+    /// whose time is just after the final checkpoint's, so the checkpoint resumes after what it read).
+    SnapshotBefore(Vec<PartitionSnapshot>),
     /// Times at or after `horizon` are not final.
     Drain {
         /// The first time that is not final.

@@ -45,6 +45,20 @@ enum Beat {
         /// The checkpoint's time.
         time: u64,
     },
+    /// In a job with checkpoints, at a graceful stop: worker `worker`'s instance stopped reading at `time` (it
+    /// holds its outputs there until every instance has said where it stopped).
+    Stopped {
+        /// The sender.
+        worker: usize,
+        /// Where it holds its outputs.
+        time: u64,
+    },
+    /// In a job with checkpoints: worker `worker`'s instance read its input to the end (a stop waits for it no
+    /// longer).
+    Finished {
+        /// The sender.
+        worker: usize,
+    },
 }
 
 /// The source operator's capabilities, one per output, all at the source's watermark (the lingering output's is
@@ -169,6 +183,13 @@ where
         let mut heartbeat_sent = 0u64;
         let mut follow: Option<Ports> = None;
         let mut stop_heard = false;
+        // At a graceful stop in a job with checkpoints: where each instance stopped (`None`: it had finished),
+        // whether this one said so, and the capability that carries this worker's part of the final checkpoint.
+        let mut peers_stopped: std::collections::BTreeMap<usize, Option<u64>> = Default::default();
+        let mut stop_sent = false;
+        let mut final_part: Option<(Capability<u64>, u64)> = None;
+        let mut final_written = false;
+        let peers = scope.peers();
         let mut paused: Vec<bool> = Vec::new();
         move |_frontiers| {
             let now = Instant::now();
@@ -188,8 +209,11 @@ where
                 stop_heard |= beats.contains(&Beat::Stop);
                 if let Some((registry, _)) = &checkpoints {
                     for beat in beats.iter() {
-                        if let Beat::Checkpoint { time } = beat {
-                            registry.request(*time);
+                        match *beat {
+                            Beat::Checkpoint { time } => registry.request(time),
+                            Beat::Stopped { worker, time } => drop(peers_stopped.insert(worker, Some(time))),
+                            Beat::Finished { worker } => drop(peers_stopped.insert(worker, None)),
+                            Beat::Watermark { .. } | Beat::Stop => {}
                         }
                     }
                 }
@@ -208,6 +232,7 @@ where
                 // the other workers while this source still holds a time at or before it.
                 if *source == 0
                     && me == 0
+                    && !(stop_heard || options.shutdown.as_ref().is_some_and(Shutdown::requested))
                     && let Some(time) = registry.open_gate(now)
                 {
                     tracing::debug!(time, "asking for a checkpoint");
@@ -216,25 +241,29 @@ where
                     heartbeat_output.activate().session(&caps.beats).give(Beat::Checkpoint { time });
                 }
                 if *source == 0 {
-                    for (time, parts) in registry.take_complete() {
-                        let started = Instant::now();
-                        match write_part(store.as_ref(), me, time, &parts) {
-                            Ok(fingerprint) => {
-                                let labels = crate::metrics::labels(&[("worker", &me.to_string())]);
-                                let metrics = crate::metrics::metrics();
-                                metrics.checkpoint_parts.get_or_create(&labels).inc();
-                                let bytes: usize = parts.values().map(Vec::len).sum();
-                                metrics.checkpoint_bytes.get_or_create(&labels).set(i64::try_from(bytes).unwrap_or(i64::MAX));
-                                metrics.checkpoint_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-                                tracing::debug!(worker = me, time, bytes, "checkpoint part written");
-                                control_output.activate().session(&caps.control).give(Control::Checkpointed { time, worker: me, fingerprint });
-                            }
-                            Err(e) => tracing::warn!(source = %name, time, "the checkpoint was not written: {e}; the next one is tried"),
-                        }
+                    write_parts(registry, store.as_ref(), me, &name, &caps.control, &mut control_output);
+                }
+            }
+            // The final checkpoint of a graceful stop: this worker's part is written once its operators have
+            // handed theirs over (after the sources let go of their other outputs), then the job may finish.
+            if let (Some((registry, _)), Some((control, time))) = (&checkpoints, final_part.as_ref()) {
+                let written = write_parts(registry, store.as_ref(), me, &name, control, &mut control_output);
+                final_written |= written.contains(time);
+                if registry.settled(*time) {
+                    if !final_written {
+                        tracing::warn!(
+                            worker = me,
+                            time,
+                            "no final checkpoint: its write failed (see above), or an operator had already processed a time after the stop's (it reads only a source further on in event time than the others); the restart restores the last checkpoint taken on the interval"
+                        );
                     }
+                    final_part = None;
+                } else {
+                    activator.activate_after(Duration::from_millis(5));
                 }
             }
             if let (Some(caps), Some(ahead)) = (capabilities.as_mut(), follow.as_ref())
+                && !stop_sent
                 && (clock.all_idle(now) || (keep_alive && clock.partitions() == 0))
                 && ahead.time() > caps.time()
             {
@@ -257,9 +286,42 @@ where
             };
             let local_stop = options.shutdown.as_ref().is_some_and(Shutdown::requested);
             if local_stop || stop_heard {
-                if local_stop {
+                if local_stop && !stop_sent {
                     heartbeat_output.activate().session(&caps.beats).give(Beat::Stop);
                 }
+                if let Some((registry, source)) = &checkpoints {
+                    // Every instance holds where it stopped until all have said where: the final checkpoint is
+                    // at the time before the earliest, which nothing downstream has processed past.
+                    if !stop_sent {
+                        registry.stopping();
+                        heartbeat_output.activate().session(&caps.beats).give(Beat::Stopped { worker: me, time: caps.time() });
+                        peers_stopped.insert(me, Some(caps.time()));
+                    }
+                    stop_sent = true;
+                    let decided = if (0..peers).all(|w| peers_stopped.contains_key(&w)) {
+                        registry.stopped(*source, peers_stopped.values().flatten().min().copied())
+                    } else {
+                        None
+                    };
+                    let Some(decided) = decided else {
+                        activator.activate_after(Duration::from_millis(1));
+                        return;
+                    };
+                    tracing::debug!(source = %name, worker = me, ?decided, stopped = ?peers_stopped, "final checkpoint decided");
+                    if let Some(time) = decided {
+                        // Where this instance's records after the checkpoint begin, if it stopped just after it
+                        // (an instance further on already sent its snapshot at or before it, when it left it).
+                        if caps.time() == time + 1 {
+                            Snapshots::send_before(&name, &*reader, &clock, &mut control_output, &caps.control);
+                        }
+                        if *source == 0 {
+                            tracing::info!(source = %name, time, "taking the final checkpoint");
+                            final_part = Some((caps.control.clone(), time));
+                            activator.activate();
+                        }
+                    }
+                }
+                stop_sent = true;
                 tracing::info!(source = %name, "shutdown requested: closing the source; times from {} on are left to the next run", caps.time());
                 snapshots.send(&name, &*reader, &clock, &mut control_output, &caps.control);
                 let horizon = *caps.control.time();
@@ -458,6 +520,8 @@ where
                 snapshots.send(&name, &*reader, &clock, &mut control_output, &caps.control);
                 if let Some((registry, source)) = &checkpoints {
                     registry.publish(*source, None);
+                    // A stop no longer waits for this instance.
+                    heartbeat_output.activate().session(&caps.beats).give(Beat::Finished { worker: me });
                 }
                 capabilities = None;
                 follow = None;
@@ -559,6 +623,36 @@ fn sync_partitions<R: PartitionReader>(
     }
 }
 
+/// Writes the parts of this worker's checkpoints that became complete, and tells the coordinator (at `control`).
+fn write_parts(
+    registry: &Checkpoints,
+    store: Option<&(std::path::PathBuf, u64)>,
+    me: usize,
+    name: &str,
+    control: &Capability<u64>,
+    control_output: &mut OutputBuilder<u64, timely::container::CapacityContainerBuilder<Vec<Control>>>,
+) -> Vec<u64> {
+    let mut written = Vec::new();
+    for (time, parts) in registry.take_complete() {
+        let started = Instant::now();
+        match write_part(store, me, time, &parts) {
+            Ok(fingerprint) => {
+                let labels = crate::metrics::labels(&[("worker", &me.to_string())]);
+                let metrics = crate::metrics::metrics();
+                metrics.checkpoint_parts.get_or_create(&labels).inc();
+                let bytes: usize = parts.values().map(Vec::len).sum();
+                metrics.checkpoint_bytes.get_or_create(&labels).set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                metrics.checkpoint_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+                tracing::debug!(worker = me, time, bytes, "checkpoint part written");
+                control_output.activate().session(control).give(Control::Checkpointed { time, worker: me, fingerprint });
+                written.push(time);
+            }
+            Err(e) => tracing::warn!(source = %name, time, "the checkpoint was not written: {e}; the next one is tried"),
+        }
+    }
+    written
+}
+
 /// Writes one worker's part of the checkpoint at `time` into the store; returns its fingerprint.
 fn write_part(
     store: Option<&(std::path::PathBuf, u64)>,
@@ -583,6 +677,34 @@ struct Snapshots {
 }
 
 impl Snapshots {
+    /// Sends, at `cap`, every partition's state as of the time before `cap`'s (valid while the clock has released
+    /// resume points only before `cap`'s time: the source has not moved since it reached it).
+    fn send_before<R: PartitionReader>(
+        name: &str,
+        reader: &R,
+        clock: &SourceClock,
+        output: &mut OutputBuilder<u64, timely::container::CapacityContainerBuilder<Vec<Control>>>,
+        cap: &Capability<u64>,
+    ) {
+        let Some(before) = cap.time().checked_sub(1) else { return };
+        let snapshots: Vec<PartitionSnapshot> = (0..clock.partitions())
+            .map(|partition| {
+                let (origin, kafka_partition) = reader.origin(partition);
+                PartitionSnapshot {
+                    key: PartitionKey { source: name.to_owned(), origin: origin.to_owned(), partition: kafka_partition },
+                    start: reader.start_offset(partition),
+                    position: clock.position(partition),
+                    watermark: clock.partition_watermark(partition),
+                    history: clock.history(partition),
+                    resume: Some(clock.resume_point(partition, before)),
+                }
+            })
+            .collect();
+        if !snapshots.is_empty() {
+            output.activate().session(cap).give(Control::SnapshotBefore(snapshots));
+        }
+    }
+
     /// Sends, at `cap`, the state of the partitions that changed since the last snapshot.
     fn send<R: PartitionReader>(
         &mut self,
