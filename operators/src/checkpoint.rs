@@ -14,6 +14,9 @@
 //! and the job writes it. Records at later times are not part of it: a restart reads them again (sources resume
 //! from the point where their later records begin, and drop what the restored state already holds).
 //!
+//! At a graceful stop the sources agree on a final checkpoint ([`Checkpoints::stopped`]): at the time before
+//! the earliest any of them stopped at, which is where the stop's last commit is.
+//!
 //! On a restart from a checkpoint at `T`, [`Participant::restored`] gives an operator what every worker of the
 //! earlier run saved under its name (the earlier run may have had another number of workers): it keeps the
 //! entries whose key now routes to it, and schedules what was due after `T`.

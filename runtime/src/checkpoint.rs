@@ -15,8 +15,8 @@
 //! replay. [`CheckpointStore::retain`] deletes what no commit references any more, never a checkpoint newer than
 //! the newest one kept (it may still be being written).
 //!
-//! This is the storage layer of the checkpoint work (issue 12): the dataflow does not yet snapshot its operators
-//! into it.
+//! The dataflow's operators hand their state over per checkpoint (`tributary_operators::checkpoint`), and each
+//! worker's first source has its part written here by a thread of its own.
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -26,6 +26,7 @@ mod backpressure;
 pub mod control;
 mod metrics;
 mod operator;
+mod parts;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

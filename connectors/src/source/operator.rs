@@ -19,6 +19,7 @@ use tributary_runtime::Shutdown;
 use super::backpressure::{Outstanding, throttled};
 use super::control::{Control, DrainMode, PartitionKey, PartitionSnapshot, SourceResume};
 use super::metrics::{Closing, CommitAfter, Commits, PartitionMetrics, SourceMetrics};
+use super::parts::PartWriter;
 use super::{Arrivals, PartitionReader, Polled, ReadStatus, SourceOptions, SourceStreams, Timed, wall_ms};
 use crate::dead_letter::{DeadLetter, Reason};
 
@@ -123,7 +124,7 @@ where
     let (loop_handle, heartbeats_in) = scope.feedback::<Vec<Beat>>(1);
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);
     let info = builder.operator_info();
-    let activator = scope.activator_for(info.address);
+    let activator = scope.activator_for(info.address.clone());
     // The heartbeat input is connected to every output, so its capabilities can be taken over for them.
     let mut heartbeats = builder.new_input(heartbeats_in, Pipeline);
     let (records_output, records) = builder.new_output::<Vec<(Timed<R::Item>, u64, isize)>>();
@@ -165,6 +166,11 @@ where
     // Without an idle timeout no heartbeats flow, and an instance without partitions could not follow.
     let keep_alive = checkpoints.is_some() && options.policy.idle_timeout.is_some();
     let store = resume.store.clone();
+    // The worker's first source reports its checkpoint parts, written by a thread of their own.
+    let mut writer = checkpoints.as_ref().filter(|(_, source)| *source == 0).map(|_| {
+        let wake = scope.worker().sync_activator_for(info.address.to_vec());
+        PartWriter::start(store.clone(), scope.index(), wake)
+    });
     let mut options = options;
     if options.shutdown.is_none() {
         options.shutdown = Shutdown::of(scope.worker());
@@ -187,8 +193,10 @@ where
         // whether this one said so, and the capability that carries this worker's part of the final checkpoint.
         let mut peers_stopped: std::collections::BTreeMap<usize, Option<u64>> = Default::default();
         let mut stop_sent = false;
-        let mut final_part: Option<(Capability<u64>, u64)> = None;
+        let mut final_time: Option<u64> = None;
         let mut final_written = false;
+        // Once the other outputs are let go: the control output, kept while parts are being written.
+        let mut held: Option<Capability<u64>> = None;
         let peers = scope.peers();
         let mut paused: Vec<bool> = Vec::new();
         move |_frontiers| {
@@ -240,24 +248,25 @@ where
                 if let Some(time) = registry.gate_for(*source) {
                     heartbeat_output.activate().session(&caps.beats).give(Beat::Checkpoint { time });
                 }
-                if *source == 0 {
-                    write_parts(registry, store.as_ref(), me, &name, &caps.control, &mut control_output);
+                if let Some(writer) = writer.as_mut() {
+                    write_parts(registry, writer, me, &name, &caps.control, &mut control_output);
                 }
             }
             // The final checkpoint of a graceful stop: this worker's part is written once its operators have
             // handed theirs over (after the sources let go of their other outputs), then the job may finish.
-            if let (Some((registry, _)), Some((control, time))) = (&checkpoints, final_part.as_ref()) {
-                let written = write_parts(registry, store.as_ref(), me, &name, control, &mut control_output);
-                final_written |= written.contains(time);
-                if registry.settled(*time) {
-                    if !final_written {
+            if let (Some((registry, _)), Some(control), Some(writer)) = (&checkpoints, held.as_ref(), writer.as_mut()) {
+                let written = write_parts(registry, writer, me, &name, control, &mut control_output);
+                final_written |= final_time.is_some_and(|time| written.contains(&time));
+                if final_time.is_none_or(|time| registry.settled(time)) && !writer.busy() {
+                    if let Some(time) = final_time.filter(|_| !final_written) {
                         tracing::warn!(
                             worker = me,
                             time,
                             "no final checkpoint: its write failed (see above), or an operator had already processed a time after the stop's (it reads only a source further on in event time than the others); the restart restores the last checkpoint taken on the interval"
                         );
                     }
-                    final_part = None;
+                    held = None;
+                    final_time = None;
                 } else {
                     activator.activate_after(Duration::from_millis(5));
                 }
@@ -316,8 +325,7 @@ where
                         }
                         if *source == 0 {
                             tracing::info!(source = %name, time, "taking the final checkpoint");
-                            final_part = Some((caps.control.clone(), time));
-                            activator.activate();
+                            final_time = Some(time);
                         }
                     }
                 }
@@ -328,6 +336,9 @@ where
                 control_output.activate().session(&caps.control).give(Control::Drain { horizon, mode: DrainMode::Abandon });
                 if let Some((registry, source)) = &checkpoints {
                     registry.publish(*source, None);
+                }
+                if final_time.is_some() || writer.as_ref().is_some_and(PartWriter::busy) {
+                    held = Some(caps.control.clone());
                 }
                 capabilities = None;
                 follow = None;
@@ -523,6 +534,9 @@ where
                     // A stop no longer waits for this instance.
                     heartbeat_output.activate().session(&caps.beats).give(Beat::Finished { worker: me });
                 }
+                if writer.as_ref().is_some_and(PartWriter::busy) {
+                    held = Some(caps.control.clone());
+                }
                 capabilities = None;
                 follow = None;
                 activator.activate();
@@ -623,27 +637,23 @@ fn sync_partitions<R: PartitionReader>(
     }
 }
 
-/// Writes the parts of this worker's checkpoints that became complete, and tells the coordinator (at `control`).
+/// Hands the parts of this worker's checkpoints that became complete to the writer, and tells the coordinator
+/// (at `control`) of those written; returns the times of those.
 fn write_parts(
     registry: &Checkpoints,
-    store: Option<&(std::path::PathBuf, u64)>,
+    writer: &mut PartWriter,
     me: usize,
     name: &str,
     control: &Capability<u64>,
     control_output: &mut OutputBuilder<u64, timely::container::CapacityContainerBuilder<Vec<Control>>>,
 ) -> Vec<u64> {
-    let mut written = Vec::new();
     for (time, parts) in registry.take_complete() {
-        let started = Instant::now();
-        match write_part(store, me, time, &parts) {
+        writer.submit(time, parts);
+    }
+    let mut written = Vec::new();
+    for (time, result) in writer.written() {
+        match result {
             Ok(fingerprint) => {
-                let labels = crate::metrics::labels(&[("worker", &me.to_string())]);
-                let metrics = crate::metrics::metrics();
-                metrics.checkpoint_parts.get_or_create(&labels).inc();
-                let bytes: usize = parts.values().map(Vec::len).sum();
-                metrics.checkpoint_bytes.get_or_create(&labels).set(i64::try_from(bytes).unwrap_or(i64::MAX));
-                metrics.checkpoint_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-                tracing::debug!(worker = me, time, bytes, "checkpoint part written");
                 control_output.activate().session(control).give(Control::Checkpointed { time, worker: me, fingerprint });
                 written.push(time);
             }
@@ -651,23 +661,6 @@ fn write_parts(
         }
     }
     written
-}
-
-/// Writes one worker's part of the checkpoint at `time` into the store; returns its fingerprint.
-fn write_part(
-    store: Option<&(std::path::PathBuf, u64)>,
-    worker: usize,
-    time: u64,
-    parts: &std::collections::BTreeMap<String, Vec<u8>>,
-) -> Result<u32, String> {
-    let Some((root, generation)) = store else { return Err("no checkpoint directory is configured".into()) };
-    let store = tributary_runtime::checkpoint::CheckpointStore::open(root, worker).map_err(|e| e.to_string())?;
-    let id = tributary_runtime::checkpoint::CheckpointId { generation: *generation, time };
-    let mut writer = store.writer(id).map_err(|e| e.to_string())?;
-    for (name, contents) in parts {
-        writer.write(name, contents).map_err(|e| e.to_string())?;
-    }
-    writer.seal().map_err(|e| e.to_string())
 }
 
 /// What the last snapshot said of each partition, so the next one carries only the partitions that changed.
