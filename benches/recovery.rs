@@ -58,8 +58,8 @@ fn produce(bootstrap: &str, topic: &str, from: u64, to: u64) -> anyhow::Result<(
     Ok(())
 }
 
-/// One bounded run of the job; returns its wall time.
-fn run(example: &Path, bootstrap: &str, topic: &str, job: &str, checkpoints: Option<&Path>) -> anyhow::Result<f64> {
+/// One bounded run of the job; returns its wall time and how long each checkpoint part took to write (µs).
+fn run(example: &Path, bootstrap: &str, topic: &str, job: &str, checkpoints: Option<&Path>) -> anyhow::Result<(f64, Vec<u64>)> {
     let mut command = Command::new(example);
     command.args(["--brokers", bootstrap, "--topic", topic, "--until-end", "--window", "10s", "--output-partitions", "2"]);
     command.args([
@@ -74,10 +74,25 @@ fn run(example: &Path, bootstrap: &str, topic: &str, job: &str, checkpoints: Opt
         command.args(["--checkpoint-interval", "1s", "--checkpoint-dir"]).arg(dir);
     }
     let started = Instant::now();
-    let output = command.env("RUST_LOG", "warn").output()?;
+    // The part writer's debug line carries each write's duration.
+    let output = command.env("RUST_LOG", "warn,tributary_connectors::source::parts=debug").output()?;
     let seconds = started.elapsed().as_secs_f64();
-    anyhow::ensure!(output.status.success(), "{job} failed: {}", String::from_utf8_lossy(&output.stderr));
-    Ok(seconds)
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(output.status.success(), "{job} failed: {stderr}");
+    let writes = stderr
+        .lines()
+        .filter(|line| line.contains("checkpoint part written"))
+        .filter_map(|line| line.split("micros=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    Ok((seconds, writes))
+}
+
+/// The median and the largest of `values`, in ms.
+fn median_max_ms(values: &mut [u64]) -> (f64, f64) {
+    values.sort_unstable();
+    let median = values.get(values.len() / 2).copied().unwrap_or(0);
+    let max = values.last().copied().unwrap_or(0);
+    (median as f64 / 1000.0, max as f64 / 1000.0)
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -104,24 +119,26 @@ fn main() -> anyhow::Result<()> {
         tributary_testkit::TANSU_VERSION
     );
     println!(
-        "{:>10} {:>22} {:>22} {:>12} {:>12} {:>14} {:>16}",
-        "history", "first run ckpt (ev/s)", "first run none (ev/s)", "overhead", "restart ckpt", "restart none", "checkpoint size"
+        "{:>10} {:>22} {:>22} {:>12} {:>12} {:>14} {:>16} {}",
+        "history", "first run ckpt (ev/s)", "first run none (ev/s)", "overhead", "restart ckpt", "restart none", "checkpoint size", "parts, write median/max"
     );
     for records in sizes {
         let topic = format!("recovery-{records}");
         broker.create_topic(&topic, 2, &[])?;
         produce(&bootstrap, &topic, 0, records)?;
         let dir = scratch.join(format!("checkpoints-{records}"));
-        let with = run(&example, &bootstrap, &topic, &format!("ckpt-{records}"), Some(&dir))?;
-        let without = run(&example, &bootstrap, &topic, &format!("none-{records}"), None)?;
+        let (with, mut writes) = run(&example, &bootstrap, &topic, &format!("ckpt-{records}"), Some(&dir))?;
+        let (without, _) = run(&example, &bootstrap, &topic, &format!("none-{records}"), None)?;
         // The largest checkpoint kept (none if the run ended within the first interval).
         let size = std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| dir_bytes(&e.path())).max().unwrap_or(0);
         produce(&bootstrap, &topic, records, records + MORE)?;
-        let restart_with = run(&example, &bootstrap, &topic, &format!("ckpt-{records}"), Some(&dir))?;
-        let restart_without = run(&example, &bootstrap, &topic, &format!("none-{records}"), None)?;
+        let (restart_with, _) = run(&example, &bootstrap, &topic, &format!("ckpt-{records}"), Some(&dir))?;
+        let (restart_without, _) = run(&example, &bootstrap, &topic, &format!("none-{records}"), None)?;
         let (rate_with, rate_without) = (records as f64 / with, records as f64 / without);
+        let count = writes.len();
+        let (median, max) = median_max_ms(&mut writes);
         println!(
-            "{records:>10} {rate_with:>22.0} {rate_without:>22.0} {:>11.1}% {:>11.2}s {:>13.2}s {:>13.1} KiB",
+            "{records:>10} {rate_with:>22.0} {rate_without:>22.0} {:>11.1}% {:>11.2}s {:>13.2}s {:>13.1} KiB {count:>7} {median:>8.2}/{max:.2} ms",
             (1.0 - rate_with / rate_without) * 100.0,
             restart_with,
             restart_without,

@@ -105,7 +105,8 @@ fn write_part(store: Option<&(PathBuf, u64)>, worker: usize, time: u64, parts: &
     let bytes: usize = parts.values().map(Vec::len).sum();
     metrics.checkpoint_bytes.get_or_create(&labels).set(i64::try_from(bytes).unwrap_or(i64::MAX));
     metrics.checkpoint_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-    tracing::debug!(worker, time, bytes, "checkpoint part written");
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    tracing::debug!(worker, time, bytes, micros, "checkpoint part written");
     Ok(fingerprint)
 }
 
