@@ -5,7 +5,8 @@
 //! the matched rows are added — a changelog, like every differential output.
 //!
 //! Each side is arranged by key once, under the join's name, and that arrangement serves the matches and the
-//! unmatched records alike; the only other state is each side's distinct keys.
+//! unmatched records alike; the only other state is each side's distinct keys. Arrangements cannot be
+//! checkpointed: in a job with `--checkpoint-dir` these joins turn checkpoints off, with a message at start.
 
 use differential_dataflow::lattice::Lattice;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
@@ -78,6 +79,8 @@ where
         name: &str,
         other: VecCollection<'scope, T, (K, W), isize>,
     ) -> VecCollection<'scope, T, (K, (V, Option<W>)), isize> {
+        // Its state lives in differential's arrangements, which cannot be checkpointed.
+        crate::checkpoint::unsupported(name);
         let right_keys = other.clone().map(|(k, _)| k);
         let left = self.arrange_by_key_named(&format!("{name}: left"));
         let right = other.arrange_by_key_named(&format!("{name}: right"));
@@ -98,6 +101,7 @@ where
         name: &str,
         other: VecCollection<'scope, T, (K, W), isize>,
     ) -> VecCollection<'scope, T, (K, (Option<V>, Option<W>)), isize> {
+        crate::checkpoint::unsupported(name);
         let (left_keys, right_keys) = (self.clone().map(|(k, _)| k), other.clone().map(|(k, _)| k));
         let left = self.arrange_by_key_named(&format!("{name}: left"));
         let right = other.arrange_by_key_named(&format!("{name}: right"));
@@ -105,5 +109,29 @@ where
         let left_only = unmatched(left, right_keys, &format!("{name}: right")).map(|(k, v)| (k, (Some(v), None)));
         let right_only = unmatched(right, left_keys, &format!("{name}: left")).map(|(k, w)| (k, (None, Some(w))));
         matched.concat(left_only).concat(right_only)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use differential_dataflow::input::Input;
+
+    use super::OuterJoin;
+    use crate::checkpoint::Checkpoints;
+
+    #[test]
+    fn outer_joins_turn_checkpoints_off() {
+        let unsupported = timely::execute_directly(|worker| {
+            let registry = Checkpoints::install(None);
+            worker.dataflow::<u64, _, _>(|scope| {
+                let left = scope.new_collection_from(vec![(1u32, 'a')]).1;
+                let right = scope.new_collection_from(vec![(1u32, 'b')]).1;
+                drop(left.clone().left_join("Left", right.clone()));
+                drop(left.full_join("Full", right));
+            });
+            Checkpoints::uninstall();
+            registry.unsupported()
+        });
+        assert_eq!(unsupported, vec!["Full".to_owned(), "Left".to_owned()]);
     }
 }
