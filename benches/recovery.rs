@@ -120,7 +120,14 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "{:>10} {:>22} {:>22} {:>12} {:>12} {:>14} {:>16} {}",
-        "history", "first run ckpt (ev/s)", "first run none (ev/s)", "overhead", "restart ckpt", "restart none", "checkpoint size", "parts, write median/max"
+        "history",
+        "first run ckpt (ev/s)",
+        "first run none (ev/s)",
+        "overhead",
+        "restart ckpt",
+        "restart none",
+        "checkpoint size",
+        "parts, write median/max"
     );
     for records in sizes {
         let topic = format!("recovery-{records}");

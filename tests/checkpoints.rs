@@ -238,6 +238,117 @@ fn a_sigterm_takes_a_final_checkpoint_and_the_restart_reads_only_what_followed_i
     assert_eq!(table(&bootstrap, "ck-out"), reference(&all), "after SIGTERM, more input and the restart");
 }
 
+fn word_args(bootstrap: &str, dir: &std::path::Path, bounded: bool) -> Vec<String> {
+    let mut args: Vec<String> = ["--brokers", bootstrap, "--topic", "wc-lines", "--output-topic", "wc-counts", "--output-partitions", "2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--commit-log", "wc.commits", "--dead-letter-topic", "wc.dead", "--idle-timeout", "500ms"].map(String::from));
+    args.extend(["--checkpoint-interval", "300ms", "--checkpoint-dir"].map(String::from));
+    args.push(dir.display().to_string());
+    if bounded {
+        args.push("--until-end".into());
+    }
+    args
+}
+
+/// `count` in-order events on `partition` from `from` ms, 10 ms apart.
+fn events_on(partition: i32, from: u64, count: u64) -> Vec<(i32, i64, Vec<u8>)> {
+    events(from, count).into_iter().filter(|(p, _, _)| *p == partition).collect()
+}
+
+/// Checkpoints on the interval while partition 1 runs 5 s of event time behind partition 0: at any moment a
+/// request at partition 0's time is open, waiting for partition 1 to pass it. SIGTERM then: the final
+/// checkpoint, earlier than that request, is the one the last commit names.
+#[test]
+fn a_sigterm_while_an_interval_checkpoint_is_open_still_takes_the_final_one() {
+    let _serial = serial();
+    let scratch = Scratch::new("checkpoints-final-open");
+    let broker = sqlite_broker(&scratch.0);
+    broker.create_topic("ck-in", 2, &[]).unwrap();
+    let bootstrap = broker.bootstrap();
+    let dir = scratch.0.join("checkpoints");
+    let (mut ahead, mut behind) = (1_005_000, 1_000_000);
+    let mut all = events_on(0, ahead, 1000);
+    all.extend(events_on(1, behind, 1000));
+    produce(&bootstrap, "ck-in", &all);
+    (ahead, behind) = (ahead + 10_000, behind + 10_000);
+
+    let job = Job::start(&scratch.0, "windowed_count", (2, 1), &args(&bootstrap, &dir, false), &[]);
+    let deadline = Instant::now() + LONG;
+    let mut rounds = 0;
+    // Two checkpoints committed on the interval, then a few more rounds of input so one is likely open.
+    while committed_checkpoints(&bootstrap, "ck.commits") < 2 || rounds < 5 {
+        if committed_checkpoints(&bootstrap, "ck.commits") >= 2 {
+            rounds += 1;
+        }
+        let mut live = events_on(0, ahead, 20);
+        live.extend(events_on(1, behind, 20));
+        produce(&bootstrap, "ck-in", &live);
+        all.extend(live);
+        (ahead, behind) = (ahead + 200, behind + 200);
+        if Instant::now() > deadline {
+            job.signal(Signal::SIGKILL);
+            panic!("no two checkpoints were committed within {LONG:?}:\n{}", job.wait(LONG).1);
+        }
+        // Input keeps landing while the test waits, as a live stream would.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    job.signal(Signal::SIGTERM);
+    let stderr = job.succeed("the unbounded run stopped with SIGTERM", LONG);
+    assert!(stderr.contains("taking the final checkpoint"), "no final checkpoint was taken:\n{stderr}");
+    let commit = last_commit(&bootstrap, "ck.commits").expect("a commit");
+    assert_eq!(commit["checkpoints"][0]["time"], commit["time"], "the last commit names the stop's checkpoint: {commit}");
+
+    let mut more = events_on(0, ahead, 300);
+    more.extend(events_on(1, behind, 300));
+    produce(&bootstrap, "ck-in", &more);
+    all.extend(more);
+    let stderr = Job::start(&scratch.0, "windowed_count", (1, 1), &args(&bootstrap, &dir, true), &[]).succeed("the restart", LONG);
+    assert!(stderr.contains("restoring the checkpoint"), "the restart restored no checkpoint:\n{stderr}");
+    assert_eq!(table(&bootstrap, "ck-out"), reference(&all), "after SIGTERM, more input and the restart");
+}
+
+/// `kafka_word_count` counts with `aggregate`: its counts come back from the checkpoint, not from reading every
+/// line again (with differential's `count` the restored run started from empty counts: wrong totals).
+#[test]
+fn word_counts_restored_from_a_checkpoint_stay_exact() {
+    let _serial = serial();
+    let scratch = Scratch::new("checkpoints-words");
+    let broker = sqlite_broker(&scratch.0);
+    broker.create_topic("wc-lines", 2, &[]).unwrap();
+    let bootstrap = broker.bootstrap();
+    let dir = scratch.0.join("checkpoints");
+    let words = &["river", "delta", "stream", "flow", "basin", "creek"];
+    let mut all = common::kafka::lines_of(words, 0, 1_000_000, 10, 2000, 1);
+    all.extend(common::kafka::lines_of(words, 1, 1_000_000, 10, 2000, 2));
+    produce(&bootstrap, "wc-lines", &all);
+
+    let job = Job::start(&scratch.0, "kafka_word_count", (1, 2), &word_args(&bootstrap, &dir, false), &[]);
+    let mut next: i64 = 0;
+    wait_for_checkpoints(&bootstrap, "wc.commits", job, || {
+        let from = 1_000_000 + 20_000 + next * 10;
+        let mut live = common::kafka::lines_of(words, 0, from, 10, 10, 10 + next as u64);
+        live.extend(common::kafka::lines_of(words, 1, from, 10, 10, 1000 + next as u64));
+        produce(&bootstrap, "wc-lines", &live);
+        all.extend(live);
+        next += 10;
+    });
+
+    let from = 1_000_000 + 20_000 + next * 10;
+    let mut more = common::kafka::lines_of(words, 0, from, 10, 500, 7);
+    more.extend(common::kafka::lines_of(words, 1, from, 10, 500, 8));
+    produce(&bootstrap, "wc-lines", &more);
+    all.extend(more);
+    let stderr =
+        Job::start(&scratch.0, "kafka_word_count", (2, 1), &word_args(&bootstrap, &dir, true), &[]).succeed("the restored run", LONG);
+    assert!(stderr.contains("restoring the checkpoint"), "the restart restored no checkpoint:\n{stderr}");
+    let consumed = records_read(&stderr);
+    assert!(consumed < all.len() as u64, "the restored run read {consumed} lines, the whole input is {}", all.len());
+    let counts: BTreeMap<String, i64> = table(&bootstrap, "wc-counts").into_iter().map(|(w, n)| (w, n.parse().expect("a count"))).collect();
+    assert_eq!(counts, common::kafka::word_counts(&all), "after the restore");
+}
+
 fn order(id: u64) -> (i32, i64, Vec<u8>) {
     let ts = 1_000_000 + id * 10;
     let json = format!("{{\"order_id\":{id},\"customer_id\":{},\"amount_cents\":{},\"ts_ms\":{ts}}}", id % 8, id % 100 + 1);

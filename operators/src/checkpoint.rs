@@ -90,6 +90,8 @@ struct Inner {
     stopped: Vec<Option<Option<u64>>>,
     /// While stopping: the final checkpoint's time, once decided (`None` inside: there is none).
     final_time: Option<Option<u64>>,
+    /// While stopping: no request after this time is taken (the stop's last commit cannot name it).
+    cut: Option<u64>,
 }
 
 /// A worker's checkpoint registry (see the module docs). Cheap to clone: clones share it.
@@ -207,7 +209,7 @@ impl Checkpoints {
     /// Asks for a checkpoint at `time` (nothing downstream of the sources has processed a later time).
     pub fn request(&self, time: u64) {
         let mut inner = self.0.borrow_mut();
-        if inner.taken.contains_key(&time) || !inner.requested.insert(time) {
+        if inner.cut.is_some_and(|cut| time > cut) || inner.taken.contains_key(&time) || !inner.requested.insert(time) {
             return;
         }
         inner.taken.insert(time, BTreeMap::new());
@@ -245,9 +247,17 @@ impl Checkpoints {
                 return None;
             }
             let earliest = inner.stopped.iter().flatten().flatten().min().copied();
+            let cut = earliest.map_or(0, |e| e.saturating_sub(1));
+            // Requests after the stop's last commit could never be named: they are not taken.
+            inner.cut = Some(cut);
+            inner.requested.retain(|&t| t <= cut);
+            inner.taken.retain(|&t, _| t <= cut);
+            inner.open.retain(|&t| t <= cut);
             let floor = [inner.latest_put, inner.restore.as_ref().map(|r| r.time), inner.min_time].into_iter().flatten().max();
-            let enabled = inner.interval.is_some() && inner.unsupported.is_empty() && !inner.building;
-            let time = earliest.and_then(|e| e.checked_sub(1)).filter(|&t| enabled && t > 0 && floor.is_none_or(|f| t > f));
+            // A source that read its input to the end on this worker says nothing of its other instances: the
+            // workers could not agree on a time, so there is no final checkpoint.
+            let enabled = inner.interval.is_some() && inner.unsupported.is_empty() && !inner.building && !inner.sources.contains(&None);
+            let time = Some(cut).filter(|&t| enabled && t > 0 && floor.is_none_or(|f| t > f));
             inner.final_time = Some(time);
             time
         };
@@ -255,6 +265,16 @@ impl Checkpoints {
             self.request(time);
         }
         Some(decided)
+    }
+
+    /// Whether the job is stopping (some source of this worker was told to stop).
+    pub fn is_stopping(&self) -> bool {
+        self.0.borrow().stopping
+    }
+
+    /// Whether a source of this worker has read its input to the end.
+    pub fn has_finished_sources(&self) -> bool {
+        self.0.borrow().sources.contains(&None)
     }
 
     /// Whether the request at `time` is settled: its part is complete (and taken by

@@ -57,8 +57,7 @@ pub(super) fn build<'scope>(
                 let candidate = state.candidate(frontier.frontier().first().copied());
                 // Due once the completed time has advanced, or a checkpoint every worker wrote can be named.
                 let due = state.in_flight.is_none()
-                    && candidate
-                        .is_some_and(|t| state.committed.is_none_or(|c| t > c) || state.ready.as_ref().is_some_and(|r| r.time <= t));
+                    && candidate.is_some_and(|t| state.committed.is_none_or(|c| t > c) || state.ready.range(..=t).next().is_some());
                 if due {
                     let wait = state.interval.saturating_sub(state.last_write.elapsed());
                     if finished || wait.is_zero() {
@@ -101,8 +100,9 @@ struct Coordinator {
     registry: Option<tributary_operators::checkpoint::Checkpoints>,
     /// Per checkpoint time, the parts written so far (worker → fingerprint).
     parts: BTreeMap<u64, BTreeMap<usize, u32>>,
-    /// The newest checkpoint every worker wrote, not committed yet.
-    ready: Option<CheckpointRef>,
+    /// The checkpoints every worker wrote, not named by a commit yet, by time (a commit names the newest at or
+    /// before its time: at a stop, a later one may be complete before the stop's own).
+    ready: BTreeMap<u64, CheckpointRef>,
     /// The checkpoints the latest commit names (newest first).
     checkpoints: Vec<CheckpointRef>,
     /// The commit in flight names a new checkpoint.
@@ -131,7 +131,7 @@ impl Coordinator {
             peers: 1,
             registry: None,
             parts: BTreeMap::new(),
-            ready: None,
+            ready: BTreeMap::new(),
             checkpoints,
             in_flight_checkpoints: Vec::new(),
         }
@@ -179,8 +179,8 @@ impl Coordinator {
                     let parts: Vec<u32> = parts.values().copied().collect();
                     let checkpoint = CheckpointRef { generation: self.run, time, parts, sources: self.sources_at(time) };
                     tracing::debug!(time, "every worker wrote its part of the checkpoint");
-                    if self.ready.as_ref().is_none_or(|r| r.time < time) {
-                        self.ready = Some(checkpoint);
+                    if self.checkpoints.first().is_none_or(|newest| time > newest.time) {
+                        self.ready.insert(time, checkpoint);
                     }
                     self.parts = self.parts.split_off(&(time + 1));
                     if let Some(registry) = &self.registry {
@@ -232,7 +232,7 @@ impl Coordinator {
         }
         // A checkpoint every worker wrote, at or before the commit's time, becomes the newest one it names.
         let mut checkpoints = self.checkpoints.clone();
-        if let Some(ready) = self.ready.as_ref().filter(|r| r.time <= time) {
+        if let Some((_, ready)) = self.ready.range(..=time).next_back() {
             checkpoints.insert(0, ready.clone());
             checkpoints.truncate(2);
         }
@@ -291,8 +291,8 @@ impl Coordinator {
                     }
                 }
                 // A checkpoint the commit names is no longer waiting to be named (else a commit is due again).
-                if self.ready.as_ref().is_some_and(|r| named.iter().any(|c| c.time == r.time)) {
-                    self.ready = None;
+                if let Some(newest) = named.first() {
+                    self.ready = self.ready.split_off(&(newest.time + 1));
                 }
                 self.checkpoints = named;
                 // Keep, per partition, the latest entry at or before the committed time (or the earliest time a

@@ -54,6 +54,12 @@ enum Beat {
         /// Where it holds its outputs.
         time: u64,
     },
+    /// In a job with checkpoints, at a graceful stop: worker `worker` registered the final checkpoint (or decided
+    /// there is none); an instance lets go of its outputs once every other instance has said so.
+    Decided {
+        /// The sender.
+        worker: usize,
+    },
     /// In a job with checkpoints: worker `worker`'s instance read its input to the end (a stop waits for it no
     /// longer).
     Finished {
@@ -193,6 +199,8 @@ where
         // whether this one said so, and the capability that carries this worker's part of the final checkpoint.
         let mut peers_stopped: std::collections::BTreeMap<usize, Option<u64>> = Default::default();
         let mut stop_sent = false;
+        let mut peers_decided: std::collections::BTreeSet<usize> = Default::default();
+        let mut decision: Option<Option<u64>> = None;
         let mut final_time: Option<u64> = None;
         let mut final_written = false;
         // Once the other outputs are let go: the control output, kept while parts are being written.
@@ -221,6 +229,7 @@ where
                             Beat::Checkpoint { time } => registry.request(time),
                             Beat::Stopped { worker, time } => drop(peers_stopped.insert(worker, Some(time))),
                             Beat::Finished { worker } => drop(peers_stopped.insert(worker, None)),
+                            Beat::Decided { worker } => drop(peers_decided.insert(worker)),
                             Beat::Watermark { .. } | Beat::Stop => {}
                         }
                     }
@@ -293,7 +302,10 @@ where
                 }
                 return;
             };
-            let local_stop = options.shutdown.as_ref().is_some_and(Shutdown::requested);
+            // Another source of this worker stopping stops this one too (its own loop may carry no stop: the
+            // instance that heard the signal may have finished).
+            let local_stop = options.shutdown.as_ref().is_some_and(Shutdown::requested)
+                || checkpoints.as_ref().is_some_and(|(registry, _)| registry.is_stopping());
             if local_stop || stop_heard {
                 if local_stop && !stop_sent {
                     heartbeat_output.activate().session(&caps.beats).give(Beat::Stop);
@@ -307,26 +319,39 @@ where
                         peers_stopped.insert(me, Some(caps.time()));
                     }
                     stop_sent = true;
-                    let decided = if (0..peers).all(|w| peers_stopped.contains_key(&w)) {
-                        registry.stopped(*source, peers_stopped.values().flatten().min().copied())
-                    } else {
-                        None
-                    };
-                    let Some(decided) = decided else {
+                    if decision.is_none() {
+                        let decided = if (0..peers).all(|w| peers_stopped.contains_key(&w)) {
+                            registry.stopped(*source, peers_stopped.values().flatten().min().copied())
+                        } else {
+                            None
+                        };
+                        let Some(decided) = decided else {
+                            activator.activate_after(Duration::from_millis(1));
+                            return;
+                        };
+                        decision = Some(decided);
+                        tracing::debug!(source = %name, worker = me, ?decided, stopped = ?peers_stopped, "final checkpoint decided");
+                        heartbeat_output.activate().session(&caps.beats).give(Beat::Decided { worker: me });
+                        peers_decided.insert(me);
+                        if let Some(time) = decided {
+                            // Where this instance's records after the checkpoint begin, if it stopped just after
+                            // it (an instance further on sent its snapshot at or before it when it left it).
+                            if caps.time() == time + 1 {
+                                Snapshots::send_before(&name, &*reader, &clock, &mut control_output, &caps.control);
+                            }
+                            if *source == 0 {
+                                tracing::info!(source = %name, time, "taking the final checkpoint");
+                                final_time = Some(time);
+                            }
+                        } else if *source == 0 && registry.has_finished_sources() {
+                            tracing::info!(source = %name, "no final checkpoint: a source of this worker had read its input to the end");
+                        }
+                    }
+                    // Held until every instance still reading has decided too: until then another worker may not
+                    // have registered the checkpoint, and letting go here could move its operators past it.
+                    if !(0..peers).all(|w| peers_decided.contains(&w) || peers_stopped.get(&w) == Some(&None)) {
                         activator.activate_after(Duration::from_millis(1));
                         return;
-                    };
-                    tracing::debug!(source = %name, worker = me, ?decided, stopped = ?peers_stopped, "final checkpoint decided");
-                    if let Some(time) = decided {
-                        // Where this instance's records after the checkpoint begin, if it stopped just after it
-                        // (an instance further on already sent its snapshot at or before it, when it left it).
-                        if caps.time() == time + 1 {
-                            Snapshots::send_before(&name, &*reader, &clock, &mut control_output, &caps.control);
-                        }
-                        if *source == 0 {
-                            tracing::info!(source = %name, time, "taking the final checkpoint");
-                            final_time = Some(time);
-                        }
                     }
                 }
                 stop_sent = true;

@@ -36,7 +36,10 @@ impl PartWriter {
         let thread_done = done.clone();
         let spawned = std::thread::Builder::new().name(format!("tributary-checkpoint-{worker}")).spawn(move || {
             for (time, parts) in inbox {
-                let result = write_part(thread_store.as_ref(), worker, time, &parts);
+                // A panic is reported as a failed write, so the source does not wait for this part for ever.
+                let written =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write_part(thread_store.as_ref(), worker, time, &parts)));
+                let result = written.unwrap_or_else(|_| Err("the checkpoint writer panicked".into()));
                 if thread_done.send((time, result)).is_err() {
                     return;
                 }
