@@ -119,15 +119,8 @@ fn main() -> anyhow::Result<()> {
         tributary_testkit::TANSU_VERSION
     );
     println!(
-        "{:>10} {:>22} {:>22} {:>12} {:>12} {:>14} {:>16} {}",
-        "history",
-        "first run ckpt (ev/s)",
-        "first run none (ev/s)",
-        "overhead",
-        "restart ckpt",
-        "restart none",
-        "checkpoint size",
-        "parts, write median/max"
+        "{:>10} {:>22} {:>22} {:>12} {:>12} {:>14} {:>16} parts, write median/max",
+        "history", "first run ckpt (ev/s)", "first run none (ev/s)", "overhead", "restart ckpt", "restart none", "checkpoint size"
     );
     for records in sizes {
         let topic = format!("recovery-{records}");
