@@ -92,6 +92,9 @@ struct Inner {
     final_time: Option<Option<u64>>,
     /// While stopping: no request after this time is taken (the stop's last commit cannot name it).
     cut: Option<u64>,
+    /// While stopping: why this worker takes no final checkpoint, and whether the reason is one other workers
+    /// may not share (their parts are then written for nothing: worth a warning).
+    declined: Option<(&'static str, bool)>,
 }
 
 /// A worker's checkpoint registry (see the module docs). Cheap to clone: clones share it.
@@ -258,6 +261,18 @@ impl Checkpoints {
             // workers could not agree on a time, so there is no final checkpoint.
             let enabled = inner.interval.is_some() && inner.unsupported.is_empty() && !inner.building && !inner.sources.contains(&None);
             let time = Some(cut).filter(|&t| enabled && t > 0 && floor.is_none_or(|f| t > f));
+            if time.is_none() {
+                inner.declined = Some(if inner.sources.contains(&None) {
+                    ("a source of this worker had read its input to the end", true)
+                } else if inner.latest_put.is_some_and(|p| p >= cut) {
+                    (
+                        "an operator of this worker had already handed over its state as of a later time (it reads only a source further on in event time than the others)",
+                        true,
+                    )
+                } else {
+                    ("the state is no more recent than the restored or committed one, or checkpoints are off", false)
+                });
+            }
             inner.final_time = Some(time);
             time
         };
@@ -272,9 +287,10 @@ impl Checkpoints {
         self.0.borrow().stopping
     }
 
-    /// Whether a source of this worker has read its input to the end.
-    pub fn has_finished_sources(&self) -> bool {
-        self.0.borrow().sources.contains(&None)
+    /// At a stop, once decided: why this worker takes no final checkpoint, and whether the other workers may
+    /// have taken theirs (a reason worth a warning).
+    pub fn declined(&self) -> Option<(&'static str, bool)> {
+        self.0.borrow().declined
     }
 
     /// Whether the request at `time` is settled: its part is complete (and taken by
@@ -487,6 +503,7 @@ mod tests {
         }
         registry.publish(source, Some(50));
         assert_eq!(registry.stopped(source, Some(50)), Some(None));
+        assert!(registry.declined().is_some_and(|(_, warn)| warn), "other workers may have taken theirs: a warning");
         // Restored at 20, stopped at 21: the state is the restored one.
         let restored = Restored { time: 20, parts: BTreeMap::new() };
         let registry = Checkpoints::install(Some(restored));
@@ -495,6 +512,7 @@ mod tests {
         Checkpoints::uninstall();
         let source = registry.add_source();
         assert_eq!(registry.stopped(source, Some(21)), Some(None));
+        assert!(registry.declined().is_some_and(|(_, warn)| !warn), "the same on every worker: no warning");
         // Without checkpoints on an interval (a registry that takes none), none at the stop either.
         let registry = Checkpoints::install(None);
         Checkpoints::uninstall();

@@ -224,6 +224,10 @@ where
             heartbeats.for_each(|cap, beats| {
                 stop_heard |= beats.contains(&Beat::Stop);
                 if let Some((registry, _)) = &checkpoints {
+                    // Heard even by an instance that has finished: the worker's other sources stop too.
+                    if stop_heard {
+                        registry.stopping();
+                    }
                     for beat in beats.iter() {
                         match *beat {
                             Beat::Checkpoint { time } => registry.request(time),
@@ -343,8 +347,14 @@ where
                                 tracing::info!(source = %name, time, "taking the final checkpoint");
                                 final_time = Some(time);
                             }
-                        } else if *source == 0 && registry.has_finished_sources() {
-                            tracing::info!(source = %name, "no final checkpoint: a source of this worker had read its input to the end");
+                        } else if *source == 0
+                            && let Some((reason, warn)) = registry.declined()
+                        {
+                            if warn {
+                                tracing::warn!(worker = me, "no final checkpoint: {reason}; the restart restores the last checkpoint taken on the interval");
+                            } else {
+                                tracing::debug!(worker = me, "no final checkpoint: {reason}");
+                            }
                         }
                     }
                     // Held until every instance still reading has decided too: until then another worker may not
