@@ -110,20 +110,30 @@ fn wait_for_checkpoints(bootstrap: &str, log: &str, job: Job, more: impl FnMut()
 }
 
 /// Waits until `count` commits of `log` name checkpoints, then kills the job (-9); returns its stderr.
-fn wait_for_commits(bootstrap: &str, log: &str, count: usize, job: Job, mut more: impl FnMut()) -> String {
+fn wait_for_commits(bootstrap: &str, log: &str, count: usize, job: Job, more: impl FnMut()) -> String {
+    let job =
+        wait_until(job, &format!("{count} commits of {log} naming checkpoints"), || committed_checkpoints(bootstrap, log) >= count, more);
+    job.signal(Signal::SIGKILL);
+    job.wait(LONG).1
+}
+
+/// Polls `done` (calling `more` before each look, to feed input as a live stream would) until it holds, within
+/// [`LONG`]; past it, kills the job and fails with its stderr.
+fn wait_until(job: Job, what: &str, mut done: impl FnMut() -> bool, mut more: impl FnMut()) -> Job {
     let deadline = Instant::now() + LONG;
-    while committed_checkpoints(bootstrap, log) < count {
+    loop {
         more();
+        if done() {
+            return job;
+        }
         if Instant::now() > deadline {
             job.signal(Signal::SIGKILL);
             let (_, stderr) = job.wait(LONG);
-            panic!("no commit of {log} named a checkpoint within {LONG:?}:\n{stderr}");
+            panic!("not within {LONG:?}: {what}:\n{stderr}");
         }
         // Polling the commit log is how the test sees the job's progress.
         std::thread::sleep(Duration::from_millis(100));
     }
-    job.signal(Signal::SIGKILL);
-    job.wait(LONG).1
 }
 
 #[test]
@@ -158,8 +168,7 @@ fn a_restart_restores_the_checkpoint_reads_only_what_follows_and_stays_exact() {
 
     // A corrupt part of the newest committed checkpoint: the restart falls back to the previous one, and the
     // output stays exact.
-    let commit = read(&bootstrap, "ck.commits").into_iter().flatten().filter_map(|r| r.value).next_back().expect("a commit");
-    let commit: serde_json::Value = serde_json::from_slice(&commit).unwrap();
+    let commit = last_commit(&bootstrap, "ck.commits").expect("a commit");
     let newest = &commit["checkpoints"][0];
     assert!(commit["checkpoints"][1].is_object(), "the last commit names two checkpoints: {commit}");
     let part = dir.join(format!("g{}-t{}", newest["generation"], newest["time"])).join("p0").join("WindowedCount.state");
@@ -200,15 +209,8 @@ fn a_sigterm_takes_a_final_checkpoint_and_the_restart_reads_only_what_followed_i
     unbounded[at + 1] = "1h".into();
     let job = Job::start(&scratch.0, "windowed_count", (2, 1), &unbounded, &[]);
     // Once the job has committed most of the input (its last 10 s of event time may still be open), stop it.
-    let deadline = Instant::now() + LONG;
-    while last_commit(&bootstrap, "ck.commits").and_then(|c| c["time"].as_u64()).is_none_or(|t| t < 1_020_000) {
-        if Instant::now() > deadline {
-            job.signal(Signal::SIGKILL);
-            panic!("the job committed no time past 1,020,000 within {LONG:?}:\n{}", job.wait(LONG).1);
-        }
-        // Polling the commit log is how the test sees the job's progress.
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let committed = || last_commit(&bootstrap, "ck.commits").and_then(|c| c["time"].as_u64()).is_some_and(|t| t >= 1_020_000);
+    let job = wait_until(job, "a commit at 1,020,000 or later", committed, || {});
     job.signal(Signal::SIGTERM);
     let stderr = job.succeed("the unbounded run stopped with SIGTERM", LONG);
     assert!(stderr.contains("taking the final checkpoint"), "no final checkpoint was taken:\n{stderr}");
@@ -275,25 +277,22 @@ fn a_sigterm_while_an_interval_checkpoint_is_open_still_takes_the_final_one() {
     (ahead, behind) = (ahead + 10_000, behind + 10_000);
 
     let job = Job::start(&scratch.0, "windowed_count", (2, 1), &args(&bootstrap, &dir, false), &[]);
-    let deadline = Instant::now() + LONG;
-    let mut rounds = 0;
     // Two checkpoints committed on the interval, then a few more rounds of input so one is likely open.
-    while committed_checkpoints(&bootstrap, "ck.commits") < 2 || rounds < 5 {
+    let mut rounds = 0;
+    let checkpointed = || {
         if committed_checkpoints(&bootstrap, "ck.commits") >= 2 {
             rounds += 1;
         }
+        rounds > 5
+    };
+    let live = || {
         let mut live = events_on(0, ahead, 20);
         live.extend(events_on(1, behind, 20));
         produce(&bootstrap, "ck-in", &live);
         all.extend(live);
         (ahead, behind) = (ahead + 200, behind + 200);
-        if Instant::now() > deadline {
-            job.signal(Signal::SIGKILL);
-            panic!("no two checkpoints were committed within {LONG:?}:\n{}", job.wait(LONG).1);
-        }
-        // Input keeps landing while the test waits, as a live stream would.
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    };
+    let job = wait_until(job, "two checkpoints committed", checkpointed, live);
     job.signal(Signal::SIGTERM);
     let stderr = job.succeed("the unbounded run stopped with SIGTERM", LONG);
     assert!(stderr.contains("taking the final checkpoint"), "no final checkpoint was taken:\n{stderr}");

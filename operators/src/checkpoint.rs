@@ -466,12 +466,18 @@ mod tests {
         assert!(Participant::join("c").is_none());
     }
 
+    /// A registry of a job with checkpoints (an hour apart: none on the interval) and one participant.
+    fn stopping_job(restore: Option<Restored>) -> (Checkpoints, Participant) {
+        let registry = Checkpoints::install(restore);
+        registry.set_interval(std::time::Duration::from_secs(3600));
+        let a = Participant::join("a").unwrap();
+        Checkpoints::uninstall();
+        (registry, a)
+    }
+
     #[test]
     fn the_final_checkpoint_waits_for_every_source_and_is_before_the_earliest_stop() {
-        let registry = Checkpoints::install(None);
-        registry.set_interval(std::time::Duration::from_secs(3600));
-        let mut a = Participant::join("a").unwrap();
-        Checkpoints::uninstall();
+        let (registry, mut a) = stopping_job(None);
         let (orders, customers) = (registry.add_source(), registry.add_source());
         registry.publish(orders, Some(40));
         registry.publish(customers, Some(30));
@@ -492,10 +498,7 @@ mod tests {
     #[test]
     fn no_final_checkpoint_at_or_before_state_already_handed_over_or_restored() {
         // A participant handed over its state as of 50: a request at 49 could never complete.
-        let registry = Checkpoints::install(None);
-        registry.set_interval(std::time::Duration::from_secs(3600));
-        let mut a = Participant::join("a").unwrap();
-        Checkpoints::uninstall();
+        let (registry, mut a) = stopping_job(None);
         let source = registry.add_source();
         registry.request(50);
         for t in a.due_before(51) {
@@ -505,11 +508,7 @@ mod tests {
         assert_eq!(registry.stopped(source, Some(50)), Some(None));
         assert!(registry.declined().is_some_and(|(_, warn)| warn), "other workers may have taken theirs: a warning");
         // Restored at 20, stopped at 21: the state is the restored one.
-        let restored = Restored { time: 20, parts: BTreeMap::new() };
-        let registry = Checkpoints::install(Some(restored));
-        registry.set_interval(std::time::Duration::from_secs(3600));
-        let _a = Participant::join("a").unwrap();
-        Checkpoints::uninstall();
+        let (registry, _a) = stopping_job(Some(Restored { time: 20, parts: BTreeMap::new() }));
         let source = registry.add_source();
         assert_eq!(registry.stopped(source, Some(21)), Some(None));
         assert!(registry.declined().is_some_and(|(_, warn)| !warn), "the same on every worker: no warning");

@@ -94,14 +94,9 @@ where
         });
         Checkpoints::uninstall();
         if worker.index() == 0 {
-            for &(k, v, t, d) in &changes {
-                if t > *input.time() {
-                    input.advance_to(t);
-                    input.flush();
-                    worker.step();
-                }
-                input.update((k, v), d);
-            }
+            common::feed_changes(&mut input, &changes, || {
+                worker.step();
+            });
         }
     })
     .expect("timely");

@@ -60,6 +60,23 @@ pub fn feed(inputs: &mut [(&mut Handle, &[Update])], mut step: impl FnMut()) {
     }
 }
 
+/// Feeds `(key, value, time, diff)` changes, in time order, into a differential input: the input advances to
+/// each new time, flushes and calls `step` first.
+pub fn feed_changes(
+    input: &mut differential_dataflow::input::InputSession<u64, (u8, u8), isize>,
+    changes: &[(u8, u8, u64, isize)],
+    mut step: impl FnMut(),
+) {
+    for &(key, value, time, diff) in changes {
+        if time > *input.time() {
+            input.advance_to(time);
+            input.flush();
+            step();
+        }
+        input.update((key, value), diff);
+    }
+}
+
 /// Sums the diffs per item and drops the zeros.
 pub fn consolidate<T: Ord>(updates: impl IntoIterator<Item = (T, isize)>) -> BTreeMap<T, isize> {
     let mut out = BTreeMap::new();
